@@ -1,0 +1,3 @@
+module github.com/sparselora/sparselora
+
+go 1.26

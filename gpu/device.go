@@ -1,0 +1,349 @@
+package gpu
+
+/*
+#include <stdlib.h>
+#include <string.h>
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Device is an open WebGPU device with its queue and kernel cache.
+type Device struct {
+	inst    *Instance
+	adapter C.WGPUAdapter
+	h       C.WGPUDevice
+	queue   C.WGPUQueue
+	state   *C.sl_device_state
+	Info    AdapterInfo
+	Limits  Limits
+	// HasTimestamps says whether GPU timestamp queries are enabled.
+	HasTimestamps bool
+	HasSubgroups  bool
+
+	live atomic.Int64 // objects created and not yet released
+
+	mu      sync.Mutex
+	kernels map[string]*Kernel
+	unused  *Buffer // bound where a kernel variant ignores a binding
+}
+
+func (in *Instance) newDevice(a C.WGPUAdapter, info AdapterInfo, opts Options) (*Device, error) {
+	var lim C.WGPULimits
+	if C.sl_wgpuAdapterGetLimits(a, &lim) != 1 {
+		return nil, errors.New("wgpuAdapterGetLimits failed")
+	}
+	lim.nextInChain = nil
+	var features []C.WGPUFeatureName
+	has := func(name string) bool { return slices.Contains(info.Features, name) }
+	d := &Device{inst: in, adapter: a, Info: info, kernels: map[string]*Kernel{}}
+	if has(featureNames[featureTimestampQuery]) {
+		features = append(features, featureTimestampQuery)
+		d.HasTimestamps = true
+	}
+	if has(featureNames[featureSubgroups]) {
+		features = append(features, featureSubgroups)
+		d.HasSubgroups = true
+	}
+
+	// Timestamps are quantized to 100 µs by default (a browser fingerprinting guard).
+	enabled := cStrings(opts.Toggles)
+	defer freeCStrings(enabled)
+	disabled := cStrings([]string{"timestamp_quantization"})
+	defer freeCStrings(disabled)
+	toggles := (*C.WGPUDawnTogglesDescriptor)(C.calloc(1, C.size_t(unsafe.Sizeof(C.WGPUDawnTogglesDescriptor{}))))
+	defer C.free(unsafe.Pointer(toggles))
+	toggles.chain.sType = C.WGPUSType_DawnTogglesDescriptor
+	toggles.enabledToggleCount = C.size_t(len(opts.Toggles))
+	toggles.enabledToggles = enabled.ptr
+	toggles.disabledToggleCount = 1
+	toggles.disabledToggles = disabled.ptr
+
+	desc := (*C.WGPUDeviceDescriptor)(C.calloc(1, C.size_t(unsafe.Sizeof(C.WGPUDeviceDescriptor{}))))
+	defer C.free(unsafe.Pointer(desc))
+	desc.nextInChain = &toggles.chain
+	var feats *C.WGPUFeatureName
+	if len(features) > 0 {
+		feats = (*C.WGPUFeatureName)(C.calloc(C.size_t(len(features)), 4))
+		defer C.free(unsafe.Pointer(feats))
+		copy(unsafe.Slice(feats, len(features)), features)
+	}
+	desc.requiredFeatureCount = C.size_t(len(features))
+	desc.requiredFeatures = feats
+	climits := (*C.WGPULimits)(C.malloc(C.size_t(unsafe.Sizeof(lim))))
+	defer C.free(unsafe.Pointer(climits))
+	*climits = lim
+	desc.requiredLimits = climits
+
+	d.state = C.sl_device_state_new()
+	in.states = append(in.states, d.state)
+	r := newResult()
+	defer C.free(unsafe.Pointer(r))
+	f := C.sl_request_device(a, desc, d.state, r)
+	if err := in.wait(context.Background(), f, "device"); err != nil {
+		return nil, err
+	}
+	if r.status != 1 || r.object == nil {
+		return nil, fmt.Errorf("creating a device on %s (%s): %s", info.Name(), info.Backend, C.GoString(&r.message[0]))
+	}
+	d.h = C.WGPUDevice(r.object)
+	d.queue = C.sl_wgpuDeviceGetQueue(d.h)
+	var got C.WGPULimits
+	C.sl_wgpuDeviceGetLimits(d.h, &got)
+	d.Limits = limitsFromC(&got)
+	return d, nil
+}
+
+type cStringArray struct {
+	ptr   **C.char
+	items []*C.char
+}
+
+func cStrings(ss []string) cStringArray {
+	if len(ss) == 0 {
+		return cStringArray{}
+	}
+	arr := (**C.char)(C.calloc(C.size_t(len(ss)), C.size_t(unsafe.Sizeof((*C.char)(nil)))))
+	items := unsafe.Slice(arr, len(ss))
+	for i, s := range ss {
+		items[i] = C.CString(s)
+	}
+	return cStringArray{ptr: arr, items: items}
+}
+
+func freeCStrings(a cStringArray) {
+	for _, p := range a.items {
+		C.free(unsafe.Pointer(p))
+	}
+	if a.ptr != nil {
+		C.free(unsafe.Pointer(a.ptr))
+	}
+}
+
+// Close destroys the device and everything cached on it.
+func (d *Device) Close() {
+	if d.h == nil {
+		return
+	}
+	d.mu.Lock()
+	for _, k := range d.kernels {
+		k.release()
+	}
+	d.kernels = nil
+	d.unused.Release()
+	d.unused = nil
+	d.mu.Unlock()
+	C.sl_wgpuQueueRelease(d.queue)
+	C.sl_wgpuDeviceDestroy(d.h)
+	C.sl_wgpuDeviceRelease(d.h)
+	C.sl_wgpuAdapterRelease(d.adapter)
+	C.sl_wgpuInstanceProcessEvents(d.inst.h)
+	d.h = nil
+}
+
+// LiveObjects counts buffers, pipelines and bind groups created through this
+// device and not yet released: a leak check for tests.
+func (d *Device) LiveObjects() int64 { return d.live.Load() }
+
+// Err returns the first uncaptured WebGPU error or the device loss since the last
+// call, as a Go error, or nil.
+func (d *Device) Err() error {
+	var msg [4096]C.char
+	if reason := C.sl_device_lost(d.state, &msg[0], C.size_t(len(msg))); reason != 0 && d.h != nil {
+		return fmt.Errorf("WebGPU device lost (reason %d): %s", uint32(reason), C.GoString(&msg[0]))
+	}
+	if t := C.sl_device_take_error(d.state, &msg[0], C.size_t(len(msg))); t != 0 {
+		return &Error{Type: errorTypeName(uint32(t)), Message: C.GoString(&msg[0])}
+	}
+	return nil
+}
+
+// Error is a WebGPU validation, out-of-memory or internal error.
+type Error struct {
+	Type    string
+	Message string
+}
+
+func (e *Error) Error() string { return "WebGPU " + e.Type + " error: " + e.Message }
+
+func errorTypeName(t uint32) string {
+	switch t {
+	case 2:
+		return "validation"
+	case 3:
+		return "out-of-memory"
+	case 4:
+		return "internal"
+	}
+	return "unknown"
+}
+
+// Buffer usages (WGPUBufferUsage bits).
+const (
+	usageMapRead      = 0x1
+	usageCopySrc      = 0x4
+	usageCopyDst      = 0x8
+	usageUniform      = 0x40
+	usageStorage      = 0x80
+	usageIndirect     = 0x100
+	usageQueryResolve = 0x200
+)
+
+// Buffer is a GPU buffer. Storage buffers can be bound to kernels, copied and
+// used for indirect dispatch.
+type Buffer struct {
+	dev  *Device
+	h    C.WGPUBuffer
+	size uint64
+}
+
+// Size is the buffer's size in bytes.
+func (b *Buffer) Size() uint64 { return b.size }
+
+func align4(n uint64) uint64 { return (n + 3) &^ 3 }
+
+func (d *Device) createBuffer(size uint64, usage uint64, label string) (*Buffer, error) {
+	size = max(align4(size), 4)
+	if size > d.Limits.MaxBufferSize {
+		return nil, fmt.Errorf("buffer %q of %d bytes exceeds the adapter's maxBufferSize %d", label, size, d.Limits.MaxBufferSize)
+	}
+	var desc C.WGPUBufferDescriptor
+	clabel := C.CString(label)
+	defer C.free(unsafe.Pointer(clabel))
+	desc.label = C.WGPUStringView{data: clabel, length: C.size_t(len(label))}
+	desc.usage = C.WGPUBufferUsage(usage)
+	desc.size = C.uint64_t(size)
+	C.sl_wgpuDevicePushErrorScope(d.h, 2) // OutOfMemory
+	h := C.sl_wgpuDeviceCreateBuffer(d.h, &desc)
+	if err := d.popErrorScope("creating buffer " + label); err != nil {
+		if h != nil {
+			C.sl_wgpuBufferRelease(h)
+		}
+		return nil, err
+	}
+	if h == nil {
+		return nil, fmt.Errorf("creating buffer %q of %d bytes failed", label, size)
+	}
+	d.live.Add(1)
+	return &Buffer{dev: d, h: h, size: size}, nil
+}
+
+// NewBuffer creates a zero-filled storage buffer of at least size bytes.
+func (d *Device) NewBuffer(size uint64, label string) (*Buffer, error) {
+	return d.createBuffer(size, usageStorage|usageCopySrc|usageCopyDst|usageIndirect, label)
+}
+
+// Release frees the buffer. Releasing twice is harmless.
+func (b *Buffer) Release() {
+	if b == nil || b.h == nil {
+		return
+	}
+	C.sl_wgpuBufferDestroy(b.h)
+	C.sl_wgpuBufferRelease(b.h)
+	b.h = nil
+	b.dev.live.Add(-1)
+}
+
+// Write copies data into the buffer at offset (both multiples of 4 bytes).
+func (b *Buffer) Write(offset uint64, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	if offset%4 != 0 || len(data)%4 != 0 {
+		return fmt.Errorf("buffer write at %d of %d bytes: offset and size must be multiples of 4", offset, len(data))
+	}
+	if offset+uint64(len(data)) > b.size {
+		return fmt.Errorf("buffer write of %d bytes at %d overruns the %d-byte buffer", len(data), offset, b.size)
+	}
+	C.sl_wgpuQueueWriteBuffer(b.dev.queue, b.h, C.uint64_t(offset), unsafe.Pointer(&data[0]), C.size_t(len(data)))
+	return b.dev.Err()
+}
+
+// Read copies size bytes at offset out of the buffer, waiting for all submitted
+// work first.
+func (b *Buffer) Read(ctx context.Context, offset, size uint64) ([]byte, error) {
+	d := b.dev
+	if offset%4 != 0 || size%4 != 0 {
+		return nil, fmt.Errorf("buffer read at %d of %d bytes: offset and size must be multiples of 4", offset, size)
+	}
+	if offset+size > b.size {
+		return nil, fmt.Errorf("buffer read of %d bytes at %d overruns the %d-byte buffer", size, offset, b.size)
+	}
+	if size == 0 {
+		return nil, nil
+	}
+	staging, err := d.createBuffer(size, usageMapRead|usageCopyDst, "readback")
+	if err != nil {
+		return nil, err
+	}
+	defer staging.Release()
+	enc := C.sl_wgpuDeviceCreateCommandEncoder(d.h, nil)
+	C.sl_wgpuCommandEncoderCopyBufferToBuffer(enc, b.h, C.uint64_t(offset), staging.h, 0, C.uint64_t(size))
+	if err := d.finishAndSubmit(enc); err != nil {
+		return nil, err
+	}
+	r := newResult()
+	defer C.free(unsafe.Pointer(r))
+	f := C.sl_map_read(staging.h, 0, C.size_t(size), r)
+	if err := d.inst.wait(ctx, f, "buffer read-back"); err != nil {
+		return nil, err
+	}
+	if r.status != 1 {
+		if err := d.Err(); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("mapping read-back buffer: %s", C.GoString(&r.message[0]))
+	}
+	p := C.sl_wgpuBufferGetConstMappedRange(staging.h, 0, C.size_t(size))
+	if p == nil {
+		return nil, errors.New("wgpuBufferGetConstMappedRange returned NULL")
+	}
+	out := C.GoBytes(p, C.int(size))
+	C.sl_wgpuBufferUnmap(staging.h)
+	return out, d.Err()
+}
+
+func (d *Device) finishAndSubmit(enc C.WGPUCommandEncoder) error {
+	cmd := C.sl_wgpuCommandEncoderFinish(enc, nil)
+	C.sl_wgpuCommandEncoderRelease(enc)
+	if cmd == nil {
+		return errors.Join(errors.New("finishing command encoder failed"), d.Err())
+	}
+	C.sl_wgpuQueueSubmit(d.queue, 1, &cmd)
+	C.sl_wgpuCommandBufferRelease(cmd)
+	return d.Err()
+}
+
+// Sync waits until the GPU has finished all submitted work.
+func (d *Device) Sync(ctx context.Context) error {
+	r := newResult()
+	defer C.free(unsafe.Pointer(r))
+	f := C.sl_work_done(d.queue, r)
+	if err := d.inst.wait(ctx, f, "queue"); err != nil {
+		return err
+	}
+	return d.Err()
+}
+
+// popErrorScope pops the innermost error scope and returns its error, if any.
+func (d *Device) popErrorScope(what string) error {
+	r := newResult()
+	defer C.free(unsafe.Pointer(r))
+	f := C.sl_pop_error_scope(d.h, r)
+	if err := d.inst.wait(context.Background(), f, "error scope"); err != nil {
+		return err
+	}
+	if r.status == 1 && r._type != 1 && r._type != 0 { // 1 = NoError
+		return fmt.Errorf("%s: %w", what, &Error{Type: errorTypeName(uint32(r._type)), Message: C.GoString(&r.message[0])})
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+package gpu
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// IndexList is a list of u32 indices in a GPU buffer, stored as
+// [count, i0, i1, ...] starting at element Offset. Kernels read the count on the
+// GPU, so lists produced by GPU kernels (e.g. a top-k selection) are used
+// without a host round trip.
+type IndexList struct {
+	Buf    *Buffer
+	Offset int // in u32 elements
+}
+
+// NewIndexList uploads indices as a list with room for capacity entries.
+func (d *Device) NewIndexList(indices []uint32, capacity int, label string) (IndexList, error) {
+	if capacity < len(indices) {
+		capacity = len(indices)
+	}
+	buf, err := d.NewBuffer(uint64(4*(capacity+1)), label)
+	if err != nil {
+		return IndexList{}, err
+	}
+	data := append([]uint32{uint32(len(indices))}, indices...)
+	if err := buf.Write(0, U32Bytes(data)); err != nil {
+		buf.Release()
+		return IndexList{}, err
+	}
+	return IndexList{Buf: buf}, nil
+}
+
+// Tile is a GEMM tiling: a workgroup computes BM x BN outputs, each thread TM x
+// TN of them, stepping K by BK.
+type Tile struct{ BM, BN, BK, TM, TN int }
+
+// Tiles offered to callers and the benchmark; the first that fits is the default
+// for large problems.
+var (
+	TileLarge  = Tile{BM: 128, BN: 128, BK: 8, TM: 8, TN: 8}
+	TileMedium = Tile{BM: 64, BN: 64, BK: 16, TM: 4, TN: 4}
+	TileSmall  = Tile{BM: 32, BN: 32, BK: 16, TM: 2, TN: 2}
+)
+
+func (t Tile) String() string { return fmt.Sprintf("%dx%dx%d/%dx%d", t.BM, t.BN, t.BK, t.TM, t.TN) }
+
+func (t Tile) valid(lim Limits) error {
+	if t.BM <= 0 || t.BN <= 0 || t.BK <= 0 || t.TM <= 0 || t.TN <= 0 || t.BM%t.TM != 0 || t.BN%t.TN != 0 {
+		return fmt.Errorf("invalid GEMM tile %s", t)
+	}
+	threads := (t.BM / t.TM) * (t.BN / t.TN)
+	if uint32(threads) > lim.MaxComputeInvocationsPerWorkgroup {
+		return fmt.Errorf("GEMM tile %s needs %d threads, the adapter allows %d", t, threads, lim.MaxComputeInvocationsPerWorkgroup)
+	}
+	if uint32(4*t.BK*(t.BM+t.BN)+16) > lim.MaxComputeWorkgroupStorageSize {
+		return fmt.Errorf("GEMM tile %s needs more workgroup memory than the adapter's %d bytes", t, lim.MaxComputeWorkgroupStorageSize)
+	}
+	return nil
+}
+
+func autoTile(m, n int) Tile {
+	switch {
+	case m >= 512 && n >= 512:
+		return TileLarge
+	case m >= 48 && n >= 48:
+		return TileMedium
+	}
+	return TileSmall
+}
+
+// GemmArgs describe C = Alpha * op(A) op(B) + Beta * C (see shaders/gemm.wgsl).
+//
+// A, B and C are 2-D views (a tensor's last dimension is its row length, which is
+// the leading dimension unless LDA/LDB/LDC say otherwise). B may be BF16. M, N, K
+// are the logical sizes; when an index list replaces a size, they are its upper
+// bound (the grid is sized for them) and the real count is read on the GPU.
+type GemmArgs struct {
+	A, B, C        *Tensor
+	ATrans, BTrans bool
+	M, N, K        int
+	LDA, LDB, LDC  int
+	// Alpha scales the product; the zero value means 1.
+	Alpha float32
+	// Beta scales the old C; 0 overwrites C without reading it.
+	Beta float32
+
+	GatherAM  *IndexList // rows of op(A)
+	GatherBN  *IndexList // columns of op(B)
+	GatherK   *IndexList // the K index of B (and of A when GatherAK)
+	GatherAK  bool
+	ScatterCM *IndexList // rows of C
+	ScatterCN bool       // columns of C follow GatherBN
+
+	// Tile overrides the automatic choice.
+	Tile *Tile
+}
+
+// FLOPs is the multiply-add count times two for the given sizes.
+func GemmFLOPs(m, n, k int) float64 { return 2 * float64(m) * float64(n) * float64(k) }
+
+func lastDim(t *Tensor) int {
+	if len(t.Shape) == 0 {
+		return 1
+	}
+	return t.Shape[len(t.Shape)-1]
+}
+
+func elemOffset(t *Tensor) (int, error) {
+	if t.Offset%4 != 0 {
+		return 0, fmt.Errorf("tensor offset %d is not a multiple of 4 bytes", t.Offset)
+	}
+	if t.DType == BF16 {
+		return int(t.Offset / 2), nil
+	}
+	return int(t.Offset / 4), nil
+}
+
+// checkExtent verifies that a stored rows x cols matrix with leading dimension ld
+// fits in the tensor, for the axes not replaced by index lists.
+func checkExtent(name string, t *Tensor, rows, cols, ld int) error {
+	if rows == 0 || cols == 0 {
+		return nil
+	}
+	if cols > ld {
+		return fmt.Errorf("gemm: %s rows hold %d elements but the leading dimension is %d", name, cols, ld)
+	}
+	need := (rows-1)*ld + cols
+	if need > t.Len() {
+		return fmt.Errorf("gemm: %s needs %d elements (%d x %d, ld %d) but its shape %v holds %d", name, need, rows, cols, ld, t.Shape, t.Len())
+	}
+	return nil
+}
+
+// Gemm records the GEMM into rec.
+func Gemm(rec *Recorder, g GemmArgs) error {
+	d := rec.dev
+	if g.A == nil || g.B == nil || g.C == nil {
+		return errors.New("gemm: A, B and C are required")
+	}
+	if g.A.DType != F32 || g.C.DType != F32 {
+		return errors.New("gemm: A and C must be f32 (B may be bf16)")
+	}
+	if g.M < 0 || g.N < 0 || g.K < 0 {
+		return fmt.Errorf("gemm: negative size %dx%dx%d", g.M, g.N, g.K)
+	}
+	if g.GatherAK && g.GatherK == nil {
+		return errors.New("gemm: GatherAK needs GatherK")
+	}
+	if g.ScatterCN && g.GatherBN == nil {
+		return errors.New("gemm: ScatterCN needs GatherBN")
+	}
+	if g.M == 0 || g.N == 0 {
+		return nil
+	}
+	lda, ldb, ldc := g.LDA, g.LDB, g.LDC
+	if lda == 0 {
+		lda = lastDim(g.A)
+	}
+	if ldb == 0 {
+		ldb = lastDim(g.B)
+	}
+	if ldc == 0 {
+		ldc = lastDim(g.C)
+	}
+	// Dense extents; gathered axes are bounds-checked by the GPU's robust access.
+	am, ak := g.M, g.K
+	if g.GatherAM != nil {
+		am = 1
+	}
+	if g.GatherK != nil { // A's K extent is the list's count (compact) or gathered
+		ak = 1
+	}
+	bk, bn := g.K, g.N
+	if g.GatherK != nil {
+		bk = 1
+	}
+	if g.GatherBN != nil {
+		bn = 1
+	}
+	cm, cn := g.M, g.N
+	if g.ScatterCM != nil {
+		cm = 1
+	}
+	if g.ScatterCN {
+		cn = 1
+	}
+	var errs []error
+	if g.ATrans {
+		errs = append(errs, checkExtent("A", g.A, ak, am, lda))
+	} else {
+		errs = append(errs, checkExtent("A", g.A, am, ak, lda))
+	}
+	if g.BTrans {
+		errs = append(errs, checkExtent("B", g.B, bn, bk, ldb))
+	} else {
+		errs = append(errs, checkExtent("B", g.B, bk, bn, ldb))
+	}
+	errs = append(errs, checkExtent("C", g.C, cm, cn, ldc))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+
+	tile := autoTile(g.M, g.N)
+	if g.Tile != nil {
+		tile = *g.Tile
+	}
+	if err := tile.valid(d.Limits); err != nil {
+		return err
+	}
+	k, err := d.Kernel("gemm.wgsl",
+		U32("BM", tile.BM), U32("BN", tile.BN), U32("BK", tile.BK), U32("TM", tile.TM), U32("TN", tile.TN),
+		Bool("A_TRANS", g.ATrans), Bool("B_TRANS", g.BTrans), Bool("B_BF16", g.B.DType == BF16),
+		Bool("GATHER_AM", g.GatherAM != nil), Bool("GATHER_BN", g.GatherBN != nil),
+		Bool("GATHER_K", g.GatherK != nil), Bool("GATHER_AK", g.GatherAK),
+		Bool("SCATTER_CM", g.ScatterCM != nil), Bool("SCATTER_CN", g.ScatterCN))
+	if err != nil {
+		return err
+	}
+	offA, err := elemOffset(g.A)
+	if err != nil {
+		return err
+	}
+	offB, err := elemOffset(g.B)
+	if err != nil {
+		return err
+	}
+	offC, err := elemOffset(g.C)
+	if err != nil {
+		return err
+	}
+	alpha := g.Alpha
+	if alpha == 0 {
+		alpha = 1
+	}
+	placeholder, err := d.placeholder()
+	if err != nil {
+		return err
+	}
+	list := func(l *IndexList) (Binding, uint32) {
+		if l == nil {
+			return Bind(placeholder), 0
+		}
+		return Bind(l.Buf), uint32(l.Offset)
+	}
+	bm, om := list(g.GatherAM)
+	bnl, on := list(g.GatherBN)
+	bkl, ok := list(g.GatherK)
+	bc, oc := list(g.ScatterCM)
+
+	params := make([]byte, 64)
+	for i, v := range []uint32{
+		uint32(g.M), uint32(g.N), uint32(g.K), uint32(lda),
+		uint32(ldb), uint32(ldc), uint32(offA), uint32(offB),
+		uint32(offC), math.Float32bits(alpha), math.Float32bits(g.Beta), om,
+		on, ok, oc, 0,
+	} {
+		binary.LittleEndian.PutUint32(params[4*i:], v)
+	}
+	bindings := []Binding{Bind(g.A.Buf), Bind(g.B.Buf), Bind(g.C.Buf), bm, bnl, bkl, bc}
+	gx := uint32((g.N + tile.BN - 1) / tile.BN)
+	gy := uint32((g.M + tile.BM - 1) / tile.BM)
+	return rec.Dispatch(k, params, bindings, gx, gy, 1)
+}
+
+// placeholder is a small buffer bound to kernel bindings a variant does not use.
+func (d *Device) placeholder() (*Buffer, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.unused == nil {
+		b, err := d.NewBuffer(16, "unused binding")
+		if err != nil {
+			return nil, err
+		}
+		d.unused = b
+	}
+	return d.unused, nil
+}

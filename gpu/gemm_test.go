@@ -1,0 +1,304 @@
+package gpu
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// gemmCase is one GEMM problem with its stored operands on the host.
+type gemmCase struct {
+	m, n, k        int // logical (upper-bound) sizes
+	aTrans, bTrans bool
+	bf16           bool
+	alpha, beta    float32
+	// index lists (nil: dense axis) and the stored extents they index into
+	am, bn, kk, cm []uint32
+	gatherAK       bool
+	scatterCN      bool
+	storedM        int // rows of stored A when am is set
+	storedN        int // columns of stored B (and C when scatterCN) when bn is set
+	storedK        int // K extent of stored B (and A when gatherAK) when kk is set
+	storedCM       int // rows of C when cm is set
+	tile           *Tile
+}
+
+func (c gemmCase) String() string {
+	layout := map[bool]string{false: "N", true: "T"}
+	s := fmt.Sprintf("%dx%dx%d/%s%s", c.m, c.n, c.k, layout[c.aTrans], layout[c.bTrans])
+	if c.bf16 {
+		s += "/bf16"
+	}
+	if c.am != nil || c.bn != nil || c.kk != nil || c.cm != nil {
+		s += "/gather"
+	}
+	if c.tile != nil {
+		s += "/" + c.tile.String()
+	}
+	return s
+}
+
+// count is the real size along an axis: the list length when a list is given.
+func count(list []uint32, bound int) int {
+	if list != nil {
+		return len(list)
+	}
+	return bound
+}
+
+func pick(list []uint32, i int) int {
+	if list != nil {
+		return int(list[i])
+	}
+	return i
+}
+
+func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
+	t.Helper()
+	M := count(c.am, count(c.cm, c.m))
+	N := count(c.bn, c.n)
+	K := count(c.kk, c.k)
+
+	// Stored extents.
+	aRows := c.m
+	if c.am != nil {
+		aRows = c.storedM
+	}
+	aCols := c.k // A's K extent
+	if c.kk != nil {
+		aCols = K
+		if c.gatherAK {
+			aCols = c.storedK
+		}
+	}
+	bK := c.k
+	if c.kk != nil {
+		bK = c.storedK
+	}
+	bN := c.n
+	if c.bn != nil {
+		bN = c.storedN
+	}
+	cRows := c.m
+	if c.cm != nil {
+		cRows = c.storedCM
+	}
+	cCols := c.n
+	if c.scatterCN {
+		cCols = c.storedN
+	}
+
+	aData := randFloats(rng, aRows*aCols)
+	bData := randFloats(rng, bK*bN)
+	if c.bf16 { // the reference sees the weights as the GPU does
+		for i, v := range bData {
+			bData[i] = FromBF16(ToBF16(v))
+		}
+	}
+	var aShape, bShape []int
+	if c.aTrans {
+		aShape = []int{aCols, aRows}
+	} else {
+		aShape = []int{aRows, aCols}
+	}
+	if c.bTrans {
+		bShape = []int{bN, bK}
+	} else {
+		bShape = []int{bK, bN}
+	}
+	aStore := make([]float32, len(aData))
+	for r := 0; r < aRows; r++ {
+		for q := 0; q < aCols; q++ {
+			if c.aTrans {
+				aStore[q*aRows+r] = aData[r*aCols+q]
+			} else {
+				aStore[r*aCols+q] = aData[r*aCols+q]
+			}
+		}
+	}
+	bStore := make([]float32, len(bData))
+	for q := 0; q < bK; q++ {
+		for n := 0; n < bN; n++ {
+			if c.bTrans {
+				bStore[n*bK+q] = bData[q*bN+n]
+			} else {
+				bStore[q*bN+n] = bData[q*bN+n]
+			}
+		}
+	}
+	dtype := F32
+	if c.bf16 {
+		dtype = BF16
+	}
+	A := upload(t, F32, aStore, aShape...)
+	defer A.Release()
+	B := upload(t, dtype, bStore, bShape...)
+	defer B.Release()
+	var C *Tensor
+	cInit := make([]float32, cRows*cCols)
+	if c.beta != 0 {
+		cInit = randFloats(rng, cRows*cCols)
+		C = upload(t, F32, cInit, cRows, cCols)
+	} else {
+		C = poisoned(t, "C", cRows, cCols)
+		for i := range cInit {
+			cInit[i] = float32(math.NaN())
+		}
+	}
+	defer C.Release()
+
+	args := GemmArgs{A: A, B: B, C: C, ATrans: c.aTrans, BTrans: c.bTrans, M: c.m, N: c.n, K: c.k,
+		Alpha: c.alpha, Beta: c.beta, GatherAK: c.gatherAK, ScatterCN: c.scatterCN, Tile: c.tile}
+	for _, l := range []struct {
+		idx []uint32
+		dst **IndexList
+	}{{c.am, &args.GatherAM}, {c.bn, &args.GatherBN}, {c.kk, &args.GatherK}, {c.cm, &args.ScatterCM}} {
+		if l.idx == nil {
+			continue
+		}
+		list, err := testDevice.NewIndexList(l.idx, len(l.idx)+3, "indices")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer list.Buf.Release()
+		*l.dst = &list
+	}
+	rec := testDevice.NewRecorder()
+	defer rec.Release()
+	if err := Gemm(rec, args); err != nil {
+		t.Fatalf("%v: %v", c, err)
+	}
+	if err := rec.Submit(); err != nil {
+		t.Fatalf("%v: %v", c, err)
+	}
+	got := download(t, C)
+
+	alpha := float64(c.alpha)
+	if alpha == 0 {
+		alpha = 1
+	}
+	want := make([]float64, len(cInit))
+	written := make([]bool, len(cInit))
+	for m := 0; m < M; m++ {
+		ar := pick(c.am, m)
+		cr := pick(c.cm, m)
+		for n := 0; n < N; n++ {
+			bc := pick(c.bn, n)
+			cc := n
+			if c.scatterCN {
+				cc = bc
+			}
+			var sum float64
+			for q := 0; q < K; q++ {
+				ak := q
+				if c.gatherAK {
+					ak = int(c.kk[q])
+				}
+				sum += float64(aData[ar*aCols+ak]) * float64(bData[pick(c.kk, q)*bN+bc])
+			}
+			at := cr*cCols + cc
+			want[at] = alpha * sum
+			if c.beta != 0 { // beta = 0 overwrites: the NaN poison must not leak in
+				want[at] += float64(c.beta) * float64(cInit[at])
+			}
+			written[at] = true
+		}
+	}
+	var gotW []float32
+	var wantW []float64
+	for i := range got {
+		if written[i] {
+			gotW = append(gotW, got[i])
+			wantW = append(wantW, want[i])
+		} else if math.Float32bits(got[i]) != math.Float32bits(cInit[i]) {
+			t.Fatalf("%v: element %d outside the result changed: %v (was %v)", c, i, got[i], cInit[i])
+		}
+	}
+	if err := relL2(gotW, wantW); !(err < 1e-5) {
+		t.Fatalf("%v: relative L2 error %g", c, err)
+	}
+}
+
+func TestGemmDense(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	shapes := [][3]int{{1, 1, 1}, {7, 13, 5}, {129, 65, 257}, {3, 5, 4099}}
+	for _, s := range shapes {
+		for _, layout := range [][2]bool{{false, false}, {false, true}, {true, false}, {true, true}} {
+			for _, bf16 := range []bool{false, true} {
+				runGemmCase(t, rng, gemmCase{m: s[0], n: s[1], k: s[2], aTrans: layout[0], bTrans: layout[1], bf16: bf16})
+			}
+		}
+	}
+}
+
+func TestGemmTilesAndAccumulate(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, tile := range []Tile{TileSmall, TileMedium, TileLarge} {
+		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, bTrans: true, tile: &tile})
+		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, alpha: 0.5, beta: 1, tile: &tile})
+	}
+	runGemmCase(t, rng, gemmCase{m: 9, n: 33, k: 17, aTrans: true, alpha: -2, beta: 0.25, bf16: true})
+}
+
+// subset returns count distinct random indices below n, in random order.
+func subset(rng *rand.Rand, n, count int) []uint32 {
+	perm := rng.Perm(n)[:count]
+	out := make([]uint32, count)
+	for i, p := range perm {
+		out[i] = uint32(p)
+	}
+	return out
+}
+
+func TestGemmGathered(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, layout := range [][2]bool{{false, false}, {false, true}, {true, false}} {
+		for _, bf16 := range []bool{false, true} {
+			at, bt := layout[0], layout[1]
+			// Token rows x output channels: gather A rows and B columns, scatter C rows and columns
+			// (SparseLoRA's gate/up/q/k/v forward on context tokens). Bounds exceed the counts.
+			runGemmCase(t, rng, gemmCase{m: 64, n: 48, k: 77, aTrans: at, bTrans: bt, bf16: bf16,
+				am: subset(rng, 129, 50), storedM: 129, bn: subset(rng, 65, 40), storedN: 65,
+				cm: subset(rng, 129, 50), storedCM: 129, scatterCN: true})
+			// Input channels: gather K of B with A compact (down/o forward), then K of both.
+			runGemmCase(t, rng, gemmCase{m: 33, n: 29, k: 128, aTrans: at, bTrans: bt, bf16: bf16,
+				kk: subset(rng, 257, 100), storedK: 257})
+			runGemmCase(t, rng, gemmCase{m: 33, n: 29, k: 128, aTrans: at, bTrans: bt, bf16: bf16,
+				kk: subset(rng, 257, 100), storedK: 257, gatherAK: true, cm: subset(rng, 40, 33), storedCM: 40})
+		}
+	}
+	// K > 4096 gathered, accumulating into C.
+	runGemmCase(t, rng, gemmCase{m: 5, n: 7, k: 4500, bTrans: true, beta: 1,
+		kk: subset(rng, 5000, 4321), storedK: 5000, gatherAK: true})
+	// Empty lists: nothing is written.
+	runGemmCase(t, rng, gemmCase{m: 16, n: 16, k: 8, am: []uint32{}, storedM: 20})
+	runGemmCase(t, rng, gemmCase{m: 16, n: 16, k: 8, bn: []uint32{}, storedN: 20})
+}
+
+func TestGemmRejectsBadArguments(t *testing.T) {
+	A := upload(t, F32, make([]float32, 12), 3, 4)
+	defer A.Release()
+	B := upload(t, F32, make([]float32, 20), 4, 5)
+	defer B.Release()
+	C := poisoned(t, "C", 3, 5)
+	defer C.Release()
+	rec := testDevice.NewRecorder()
+	defer rec.Release()
+	for name, g := range map[string]GemmArgs{
+		"missing operand": {A: A, C: C, M: 3, N: 5, K: 4},
+		"A too small":     {A: A, B: B, C: C, M: 4, N: 5, K: 4},
+		"B too small":     {A: A, B: B, C: C, M: 3, N: 6, K: 4},
+		"C too small":     {A: A, B: B, C: C, M: 3, N: 5, K: 4, LDC: 6},
+		"bf16 A":          {A: &Tensor{Buf: A.Buf, Shape: []int{3, 4}, DType: BF16}, B: B, C: C, M: 3, N: 5, K: 4},
+		"AK without K":    {A: A, B: B, C: C, M: 3, N: 5, K: 4, GatherAK: true},
+		"bad tile":        {A: A, B: B, C: C, M: 3, N: 5, K: 4, Tile: &Tile{BM: 10, BN: 8, BK: 4, TM: 3, TN: 2}},
+	} {
+		if err := Gemm(rec, g); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if rec.Dispatches != 0 {
+		t.Errorf("rejected calls recorded %d dispatches", rec.Dispatches)
+	}
+}

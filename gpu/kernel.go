@@ -1,0 +1,142 @@
+package gpu
+
+/*
+#include <stdlib.h>
+#include "shim.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"unsafe"
+
+	"github.com/sparselora/sparselora/shaders"
+)
+
+// Const is a compile-time constant injected in front of a WGSL file as
+// `const Name = Value;`. Kernels specialise on them (tile sizes, layouts) so the
+// compiler folds the branches away; each distinct set compiles once per device.
+type Const struct {
+	Name  string
+	Value string
+}
+
+// U32 and Bool make Const values.
+func U32(name string, v int) Const { return Const{name, fmt.Sprintf("%du", v)} }
+
+// Bool makes a boolean Const.
+func Bool(name string, v bool) Const { return Const{name, fmt.Sprint(v)} }
+
+// Kernel is a compiled compute pipeline with its bind group layout (group 0).
+type Kernel struct {
+	dev      *Device
+	Name     string
+	pipeline C.WGPUComputePipeline
+	layout   C.WGPUBindGroupLayout
+}
+
+func constKey(file string, consts []Const) string {
+	parts := make([]string, len(consts))
+	for i, c := range consts {
+		parts[i] = c.Name + "=" + c.Value
+	}
+	sort.Strings(parts)
+	return file + "{" + strings.Join(parts, ",") + "}"
+}
+
+// Kernel returns the compiled kernel for the WGSL file of package shaders and the
+// constants, compiling it on first use and caching it on the device.
+func (d *Device) Kernel(file string, consts ...Const) (*Kernel, error) {
+	key := constKey(file, consts)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if k, ok := d.kernels[key]; ok {
+		return k, nil
+	}
+	src, err := shaders.Source(file)
+	if err != nil {
+		return nil, err
+	}
+	k, err := d.CompileKernel(key, prelude(consts)+src)
+	if err != nil {
+		return nil, err
+	}
+	d.kernels[key] = k
+	return k, nil
+}
+
+func prelude(consts []Const) string {
+	var b strings.Builder
+	for _, c := range consts {
+		fmt.Fprintf(&b, "const %s = %s;\n", c.Name, c.Value)
+	}
+	return b.String()
+}
+
+// CompileKernel compiles WGSL source with entry point `main` into an uncached
+// kernel that the caller must Release. Compile and validation errors come back
+// with the compiler's message (line and column refer to the source given here).
+func (d *Device) CompileKernel(name, source string) (*Kernel, error) {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	csrc := C.CString(source)
+	defer C.free(unsafe.Pointer(csrc))
+	centry := C.CString("main")
+	defer C.free(unsafe.Pointer(centry))
+
+	wgsl := (*C.WGPUShaderSourceWGSL)(C.calloc(1, C.size_t(unsafe.Sizeof(C.WGPUShaderSourceWGSL{}))))
+	defer C.free(unsafe.Pointer(wgsl))
+	wgsl.chain.sType = C.WGPUSType_ShaderSourceWGSL
+	wgsl.code = C.WGPUStringView{data: csrc, length: C.size_t(len(source))}
+	mdesc := (*C.WGPUShaderModuleDescriptor)(C.calloc(1, C.size_t(unsafe.Sizeof(C.WGPUShaderModuleDescriptor{}))))
+	defer C.free(unsafe.Pointer(mdesc))
+	mdesc.nextInChain = &wgsl.chain
+	mdesc.label = C.WGPUStringView{data: cname, length: C.size_t(len(name))}
+
+	C.sl_wgpuDevicePushErrorScope(d.h, 3) // Internal
+	C.sl_wgpuDevicePushErrorScope(d.h, 1) // Validation
+	module := C.sl_wgpuDeviceCreateShaderModule(d.h, mdesc)
+	var pdesc C.WGPUComputePipelineDescriptor
+	pdesc.label = mdesc.label
+	pdesc.compute.module = module
+	pdesc.compute.entryPoint = C.WGPUStringView{data: centry, length: 4}
+	pipeline := C.sl_wgpuDeviceCreateComputePipeline(d.h, &pdesc)
+	verr := d.popErrorScope("compiling kernel " + name)
+	ierr := d.popErrorScope("compiling kernel " + name)
+	if module != nil {
+		C.sl_wgpuShaderModuleRelease(module)
+	}
+	if verr != nil || ierr != nil || pipeline == nil {
+		if pipeline != nil {
+			C.sl_wgpuComputePipelineRelease(pipeline)
+		}
+		if verr != nil {
+			return nil, verr
+		}
+		if ierr != nil {
+			return nil, ierr
+		}
+		return nil, fmt.Errorf("compiling kernel %s: pipeline creation failed", name)
+	}
+	layout := C.sl_wgpuComputePipelineGetBindGroupLayout(pipeline, 0)
+	d.live.Add(1)
+	return &Kernel{dev: d, Name: name, pipeline: pipeline, layout: layout}, nil
+}
+
+// Release frees a kernel made by CompileKernel. Cached kernels are released by
+// Device.Close.
+func (k *Kernel) Release() { k.release() }
+
+func (k *Kernel) release() {
+	if k.pipeline == nil {
+		return
+	}
+	if k.layout != nil {
+		C.sl_wgpuBindGroupLayoutRelease(k.layout)
+	}
+	C.sl_wgpuComputePipelineRelease(k.pipeline)
+	k.pipeline = nil
+	k.dev.live.Add(-1)
+}

@@ -1,0 +1,168 @@
+package gpu
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+)
+
+// DType is the element type of a tensor in GPU memory.
+type DType int
+
+const (
+	// F32 is IEEE float32, one per 4 bytes.
+	F32 DType = iota
+	// BF16 is bfloat16 packed two per u32: element 2i in the low half, 2i+1 in the
+	// high half. Used for frozen weights; kernels widen it to f32.
+	BF16
+)
+
+func (t DType) String() string {
+	if t == BF16 {
+		return "bf16"
+	}
+	return "f32"
+}
+
+// Bytes is the storage size of n elements (rounded up to whole u32 words).
+func (t DType) Bytes(n int) uint64 {
+	if t == BF16 {
+		return uint64((n+1)/2) * 4
+	}
+	return uint64(n) * 4
+}
+
+// Tensor is a view of a row-major array in a GPU buffer.
+type Tensor struct {
+	Buf    *Buffer
+	Offset uint64 // bytes; a multiple of 4
+	Shape  []int
+	DType  DType
+}
+
+// Len is the number of elements.
+func (t *Tensor) Len() int {
+	n := 1
+	for _, s := range t.Shape {
+		n *= s
+	}
+	return n
+}
+
+// Bytes is the tensor's storage size.
+func (t *Tensor) Bytes() uint64 { return t.DType.Bytes(t.Len()) }
+
+// Binding binds exactly the tensor's bytes.
+func (t *Tensor) Binding() Binding {
+	return Binding{Buffer: t.Buf, Offset: t.Offset, Size: max(t.Bytes(), 4)}
+}
+
+// NewTensor allocates a zero-filled tensor in its own buffer.
+func (d *Device) NewTensor(dtype DType, label string, shape ...int) (*Tensor, error) {
+	t := &Tensor{Shape: append([]int(nil), shape...), DType: dtype}
+	for _, s := range shape {
+		if s < 0 {
+			return nil, fmt.Errorf("tensor %s: negative dimension in shape %v", label, shape)
+		}
+	}
+	b, err := d.NewBuffer(t.Bytes(), label)
+	if err != nil {
+		return nil, err
+	}
+	t.Buf = b
+	return t, nil
+}
+
+// Release frees the tensor's buffer.
+func (t *Tensor) Release() {
+	if t != nil {
+		t.Buf.Release()
+	}
+}
+
+// Upload writes data (len must equal Len) into the tensor, converting to bf16
+// with round-to-nearest-even when the tensor is BF16.
+func (t *Tensor) Upload(data []float32) error {
+	if len(data) != t.Len() {
+		return fmt.Errorf("upload of %d values into a tensor of shape %v (%d elements)", len(data), t.Shape, t.Len())
+	}
+	var raw []byte
+	if t.DType == BF16 {
+		raw = PackBF16(data)
+	} else {
+		raw = F32Bytes(data)
+	}
+	return t.Buf.Write(t.Offset, raw)
+}
+
+// Download reads the tensor back as float32, waiting for submitted work.
+func (t *Tensor) Download(ctx context.Context) ([]float32, error) {
+	raw, err := t.Buf.Read(ctx, t.Offset, t.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	if t.DType == BF16 {
+		return UnpackBF16(raw, t.Len()), nil
+	}
+	return BytesF32(raw), nil
+}
+
+// F32Bytes encodes float32 values little-endian.
+func F32Bytes(v []float32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+	}
+	return b
+}
+
+// BytesF32 decodes little-endian float32 values.
+func BytesF32(b []byte) []float32 {
+	v := make([]float32, len(b)/4)
+	for i := range v {
+		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return v
+}
+
+// U32Bytes encodes uint32 values little-endian.
+func U32Bytes(v []uint32) []byte {
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(b[4*i:], x)
+	}
+	return b
+}
+
+// ToBF16 rounds a float32 to bfloat16 bits (round to nearest, ties to even;
+// NaN stays NaN).
+func ToBF16(x float32) uint16 {
+	bits := math.Float32bits(x)
+	if bits&0x7fffffff > 0x7f800000 {
+		return uint16(bits>>16) | 0x40
+	}
+	bits += 0x7fff + (bits>>16)&1
+	return uint16(bits >> 16)
+}
+
+// FromBF16 widens bfloat16 bits to float32 exactly.
+func FromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// PackBF16 converts values to bf16, two per little-endian u32.
+func PackBF16(v []float32) []byte {
+	b := make([]byte, DType(BF16).Bytes(len(v)))
+	for i, x := range v {
+		binary.LittleEndian.PutUint16(b[2*i:], ToBF16(x))
+	}
+	return b
+}
+
+// UnpackBF16 reads n bf16 values packed two per u32.
+func UnpackBF16(b []byte, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = FromBF16(binary.LittleEndian.Uint16(b[2*i:]))
+	}
+	return v
+}

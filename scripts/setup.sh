@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Fetches the WebGPU implementation (Dawn, from an npm package, checksum-pinned) into
+# .cache/dawn/<platform>/ and makes sure a real (non-Null) Vulkan driver is installed.
+# Idempotent: prints nothing when everything is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "$(uname -s)-$(uname -m)" in
+  Linux-x86_64)  platform=linux-x64;  pkg=bun-webgpu-linux-x64@0.1.7; lib=libwebgpu_wrapper.so
+                 sha=3190c3777f2c07fcf6a0640833cbf5d0cde859dc53aed6d9083946d093198788 ;;
+  Darwin-arm64)  platform=darwin-arm64; pkg=bun-webgpu-darwin-arm64@0.1.5; lib=libwebgpu_wrapper.dylib; sha= ;;
+  Darwin-x86_64) platform=darwin-x64; pkg=bun-webgpu-darwin-x64@0.1.5; lib=libwebgpu_wrapper.dylib; sha= ;;
+  *) echo "setup: no pinned Dawn package for $(uname -s)-$(uname -m); build one (or wgpu-native) and set SPARSELORA_WEBGPU_LIB" >&2; exit 1 ;;
+esac
+
+dest=.cache/dawn/$platform
+if [ ! -f "$dest/$lib" ]; then
+  command -v npm >/dev/null || { echo "setup: npm is needed to fetch $pkg (apt-get install npm)" >&2; exit 1; }
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && npm pack --silent "$pkg" >/dev/null)
+  tar -xzf "$tmp"/*.tgz -C "$tmp" "package/$lib"
+  if [ -n "$sha" ]; then
+    got=$(sha256sum "$tmp/package/$lib" | cut -d' ' -f1)
+    if [ "$got" != "$sha" ]; then
+      echo "setup: checksum mismatch for $lib from $pkg: got $got, want $sha" >&2; exit 1
+    fi
+  else
+    echo "setup: note: no pinned checksum for $pkg yet; record: $(shasum -a 256 "$tmp/package/$lib")"
+  fi
+  mkdir -p "$dest"
+  mv "$tmp/package/$lib" "$dest/$lib"
+  echo "setup: installed Dawn ($pkg) into $dest"
+fi
+
+# Vulkan driver. Debian 12's Mesa 22 is rejected by Dawn (it falls back to a Null adapter),
+# so lavapipe comes from bookworm-backports when no vendor driver is present.
+vendor_icd() { ls /usr/share/vulkan/icd.d/ /etc/vulkan/icd.d/ 2>/dev/null | grep -q -i -E 'nvidia|amd|radeon_icd\.x|intel_icd\.x'; }
+mesa_ok() {
+  local v; v=$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null) || return 1
+  [ "${v%%.*}" -ge 24 ] 2>/dev/null
+}
+if [ "$(uname -s)" = Linux ] && command -v dpkg-query >/dev/null && ! vendor_icd && ! mesa_ok; then
+  if [ -f /etc/debian_version ] && grep -q '^12' /etc/debian_version && command -v apt-get >/dev/null; then
+    sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+    src=/etc/apt/sources.list.d/bookworm-backports.sources
+    if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $sudo tee "$src" >/dev/null
+    fi
+    echo "setup: installing mesa-vulkan-drivers (lavapipe) from bookworm-backports"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq -t bookworm-backports mesa-vulkan-drivers libvulkan1 >/dev/null
+  else
+    echo "setup: no usable Vulkan driver found. Install your GPU's Vulkan driver, or Mesa >= 24" \
+         "lavapipe (mesa-vulkan-drivers) as a CPU fallback." >&2
+  fi
+fi

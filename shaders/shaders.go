@@ -1,0 +1,22 @@
+// Package shaders holds the WGSL source of every kernel, one file per kernel
+// family, embedded into the binary. Each file's header comment documents its
+// bindings, data layouts, workgroup shape and the compile-time constants the gpu
+// package prepends (`const NAME = value;`) to specialise it.
+package shaders
+
+import (
+	"embed"
+	"fmt"
+)
+
+//go:embed *.wgsl
+var files embed.FS
+
+// Source returns the WGSL text of file (e.g. "gemm.wgsl").
+func Source(file string) (string, error) {
+	b, err := files.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("shader %s: %w", file, err)
+	}
+	return string(b), nil
+}
