@@ -260,9 +260,43 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		binary.LittleEndian.PutUint32(params[4*i:], v)
 	}
 	bindings := []Binding{Bind(g.A.Buf), Bind(g.B.Buf), Bind(g.C.Buf), bm, bnl, bkl, bc}
-	gx := uint32((g.N + tile.BN - 1) / tile.BN)
-	gy := uint32((g.M + tile.BM - 1) / tile.BM)
-	return rec.Dispatch(k, params, bindings, gx, gy, 1)
+	if g.GatherAM == nil && g.ScatterCM == nil && g.GatherBN == nil {
+		gx := uint32((g.N + tile.BN - 1) / tile.BN)
+		gy := uint32((g.M + tile.BM - 1) / tile.BM)
+		return rec.Dispatch(k, params, bindings, gx, gy, 1)
+	}
+	// M or N is only known on the GPU: size the grid there.
+	rows, offRows := bm, om
+	if g.GatherAM == nil {
+		rows, offRows = bc, oc
+	}
+	grid, err := gemmGrid(rec, g.M, g.N, tile, rows, offRows, g.GatherAM != nil || g.ScatterCM != nil, bnl, on, g.GatherBN != nil)
+	if err != nil {
+		return err
+	}
+	return rec.DispatchIndirect(k, params, bindings, grid)
+}
+
+// gemmGrid records the kernel that writes a gathered GEMM's workgroup grid into
+// the recorder's scratch space and returns where it is.
+func gemmGrid(rec *Recorder, m, n int, tile Tile, rows Binding, offRows uint32, rowsFromList bool,
+	cols Binding, offCols uint32, colsFromList bool) (Binding, error) {
+	k, err := rec.dev.Kernel("gemm_grid.wgsl", Bool("ROWS_FROM_LIST", rowsFromList), Bool("COLS_FROM_LIST", colsFromList))
+	if err != nil {
+		return Binding{}, err
+	}
+	grid, err := rec.scratch(12)
+	if err != nil {
+		return Binding{}, err
+	}
+	params := make([]byte, 32)
+	for i, v := range []uint32{uint32(m), uint32(n), uint32(tile.BM), uint32(tile.BN), offRows, offCols, uint32(grid.Offset / 4), 0} {
+		binary.LittleEndian.PutUint32(params[4*i:], v)
+	}
+	if err := rec.Dispatch(k, params, []Binding{rows, cols, Bind(grid.Buffer)}, 1, 1, 1); err != nil {
+		return Binding{}, err
+	}
+	return grid, nil
 }
 
 // placeholder is a small buffer bound to kernel bindings a variant does not use.

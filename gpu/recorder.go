@@ -47,6 +47,11 @@ type Recorder struct {
 	chunks []*uniformChunk
 	slot   uint64
 
+	// scratchBuf holds small GPU-written values of one submission (indirect
+	// dispatch grids); scratchUsed is reset by Submit.
+	scratchBuf  *Buffer
+	scratchUsed uint64
+
 	// Timed puts GPU timestamps around every compute pass (when the adapter
 	// supports them); PassTimes returns the durations after Submit.
 	Timed     bool
@@ -196,6 +201,27 @@ func (r *Recorder) bindGroup(k *Kernel, params []byte, bindings []Binding) (C.WG
 	return g, nil
 }
 
+const scratchSize = 64 << 10
+
+// scratch reserves size bytes (16-byte aligned) of GPU scratch memory for this
+// submission.
+func (r *Recorder) scratch(size uint64) (Binding, error) {
+	size = (size + 15) &^ 15
+	if r.scratchBuf == nil {
+		b, err := r.dev.NewBuffer(scratchSize, "recorder scratch")
+		if err != nil {
+			return Binding{}, err
+		}
+		r.scratchBuf = b
+	}
+	if r.scratchUsed+size > scratchSize {
+		return Binding{}, fmt.Errorf("recorder scratch space (%d bytes) exhausted: submit more often", scratchSize)
+	}
+	b := Binding{Buffer: r.scratchBuf, Offset: r.scratchUsed, Size: size}
+	r.scratchUsed += size
+	return b, nil
+}
+
 // Dispatch records kernel k over a grid of workgroups. params (may be nil) is
 // bound at binding 0 as a uniform; bindings follow at 1, 2, ...
 func (r *Recorder) Dispatch(k *Kernel, params []byte, bindings []Binding, x, y, z uint32) error {
@@ -289,6 +315,7 @@ func (r *Recorder) Submit() error {
 	r.groups = r.groups[:0]
 	r.passCount = 0
 	r.Dispatches = 0
+	r.scratchUsed = 0
 	return err
 }
 
@@ -338,4 +365,6 @@ func (r *Recorder) Release() {
 	}
 	r.resolve.Release()
 	r.resolve = nil
+	r.scratchBuf.Release()
+	r.scratchBuf = nil
 }

@@ -1,0 +1,155 @@
+// Package app is sparselora's user-facing layer: the command-line interface and
+// its subcommands (device listing, benchmarks), built on the lower packages.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/sparselora/sparselora/gpu"
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"devices", "list WebGPU adapters with backend, driver, features and limits", runDevices},
+		{"bench", "benchmark kernels (bench gemm)", runBench},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: sparselora <command> [flags]\n\ncommands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun `sparselora <command> --help` for a command's flags.")
+}
+
+// errUsage marks errors already explained by a usage message.
+var errUsage = errors.New("usage")
+
+// Main runs the CLI and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, args[1:], stdout, stderr)
+		switch {
+		case err == nil:
+			return 0
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			return 2
+		}
+		fmt.Fprintf(stderr, "sparselora %s: %v\n", c.name, err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "sparselora: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+// newFlags makes a flag set whose parse errors and --help print to stderr/stdout.
+func newFlags(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stdout, "usage: sparselora %s\n\nflags:\n", synopsis)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+	}
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	return nil
+}
+
+// deviceFlags are the adapter-selection flags shared by commands that use a GPU.
+type deviceFlags struct {
+	backend string
+	adapter string
+	power   string
+	toggles string
+}
+
+func (f *deviceFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.backend, "backend", "", "WebGPU backend: vulkan, metal, d3d12 (default: any)")
+	fs.StringVar(&f.adapter, "adapter", "", "adapter index or a part of its name (see `sparselora devices`)")
+	fs.StringVar(&f.power, "power", "high", "power preference when several GPUs are present: high or low")
+	fs.StringVar(&f.toggles, "toggles", "", "comma-separated Dawn toggles to enable (e.g. disable_robustness)")
+}
+
+func (f *deviceFlags) options() (gpu.Options, error) {
+	opts := gpu.DefaultOptions()
+	if f.backend != "" {
+		b, err := gpu.ParseBackend(f.backend)
+		if err != nil {
+			return opts, err
+		}
+		opts.Backend = b
+	}
+	if f.adapter != "" {
+		if i, err := strconv.Atoi(f.adapter); err == nil {
+			opts.Adapter = i
+		} else {
+			opts.AdapterName = f.adapter
+		}
+	}
+	switch f.power {
+	case "high":
+		opts.Power = gpu.PowerHighPerformance
+	case "low":
+		opts.Power = gpu.PowerLow
+	default:
+		return opts, fmt.Errorf("--power %q: want high or low", f.power)
+	}
+	if f.toggles != "" {
+		opts.Toggles = strings.Split(f.toggles, ",")
+	}
+	return opts, nil
+}
+
+// open creates an instance and a device; close both with the returned func.
+func (f *deviceFlags) open() (*gpu.Device, func(), error) {
+	opts, err := f.options()
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := gpu.NewInstance()
+	if err != nil {
+		return nil, nil, err
+	}
+	dev, err := in.OpenDevice(opts)
+	if err != nil {
+		in.Close()
+		return nil, nil, err
+	}
+	return dev, func() { dev.Close(); in.Close() }, nil
+}
