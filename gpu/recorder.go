@@ -184,6 +184,11 @@ func (r *Recorder) bindGroup(k *Kernel, params []byte, bindings []Binding) (C.WG
 		}
 	}
 	for j, b := range bindings {
+		if b.Buffer != nil && b.Size == 0 && b.Buffer.size-b.Offset > r.dev.Limits.MaxStorageBufferBindingSize ||
+			b.Size > r.dev.Limits.MaxStorageBufferBindingSize {
+			return nil, fmt.Errorf("kernel %s: binding %d spans %d bytes, over the adapter's maxStorageBufferBindingSize %d",
+				k.Name, j+1, max(b.Size, b.Buffer.size-b.Offset), r.dev.Limits.MaxStorageBufferBindingSize)
+		}
 		if err := set(uint32(j+1), b); err != nil {
 			return nil, err
 		}
