@@ -30,7 +30,7 @@ func TestTensorRoundTrip(t *testing.T) {
 		if math.Float32bits(v) != math.Float32bits(want) {
 			t.Fatalf("bf16 element %d: got %v want %v", i, v, want)
 		}
-		if !math.IsInf(float64(data[i]), 0) && data[i] != 0 && math.Abs(float64(v-data[i])) > math.Abs(float64(data[i]))/256 {
+		if normal := math.Abs(float64(data[i])) >= 0x1p-126; normal && !math.IsInf(float64(data[i]), 0) && math.Abs(float64(v-data[i])) > math.Abs(float64(data[i]))/256 {
 			t.Fatalf("bf16 element %d: %v is not within bf16 precision of %v", i, v, data[i])
 		}
 	}
