@@ -108,16 +108,6 @@ func lastDim(t *Tensor) int {
 	return t.Shape[len(t.Shape)-1]
 }
 
-func elemOffset(t *Tensor) (int, error) {
-	if t.Offset%4 != 0 {
-		return 0, fmt.Errorf("tensor offset %d is not a multiple of 4 bytes", t.Offset)
-	}
-	if t.DType == BF16 {
-		return int(t.Offset / 2), nil
-	}
-	return int(t.Offset / 4), nil
-}
-
 // checkExtent verifies that a stored rows x cols matrix with leading dimension ld
 // fits in the tensor, for the axes not replaced by index lists.
 func checkExtent(name string, t *Tensor, rows, cols, ld int) error {
@@ -219,18 +209,12 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 	if err != nil {
 		return err
 	}
-	offA, err := elemOffset(g.A)
-	if err != nil {
-		return err
+	if g.A.Offset%4 != 0 || g.B.Offset%4 != 0 || g.C.Offset%4 != 0 {
+		return errors.New("gemm: tensor offsets must be multiples of 4 bytes")
 	}
-	offB, err := elemOffset(g.B)
-	if err != nil {
-		return err
-	}
-	offC, err := elemOffset(g.C)
-	if err != nil {
-		return err
-	}
+	viewA, offA := g.A.View()
+	viewB, offB := g.B.View()
+	viewC, offC := g.C.View()
 	alpha := g.Alpha
 	if alpha == 0 {
 		alpha = 1
@@ -259,7 +243,7 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 	} {
 		binary.LittleEndian.PutUint32(params[4*i:], v)
 	}
-	bindings := []Binding{Bind(g.A.Buf), Bind(g.B.Buf), Bind(g.C.Buf), bm, bnl, bkl, bc}
+	bindings := []Binding{viewA, viewB, viewC, bm, bnl, bkl, bc}
 	if g.GatherAM == nil && g.ScatterCM == nil && g.GatherBN == nil {
 		gx := uint32((g.N + tile.BN - 1) / tile.BN)
 		gy := uint32((g.M + tile.BM - 1) / tile.BM)

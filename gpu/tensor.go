@@ -58,6 +58,21 @@ func (t *Tensor) Binding() Binding {
 	return Binding{Buffer: t.Buf, Offset: t.Offset, Size: max(t.Bytes(), 4)}
 }
 
+// View binds the tensor's bytes starting from the nearest offset at or below it
+// that storage bindings allow (minStorageBufferOffsetAlignment), and returns the
+// index of the tensor's first element inside that binding, in its own element
+// units (f32, or bf16 halves). Kernels take the index as a parameter, so tensors
+// can sit at any 4-byte offset and large buffers are never bound whole.
+func (t *Tensor) View() (Binding, uint32) {
+	align := uint64(max(t.Buf.dev.Limits.MinStorageBufferOffsetAlignment, 4))
+	start := t.Offset / align * align
+	words := (t.Offset - start) / 4
+	if t.DType == BF16 {
+		words *= 2
+	}
+	return Binding{Buffer: t.Buf, Offset: start, Size: max(t.Offset+t.Bytes()-start, 4)}, uint32(words)
+}
+
 // NewTensor allocates a zero-filled tensor in its own buffer.
 func (d *Device) NewTensor(dtype DType, label string, shape ...int) (*Tensor, error) {
 	t := &Tensor{Shape: append([]int(nil), shape...), DType: dtype}
