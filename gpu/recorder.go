@@ -74,6 +74,9 @@ func (d *Device) NewRecorder() *Recorder {
 	return &Recorder{dev: d, slot: align}
 }
 
+// Device is the device the recorder records for.
+func (r *Recorder) Device() *Device { return r.dev }
+
 func (r *Recorder) encoder() C.WGPUCommandEncoder {
 	if r.enc == nil {
 		r.enc = C.sl_wgpuDeviceCreateCommandEncoder(r.dev.h, nil)
