@@ -24,6 +24,8 @@ func commands() []command {
 	return []command{
 		{"devices", "list WebGPU adapters with backend, driver, features and limits", runDevices},
 		{"bench", "benchmark kernels (bench gemm)", runBench},
+		{"inspect", "show a checkpoint's architecture, size and training memory", runInspect},
+		{"conformance", "check forward, backward and AdamW against a Hugging Face reference", runConformance},
 	}
 }
 

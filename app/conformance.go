@@ -1,0 +1,390 @@
+package app
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/lora"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/model/safetensors"
+)
+
+// Tolerances of SPEC section 5 (relative L2 error).
+const (
+	tolActivations = 1e-4
+	tolGradients   = 1e-3
+)
+
+// referenceJSON is the part of a fixture's reference.json that the run needs.
+type referenceJSON struct {
+	Lora struct {
+		R     int     `json:"r"`
+		Alpha float64 `json:"alpha"`
+	} `json:"lora"`
+	Optimizer struct {
+		LR          float64   `json:"lr"`
+		Betas       []float64 `json:"betas"`
+		Eps         float64   `json:"eps"`
+		WeightDecay float64   `json:"weight_decay"`
+	} `json:"optimizer"`
+	Losses          []float64 `json:"losses"`
+	LossBF16Weights *float64  `json:"loss_bf16_weights"`
+}
+
+// check is one row of the conformance table.
+type check struct {
+	name      string
+	err       float64
+	tolerance float64
+	note      string
+}
+
+func (c check) ok() bool { return c.err <= c.tolerance }
+
+func runConformance(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("conformance", "conformance [--bf16] DIR", stdout, stderr)
+	bf16 := fs.Bool("bf16", false, "load DIR/model-bf16 with frozen weights kept as bf16 and check the forward pass")
+	var df deviceFlags
+	df.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "conformance: want exactly one fixture directory")
+		return errUsage
+	}
+	dir := fs.Arg(0)
+	checks, err := conformance(ctx, &df, dir, *bf16)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHECK\tREL. ERROR\tTOLERANCE\tRESULT\t")
+	failed := 0
+	for _, c := range checks {
+		result := "ok"
+		if !c.ok() {
+			result = "FAIL"
+			failed++
+		}
+		if c.note != "" {
+			result += " (" + c.note + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%.3g\t%.0e\t%s\t\n", c.name, c.err, c.tolerance, result)
+	}
+	tw.Flush()
+	if failed > 0 {
+		return fmt.Errorf("%d of %d checks over tolerance for %s", failed, len(checks), dir)
+	}
+	fmt.Fprintf(stdout, "all %d checks pass\n", len(checks))
+	return nil
+}
+
+// relErr is the relative L2 error of got against want over the selected
+// elements (all when keep is nil).
+func relErr(got, want []float32, keep func(i int) bool) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	var num, den float64
+	for i := range want {
+		if keep != nil && !keep(i) {
+			continue
+		}
+		d := float64(got[i]) - float64(want[i])
+		num += d * d
+		den += float64(want[i]) * float64(want[i])
+	}
+	if math.IsNaN(num) {
+		return math.Inf(1)
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}
+
+func readInts(f *safetensors.File, name string) ([]int32, []int, error) {
+	info, err := f.Info(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw, err := f.ReadRaw(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	var size int
+	switch info.Dtype {
+	case "I64":
+		size = 8
+	case "I32":
+		size = 4
+	default:
+		return nil, nil, fmt.Errorf("%s: tensor %s has dtype %s, want I64 or I32", f.Path(), name, info.Dtype)
+	}
+	out := make([]int32, len(raw)/size)
+	for i := range out {
+		if size == 8 {
+			v := int64(binary.LittleEndian.Uint64(raw[8*i:]))
+			if v < math.MinInt32 || v > math.MaxInt32 {
+				return nil, nil, fmt.Errorf("%s: tensor %s element %d = %d does not fit int32", f.Path(), name, i, v)
+			}
+			out[i] = int32(v)
+		} else {
+			out[i] = int32(binary.LittleEndian.Uint32(raw[4*i:]))
+		}
+	}
+	return out, info.Shape, nil
+}
+
+func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([]check, error) {
+	var ref referenceJSON
+	refPath := filepath.Join(dir, "reference.json")
+	raw, err := os.ReadFile(refPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(raw, &ref); err != nil {
+		return nil, fmt.Errorf("%s: %w", refPath, err)
+	}
+	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
+	if err != nil {
+		return nil, err
+	}
+	defer tensors.Close()
+	ids, shape, err := readInts(tensors, "input_ids")
+	if err != nil {
+		return nil, err
+	}
+	if len(shape) != 2 {
+		return nil, fmt.Errorf("%s: input_ids has shape %v, want [batch, seq]", tensors.Path(), shape)
+	}
+	mask, _, err := readInts(tensors, "attention_mask")
+	if err != nil {
+		return nil, err
+	}
+	labels, _, err := readInts(tensors, "labels")
+	if err != nil {
+		return nil, err
+	}
+	batch := model.Batch{Rows: shape[0], Seq: shape[1], InputIDs: ids, Mask: mask, Labels: labels}
+
+	dev, closeDev, err := df.open()
+	if err != nil {
+		return nil, err
+	}
+	defer closeDev()
+	modelDir, dtype := filepath.Join(dir, "model"), gpu.F32
+	if bf16 {
+		modelDir, dtype = filepath.Join(dir, "model-bf16"), gpu.BF16
+	}
+	m, err := model.Load(dev, modelDir, dtype)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Release()
+	T := batch.Rows * batch.Seq
+	adapters, err := lora.Load(m, filepath.Join(dir, "adapter_init"), T)
+	if err != nil {
+		return nil, err
+	}
+	defer adapters.Release()
+	adapters.Attach(m)
+	ws, err := m.NewWorkspace(batch.Rows, batch.Seq)
+	if err != nil {
+		return nil, err
+	}
+	defer ws.Release()
+	if err := ws.Load(m, batch); err != nil {
+		return nil, err
+	}
+	real := func(width int) func(i int) bool {
+		return func(i int) bool { return mask[i/width] != 0 }
+	}
+	refFloats := func(name string) ([]float32, error) { return tensors.ReadFloat32(name) }
+
+	// The reference generates with the initial adapter, so this runs before training.
+	gen, err := greedyCheck(ctx, m, tensors)
+	if err != nil {
+		return nil, err
+	}
+	checks := []check{gen}
+	rec := dev.NewRecorder()
+	defer rec.Release()
+	logits, err := dev.NewTensor(gpu.F32, "logits", T, m.Config.VocabSize)
+	if err != nil {
+		return nil, err
+	}
+	defer logits.Release()
+	forward := func() (float64, error) {
+		if err := adapters.ZeroGrad(rec); err != nil {
+			return 0, err
+		}
+		if err := m.Forward(rec, ws); err != nil {
+			return 0, err
+		}
+		if err := m.Logits(rec, ws, logits); err != nil {
+			return 0, err
+		}
+		if err := rec.Submit(); err != nil {
+			return 0, err
+		}
+		loss, err := ws.Loss.Download(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return float64(loss[0]), nil
+	}
+	loss, err := forward()
+	if err != nil {
+		return nil, err
+	}
+	scalar := func(name string, got, want float64, tol float64) check {
+		return check{name: name, err: math.Abs(got-want) / math.Abs(want), tolerance: tol}
+	}
+	compare := func(name string, got *gpu.Tensor, refName string, keep func(int) bool, tol float64) error {
+		want, err := refFloats(refName)
+		if err != nil {
+			return err
+		}
+		g, err := got.Download(ctx)
+		if err != nil {
+			return err
+		}
+		checks = append(checks, check{name: name, err: relErr(g, want, keep), tolerance: tol})
+		return nil
+	}
+	if bf16 {
+		if err := compare("logits (bf16 weights)", logits, "logits_bf16_weights", real(m.Config.VocabSize), tolActivations); err != nil {
+			return nil, err
+		}
+		if ref.LossBF16Weights == nil {
+			return nil, fmt.Errorf("%s: no loss_bf16_weights", refPath)
+		}
+		checks = append(checks, scalar("loss (bf16 weights)", loss, *ref.LossBF16Weights, tolActivations))
+	} else {
+		for i := 0; i <= len(m.Layers); i++ {
+			name := fmt.Sprintf("hidden_states.%d", i)
+			if err := compare(name, ws.Hidden(i), name, real(m.Config.HiddenSize), tolActivations); err != nil {
+				return nil, err
+			}
+		}
+		if err := compare("logits", logits, "logits", real(m.Config.VocabSize), tolActivations); err != nil {
+			return nil, err
+		}
+		if len(ref.Losses) < 2 {
+			return nil, fmt.Errorf("%s: want two losses", refPath)
+		}
+		checks = append(checks, scalar("loss (step 1)", loss, ref.Losses[0], tolActivations))
+		more, err := trainingChecks(ctx, dev, m, ws, adapters, ref, tensors, forward)
+		if err != nil {
+			return nil, err
+		}
+		checks = append(checks, more...)
+	}
+	return checks, nil
+}
+
+// trainingChecks runs backward and two AdamW steps (the first forward is done)
+// and compares gradients and parameters with the reference.
+func trainingChecks(ctx context.Context, dev *gpu.Device, m *model.Model, ws *model.Workspace, adapters *lora.Set,
+	ref referenceJSON, tensors *safetensors.File, forward func() (float64, error)) ([]check, error) {
+	var checks []check
+	params := adapters.Params()
+	cfg := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
+	if len(ref.Optimizer.Betas) == 2 {
+		cfg.Beta1, cfg.Beta2 = ref.Optimizer.Betas[0], ref.Optimizer.Betas[1]
+	}
+	opt, err := lora.NewOptimizer(dev, params, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer opt.Release()
+	rec := dev.NewRecorder()
+	defer rec.Release()
+	// PEFT's in-memory names carry the adapter name "default".
+	refName := func(prefix, name string) string {
+		return prefix + strings.Replace(name, ".weight", ".default.weight", 1)
+	}
+	compareAll := func(label, prefix string, pick func(lora.Param) *gpu.Tensor) error {
+		worst := check{name: label, tolerance: tolGradients}
+		for _, p := range params {
+			want, err := tensors.ReadFloat32(refName(prefix, p.Name))
+			if err != nil {
+				return err
+			}
+			got, err := pick(p).Download(ctx)
+			if err != nil {
+				return err
+			}
+			if e := relErr(got, want, nil); e > worst.err || math.IsInf(e, 0) {
+				worst.err, worst.note = e, "worst: "+p.Name
+			}
+		}
+		checks = append(checks, worst)
+		return nil
+	}
+	for step := 1; step <= 2; step++ {
+		if step == 2 {
+			loss, err := forward()
+			if err != nil {
+				return nil, err
+			}
+			checks = append(checks, check{name: "loss (step 2)", err: math.Abs(loss-ref.Losses[1]) / math.Abs(ref.Losses[1]), tolerance: tolActivations})
+		}
+		if err := m.Backward(rec, ws); err != nil {
+			return nil, err
+		}
+		if err := rec.Submit(); err != nil {
+			return nil, err
+		}
+		if step == 1 {
+			if err := compareAll(fmt.Sprintf("LoRA gradients (%d tensors)", len(params)), "grad.", func(p lora.Param) *gpu.Tensor { return p.Grad }); err != nil {
+				return nil, err
+			}
+		}
+		if err := opt.Step(rec, ref.Optimizer.LR); err != nil {
+			return nil, err
+		}
+		if err := rec.Submit(); err != nil {
+			return nil, err
+		}
+		prefix := fmt.Sprintf("after_step%d.", step)
+		if err := compareAll(fmt.Sprintf("parameters after step %d", step), prefix, func(p lora.Param) *gpu.Tensor { return p.Value }); err != nil {
+			return nil, err
+		}
+	}
+	return checks, nil
+}
+
+// greedyCheck regenerates the reference's greedy continuation.
+func greedyCheck(ctx context.Context, m *model.Model, tensors *safetensors.File) (check, error) {
+	prompt, _, err := readInts(tensors, "generate_prompt")
+	if err != nil {
+		return check{}, err
+	}
+	want, _, err := readInts(tensors, "generate_greedy")
+	if err != nil {
+		return check{}, err
+	}
+	got, err := m.Generate(ctx, prompt, len(want)-len(prompt), model.Greedy())
+	if err != nil {
+		return check{}, err
+	}
+	c := check{name: fmt.Sprintf("greedy generation (%d tokens)", len(want)-len(prompt)), tolerance: 0}
+	if !slices.Equal(got, want) {
+		c.err = 1
+		c.note = fmt.Sprintf("got %v, want %v", got[len(prompt):], want[len(prompt):])
+	}
+	return c, nil
+}

@@ -1,0 +1,109 @@
+package app
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sparselora/sparselora/internal/fixtures"
+)
+
+// The acceptance test of the model work: forward, backward, two AdamW steps and
+// greedy generation match Hugging Face transformers + PEFT on both fixtures,
+// with f32 and with bf16 frozen weights.
+func TestConformanceOnFixtures(t *testing.T) {
+	for _, name := range []string{"llama-gqa", "qwen2-bias"} {
+		for _, bf16 := range []bool{false, true} {
+			args := []string{"conformance", fixtures.HF(t, name)}
+			if bf16 {
+				args = []string{"conformance", "--bf16", fixtures.HF(t, name)}
+			}
+			code, out, errOut := run(t, args...)
+			if code != 0 || !strings.Contains(out, "checks pass") {
+				t.Errorf("%v: exit %d\n%s%s", args, code, out, errOut)
+			}
+		}
+	}
+}
+
+// copyFixture copies a fixture folder so a test can damage it.
+func copyFixture(t *testing.T, name string) string {
+	t.Helper()
+	src := fixtures.HF(t, name)
+	dst := filepath.Join(t.TempDir(), name)
+	err := filepath.Walk(src, func(path string, info os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		if info.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// A conformance run that cannot fail proves nothing: starting from the wrong
+// adapter must be reported, per check.
+func TestConformanceDetectsMismatch(t *testing.T) {
+	dir := copyFixture(t, "llama-gqa")
+	for _, f := range []string{"adapter_config.json", "adapter_model.safetensors"} {
+		data, err := os.ReadFile(filepath.Join(dir, "adapter_after_step2", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "adapter_init", f), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, errOut := run(t, "conformance", dir)
+	if code != 1 || !strings.Contains(out, "FAIL") || !strings.Contains(errOut, "over tolerance") {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+func TestConformanceReportsBadInput(t *testing.T) {
+	dir := copyFixture(t, "qwen2-bias")
+	weights := filepath.Join(dir, "model", "model.safetensors")
+	data, err := os.ReadFile(weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(weights, data[:len(data)/2], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := run(t, "conformance", dir)
+	if code != 1 || !strings.Contains(errOut, weights) {
+		t.Errorf("truncated checkpoint: exit %d, stderr %q (want the file named)", code, errOut)
+	}
+	code, _, errOut = run(t, "conformance", filepath.Join(dir, "missing"))
+	if code != 1 || !strings.Contains(errOut, "reference.json") {
+		t.Errorf("missing directory: exit %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = run(t, "inspect", filepath.Join(dir, "model"))
+	if code != 1 || !strings.Contains(errOut, weights) {
+		t.Errorf("inspect of a truncated checkpoint: exit %d, stderr %q", code, errOut)
+	}
+}
+
+func TestInspect(t *testing.T) {
+	code, out, errOut := run(t, "inspect", "--batch", "2", "--seq", "24", "--rank", "8", filepath.Join(fixtures.HF(t, "llama-gqa"), "model"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	// 512*64*2 (embeddings, head) + 3 layers * (64*64*2 + 64*32*2 + 176*64*3 + 2*64) + 64
+	for _, want := range []string{"llama", "parameters:   204224 (204.2K)", "F32 (", "activations"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+}

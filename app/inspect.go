@@ -1,0 +1,116 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/model/safetensors"
+)
+
+func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("inspect", "inspect [--batch B --seq T --bf16 --rank R --targets q,k,v,o,gate,up,down] DIR", stdout, stderr)
+	batch := fs.Int("batch", 4, "sequences per batch for the memory estimate")
+	seq := fs.Int("seq", 512, "tokens per sequence for the memory estimate")
+	bf16 := fs.Bool("bf16", false, "estimate with frozen weights stored as bf16")
+	rank := fs.Int("rank", 16, "LoRA rank for the memory estimate")
+	targets := fs.String("targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "LoRA target modules")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "inspect: want exactly one model directory")
+		return errUsage
+	}
+	if *batch <= 0 || *seq <= 0 || *rank <= 0 {
+		return fmt.Errorf("--batch, --seq and --rank must be positive")
+	}
+	dir := fs.Arg(0)
+	cfg, err := model.LoadConfig(filepath.Join(dir, model.ConfigFileName))
+	if err != nil {
+		return err
+	}
+	ckpt, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer ckpt.Close()
+	if err := model.CheckCheckpoint(cfg, ckpt); err != nil {
+		return err
+	}
+	dtypes := map[safetensors.Dtype]int{}
+	for _, name := range ckpt.Names() {
+		if info, err := ckpt.Info(name); err == nil {
+			dtypes[info.Dtype]++
+		}
+	}
+	var stored []string
+	for d, n := range dtypes {
+		stored = append(stored, fmt.Sprintf("%s (%d tensors)", d, n))
+	}
+	projections := map[string]model.Projection{}
+	for _, p := range model.Projections {
+		projections[p.String()] = p
+		projections[strings.TrimSuffix(p.String(), "_proj")] = p
+	}
+	var loraParams int64
+	for _, t := range strings.Split(*targets, ",") {
+		p, ok := projections[strings.TrimSpace(t)]
+		if !ok {
+			return fmt.Errorf("--targets: unknown module %q", t)
+		}
+		in, out := projectionShape(cfg, p)
+		loraParams += int64(*rank * (in + out))
+	}
+	loraParams *= int64(cfg.NumHiddenLayers)
+	dtype := gpu.F32
+	if *bf16 {
+		dtype = gpu.BF16
+	}
+	mem := cfg.EstimateMemory(dtype, *batch, *seq)
+	loraBytes := uint64(loraParams) * 4 * 4 // value, gradient, two AdamW moments
+	fmt.Fprintf(stdout, "model:        %s\n", dir)
+	fmt.Fprintf(stdout, "architecture: %s (%d layers, hidden %d, intermediate %d, %d heads / %d kv heads x %d, vocab %d)\n",
+		cfg.Architecture, cfg.NumHiddenLayers, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumAttentionHeads,
+		cfg.NumKeyValueHeads, cfg.HeadDim, cfg.VocabSize)
+	fmt.Fprintf(stdout, "rope:         %s, theta %g\n", cfg.Rope.Type, cfg.Rope.Theta)
+	fmt.Fprintf(stdout, "parameters:   %d (%s)\n", cfg.ParameterCount(), countString(cfg.ParameterCount()))
+	fmt.Fprintf(stdout, "stored as:    %s\n", strings.Join(stored, ", "))
+	fmt.Fprintf(stdout, "training memory, batch %d x %d tokens, weights %s, LoRA r=%d on %s:\n", *batch, *seq, dtype, *rank, *targets)
+	fmt.Fprintf(stdout, "  frozen weights  %s\n", bytesString(mem.Weights))
+	fmt.Fprintf(stdout, "  LoRA + AdamW    %s (%d trainable parameters)\n", bytesString(loraBytes), loraParams)
+	fmt.Fprintf(stdout, "  activations     %s\n", bytesString(mem.Activations))
+	fmt.Fprintf(stdout, "  total           %s\n", bytesString(mem.Weights+loraBytes+mem.Activations))
+	return nil
+}
+
+// projectionShape is (in, out) of a projection.
+func projectionShape(c *model.Config, p model.Projection) (int, int) {
+	q, kv := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
+	switch p {
+	case model.ProjQ:
+		return c.HiddenSize, q
+	case model.ProjK, model.ProjV:
+		return c.HiddenSize, kv
+	case model.ProjO:
+		return q, c.HiddenSize
+	case model.ProjDown:
+		return c.IntermediateSize, c.HiddenSize
+	}
+	return c.HiddenSize, c.IntermediateSize
+}
+
+// countString abbreviates a count: 6.74B, 204.2K.
+func countString(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2fB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	}
+	return fmt.Sprintf("%.1fK", float64(n)/1e3)
+}

@@ -1,0 +1,369 @@
+package lora
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/model/safetensors"
+)
+
+// PEFT file names inside an adapter directory.
+const (
+	ConfigFileName  = "adapter_config.json"
+	WeightsFileName = "adapter_model.safetensors"
+)
+
+// Config is the part of PEFT's LoraConfig that sparselora reads and writes.
+type Config struct {
+	Rank    int
+	Alpha   float64
+	Targets []model.Projection
+	// RSLoRA scales by alpha/sqrt(r) instead of alpha/r (PEFT's use_rslora).
+	RSLoRA bool
+	// BaseModel is recorded as base_model_name_or_path.
+	BaseModel string
+}
+
+// scale is the factor PEFT multiplies the adapter's output by.
+func (c Config) scale() float64 {
+	if c.RSLoRA {
+		return c.Alpha / math.Sqrt(float64(c.Rank))
+	}
+	return c.Alpha / float64(c.Rank)
+}
+
+// Key names one adapted projection.
+type Key struct {
+	Layer int
+	Proj  model.Projection
+}
+
+// PEFTName is the module path PEFT uses in adapter files, without the
+// ".lora_A.weight" suffix.
+func (k Key) PEFTName() string {
+	return fmt.Sprintf("base_model.model.model.layers.%d.%s.%s", k.Layer, k.Proj.Module(), k.Proj)
+}
+
+// Set is the LoRA adapters of a whole model.
+type Set struct {
+	Config   Config
+	Adapters map[Key]*LoRA
+}
+
+// Keys lists the adapted projections in layer, then projection order.
+func (s *Set) Keys() []Key {
+	keys := make([]Key, 0, len(s.Adapters))
+	for k := range s.Adapters {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b Key) int {
+		if a.Layer != b.Layer {
+			return a.Layer - b.Layer
+		}
+		return int(a.Proj) - int(b.Proj)
+	})
+	return keys
+}
+
+// NewSet creates adapters on cfg.Targets of every layer of m, initialised as
+// PEFT does (Kaiming-uniform A, zero B) from seed.
+func NewSet(m *model.Model, cfg Config, seed uint64, maxTokens int) (*Set, error) {
+	if cfg.Rank <= 0 || cfg.Alpha == 0 || len(cfg.Targets) == 0 {
+		return nil, fmt.Errorf("lora: rank %d, alpha %g and %d target modules: want a positive rank, non-zero alpha and at least one target", cfg.Rank, cfg.Alpha, len(cfg.Targets))
+	}
+	s := &Set{Config: cfg, Adapters: map[Key]*LoRA{}}
+	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
+	for i, layer := range m.Layers {
+		for _, p := range cfg.Targets {
+			l, err := s.add(m.Dev, Key{i, p}, layer.Proj[p], maxTokens)
+			if err != nil {
+				s.Release()
+				return nil, err
+			}
+			if err := l.InitPEFT(rng); err != nil {
+				s.Release()
+				return nil, err
+			}
+		}
+	}
+	return s, nil
+}
+
+func (s *Set) add(dev *gpu.Device, k Key, proj *model.Linear, maxTokens int) (*LoRA, error) {
+	// New takes PEFT's alpha and divides by the rank; RSLoRA's scale is folded in.
+	alpha := s.Config.scale() * float64(s.Config.Rank)
+	l, err := New(dev, proj.In, proj.Out, s.Config.Rank, float32(alpha), maxTokens)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", k.PEFTName(), err)
+	}
+	s.Adapters[k] = l
+	return l, nil
+}
+
+// Attach installs the adapters on the model's layers (replacing any).
+func (s *Set) Attach(m *model.Model) {
+	for _, l := range m.Layers {
+		l.Adapters = [7]model.Adapter{}
+	}
+	for k, a := range s.Adapters {
+		m.Layers[k.Layer].Adapters[k.Proj] = a
+	}
+}
+
+// Params lists every trainable tensor with its PEFT name
+// (…q_proj.lora_A.weight), in a stable order.
+func (s *Set) Params() []Param {
+	var out []Param
+	for _, k := range s.Keys() {
+		for _, p := range s.Adapters[k].Params() {
+			out = append(out, Param{Name: k.PEFTName() + "." + p.Name + ".weight", Value: p.Value, Grad: p.Grad})
+		}
+	}
+	return out
+}
+
+// ZeroGrad records zeroing every adapter's gradients.
+func (s *Set) ZeroGrad(rec *gpu.Recorder) error {
+	for _, k := range s.Keys() {
+		if err := s.Adapters[k].ZeroGrad(rec); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Release frees every adapter.
+func (s *Set) Release() {
+	for _, a := range s.Adapters {
+		a.Release()
+	}
+	s.Adapters = nil
+}
+
+// peftConfig is adapter_config.json as PEFT writes it; fields sparselora does
+// not model are written with PEFT's defaults and checked on load.
+type peftConfig struct {
+	PeftType          string          `json:"peft_type"`
+	TaskType          string          `json:"task_type"`
+	BaseModel         *string         `json:"base_model_name_or_path"`
+	R                 int             `json:"r"`
+	LoraAlpha         float64         `json:"lora_alpha"`
+	LoraDropout       float64         `json:"lora_dropout"`
+	TargetModules     json.RawMessage `json:"target_modules"`
+	Bias              string          `json:"bias"`
+	FanInFanOut       bool            `json:"fan_in_fan_out"`
+	UseRSLoRA         bool            `json:"use_rslora"`
+	UseDoRA           bool            `json:"use_dora"`
+	InitLoraWeights   bool            `json:"init_lora_weights"`
+	InferenceMode     bool            `json:"inference_mode"`
+	RankPattern       map[string]any  `json:"rank_pattern"`
+	AlphaPattern      map[string]any  `json:"alpha_pattern"`
+	ModulesToSave     []string        `json:"modules_to_save"`
+	LayersToTransform any             `json:"layers_to_transform"`
+	PeftVersion       string          `json:"peft_version,omitempty"`
+}
+
+// Save writes the adapters in PEFT's format (adapter_config.json and
+// adapter_model.safetensors, f32), atomically per file.
+func (s *Set) Save(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	targets := make([]string, len(s.Config.Targets))
+	for i, p := range s.Config.Targets {
+		targets[i] = p.String()
+	}
+	rawTargets, _ := json.Marshal(targets)
+	var base *string
+	if s.Config.BaseModel != "" {
+		base = &s.Config.BaseModel
+	}
+	cfg := peftConfig{PeftType: "LORA", TaskType: "CAUSAL_LM", BaseModel: base, R: s.Config.Rank,
+		LoraAlpha: s.Config.Alpha, TargetModules: rawTargets, Bias: "none", UseRSLoRA: s.Config.RSLoRA,
+		InitLoraWeights: true, InferenceMode: true, RankPattern: map[string]any{}, AlphaPattern: map[string]any{}}
+	raw, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	tensors := map[string]safetensors.Tensor{}
+	for _, k := range s.Keys() {
+		l := s.Adapters[k]
+		a, b, err := l.Weights()
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", k.PEFTName(), err)
+		}
+		ta, err := safetensors.NewFloatTensor(safetensors.F32, []int{l.Rank(), l.In()}, a)
+		if err != nil {
+			return err
+		}
+		tb, err := safetensors.NewFloatTensor(safetensors.F32, []int{l.Out(), l.Rank()}, b)
+		if err != nil {
+			return err
+		}
+		tensors[k.PEFTName()+".lora_A.weight"] = ta
+		tensors[k.PEFTName()+".lora_B.weight"] = tb
+	}
+	if err := safetensors.WriteFile(filepath.Join(dir, WeightsFileName), tensors, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(dir, ConfigFileName), append(raw, '\n'))
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// Load reads a PEFT LoRA adapter directory for model m. Which projections of
+// which layers are adapted comes from the weight file's keys, checked against
+// adapter_config.json; unsupported PEFT options are rejected by name.
+func Load(m *model.Model, dir string, maxTokens int) (*Set, error) {
+	cfgPath := filepath.Join(dir, ConfigFileName)
+	raw, err := os.ReadFile(cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	var pc peftConfig
+	if err := json.Unmarshal(raw, &pc); err != nil {
+		return nil, fmt.Errorf("%s: malformed JSON: %w", cfgPath, err)
+	}
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%s: field %q: "+format, append([]any{cfgPath, field}, args...)...)
+	}
+	switch {
+	case pc.PeftType != "LORA":
+		return nil, bad("peft_type", "%q is not supported (want LORA)", pc.PeftType)
+	case pc.R <= 0:
+		return nil, bad("r", "must be positive, got %d", pc.R)
+	case pc.LoraAlpha == 0:
+		return nil, bad("lora_alpha", "must be non-zero")
+	case pc.UseDoRA:
+		return nil, bad("use_dora", "DoRA is not supported")
+	case pc.FanInFanOut:
+		return nil, bad("fan_in_fan_out", "must be false for LLaMA-family models")
+	case pc.Bias != "" && pc.Bias != "none":
+		return nil, bad("bias", "%q is not supported (want none)", pc.Bias)
+	case len(pc.RankPattern) > 0:
+		return nil, bad("rank_pattern", "per-module ranks are not supported")
+	case len(pc.AlphaPattern) > 0:
+		return nil, bad("alpha_pattern", "per-module alphas are not supported")
+	case len(pc.ModulesToSave) > 0:
+		return nil, bad("modules_to_save", "fully trained modules are not supported")
+	}
+	cfg := Config{Rank: pc.R, Alpha: pc.LoraAlpha, RSLoRA: pc.UseRSLoRA}
+	if pc.BaseModel != nil {
+		cfg.BaseModel = *pc.BaseModel
+	}
+	weightsPath := filepath.Join(dir, WeightsFileName)
+	f, err := safetensors.Open(weightsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	s := &Set{Config: cfg, Adapters: map[Key]*LoRA{}}
+	targets := map[model.Projection]bool{}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Release()
+		}
+	}()
+	for _, name := range f.Names() {
+		k, part, err := parsePEFTKey(name, len(m.Layers))
+		if err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", weightsPath, name, err)
+		}
+		if part != "lora_A" {
+			continue
+		}
+		targets[k.Proj] = true
+		proj := m.Layers[k.Layer].Proj[k.Proj]
+		l, err := s.add(m.Dev, k, proj, maxTokens)
+		if err != nil {
+			return nil, err
+		}
+		bName := strings.TrimSuffix(name, "lora_A.weight") + "lora_B.weight"
+		a, err := readShaped(f, name, []int{cfg.Rank, proj.In})
+		if err != nil {
+			return nil, err
+		}
+		b, err := readShaped(f, bName, []int{proj.Out, cfg.Rank})
+		if err != nil {
+			return nil, err
+		}
+		if err := l.SetWeights(a, b); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", weightsPath, k.PEFTName(), err)
+		}
+	}
+	if len(s.Adapters) == 0 {
+		return nil, fmt.Errorf("%s: no lora_A tensors", weightsPath)
+	}
+	for _, p := range model.Projections {
+		if targets[p] {
+			s.Config.Targets = append(s.Config.Targets, p)
+		}
+	}
+	ok = true
+	return s, nil
+}
+
+func readShaped(f *safetensors.File, name string, shape []int) ([]float32, error) {
+	info, err := f.Info(name)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Equal(info.Shape, shape) {
+		return nil, fmt.Errorf("%s: tensor %s has shape %v, want %v", f.Path(), name, info.Shape, shape)
+	}
+	return f.ReadFloat32(name)
+}
+
+// parsePEFTKey splits base_model.model.model.layers.{i}.{module}.{proj}.lora_{A|B}[.default].weight.
+func parsePEFTKey(name string, layers int) (Key, string, error) {
+	rest, found := strings.CutPrefix(name, "base_model.model.model.layers.")
+	if !found {
+		return Key{}, "", errors.New("not a PEFT LoRA key of a decoder layer (want base_model.model.model.layers.N.…)")
+	}
+	parts := strings.Split(strings.TrimSuffix(strings.Replace(rest, ".default.", ".", 1), ".weight"), ".")
+	if len(parts) != 4 {
+		return Key{}, "", errors.New("unexpected PEFT key layout")
+	}
+	var layer int
+	if _, err := fmt.Sscanf(parts[0], "%d", &layer); err != nil || layer < 0 || layer >= layers {
+		return Key{}, "", fmt.Errorf("layer %q is not one of the model's %d layers", parts[0], layers)
+	}
+	for _, p := range model.Projections {
+		if parts[1] == p.Module() && parts[2] == p.String() {
+			if parts[3] != "lora_A" && parts[3] != "lora_B" {
+				return Key{}, "", fmt.Errorf("unknown LoRA part %q", parts[3])
+			}
+			return Key{layer, p}, parts[3], nil
+		}
+	}
+	return Key{}, "", fmt.Errorf("unknown module %s.%s", parts[1], parts[2])
+}

@@ -1,0 +1,374 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/sparselora/sparselora/gpu"
+)
+
+// Layer holds one decoder layer's frozen weights and the adapters attached to
+// its projections (nil where none).
+type Layer struct {
+	InputNorm, PostNorm *gpu.Tensor
+	Proj                [7]*Linear // indexed by Projection
+	Adapters            [7]Adapter
+}
+
+// Model is a LLaMA-family decoder (LLaMA, Mistral, Qwen2) with its frozen
+// weights on the GPU. Compute is f32; weights are f32 or bf16.
+type Model struct {
+	Config *Config
+	Dev    *gpu.Device
+	Embed  *gpu.Tensor // [vocab, hidden]
+	Layers []*Layer
+	Norm   *gpu.Tensor // final RMSNorm weight
+	Head   *gpu.Tensor // [vocab, hidden]; the embedding table when tied
+	Rope   *RopeTable
+}
+
+// Release frees the model's GPU memory.
+func (m *Model) Release() {
+	release := func(ts ...*gpu.Tensor) {
+		for _, t := range ts {
+			t.Release()
+		}
+	}
+	release(m.Embed, m.Norm)
+	if m.Head != m.Embed {
+		release(m.Head)
+	}
+	for _, l := range m.Layers {
+		release(l.InputNorm, l.PostNorm)
+		for _, p := range l.Proj {
+			if p != nil {
+				release(p.W, p.Bias)
+			}
+		}
+	}
+	if m.Rope != nil {
+		m.Rope.Release()
+	}
+}
+
+// Batch is one training batch on the host: B rows of S tokens, right-padded.
+type Batch struct {
+	Rows, Seq int
+	InputIDs  []int32
+	Mask      []int32 // attention_mask, 1 for real tokens
+	Labels    []int32 // -100 where ignored
+}
+
+// layerActivations are what a layer's backward needs from its forward.
+type layerActivations struct {
+	x          *gpu.Tensor // residual stream entering the layer [T, H]
+	xn1, rstd1 *gpu.Tensor // input_layernorm output and 1/rms
+	q, k, v    *gpu.Tensor // after bias and RoPE
+	attn, lse  *gpu.Tensor // attention output [T, heads*hd] and log-sum-exp [T, heads]
+	mid        *gpu.Tensor // residual after attention
+	xn2, rstd2 *gpu.Tensor // post_attention_layernorm output
+	g, u, h    *gpu.Tensor // gate, up and SiLU(gate)*up [T, I]
+}
+
+// Workspace holds the activations and gradient scratch of one batch shape, so a
+// training step allocates nothing.
+type Workspace struct {
+	Rows, Seq int
+	layers    []layerActivations
+	final     *gpu.Tensor // residual after the last layer
+	normed    *gpu.Tensor // final norm output
+	rstdF     *gpu.Tensor
+	ids, mask *gpu.Tensor
+	targets   *gpu.Tensor
+	nTargets  int
+	Loss      *gpu.Tensor // [1] mean cross-entropy
+	head      *LMHead
+	// gradient scratch, reused by every layer
+	dRes, dMid, dXn     *gpu.Tensor
+	dq, dk, dv, dAttn   *gpu.Tensor
+	dg, du, dh, attnTmp *gpu.Tensor
+	all                 []*gpu.Tensor
+}
+
+// NewWorkspace allocates the buffers for batches of rows x seq tokens.
+func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
+	c := m.Config
+	T := rows * seq
+	qDim, kvDim := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
+	if c.SlidingWindow > 0 && seq > c.SlidingWindow {
+		return nil, fmt.Errorf("%s: sequences of %d tokens exceed sliding_window %d, which sparselora does not implement", c.Path, seq, c.SlidingWindow)
+	}
+	w := &Workspace{Rows: rows, Seq: seq}
+	var err error
+	alloc := func(label string, shape ...int) *gpu.Tensor {
+		if err != nil {
+			return nil
+		}
+		var t *gpu.Tensor
+		t, err = m.Dev.NewTensor(gpu.F32, label, shape...)
+		if err == nil {
+			w.all = append(w.all, t)
+		}
+		return t
+	}
+	w.layers = make([]layerActivations, len(m.Layers))
+	for i := range w.layers {
+		a := &w.layers[i]
+		a.x = alloc("residual", T, c.HiddenSize)
+		a.xn1, a.rstd1 = alloc("xn1", T, c.HiddenSize), alloc("rstd1", T)
+		a.q, a.k, a.v = alloc("q", T, qDim), alloc("k", T, kvDim), alloc("v", T, kvDim)
+		a.attn, a.lse = alloc("attention", T, qDim), alloc("lse", T, c.NumAttentionHeads)
+		a.mid = alloc("mid", T, c.HiddenSize)
+		a.xn2, a.rstd2 = alloc("xn2", T, c.HiddenSize), alloc("rstd2", T)
+		a.g, a.u, a.h = alloc("gate", T, c.IntermediateSize), alloc("up", T, c.IntermediateSize), alloc("h", T, c.IntermediateSize)
+	}
+	w.final, w.normed, w.rstdF = alloc("final", T, c.HiddenSize), alloc("normed", T, c.HiddenSize), alloc("rstdF", T)
+	w.ids, w.mask, w.targets = alloc("ids", T), alloc("mask", T), alloc("targets", T)
+	w.Loss = alloc("loss", 1)
+	w.dRes, w.dMid, w.dXn = alloc("dres", T, c.HiddenSize), alloc("dmid", T, c.HiddenSize), alloc("dxn", T, c.HiddenSize)
+	w.dq, w.dk, w.dv, w.dAttn = alloc("dq", T, qDim), alloc("dk", T, kvDim), alloc("dv", T, kvDim), alloc("dattn", T, qDim)
+	w.dg, w.du, w.dh = alloc("dg", T, c.IntermediateSize), alloc("du", T, c.IntermediateSize), alloc("dh", T, c.IntermediateSize)
+	w.attnTmp = alloc("attention scratch", T, c.NumAttentionHeads)
+	if err != nil {
+		w.Release()
+		return nil, fmt.Errorf("allocating activations for %d x %d tokens: %w", rows, seq, err)
+	}
+	if w.head, err = NewLMHead(m.Dev, T, c.HiddenSize, c.VocabSize); err != nil {
+		w.Release()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Release frees the workspace.
+func (w *Workspace) Release() {
+	for _, t := range w.all {
+		t.Release()
+	}
+	w.all = nil
+	if w.head != nil {
+		w.head.Release()
+	}
+}
+
+// Load uploads a batch's token ids, mask and loss targets.
+func (w *Workspace) Load(m *Model, b Batch) error {
+	T := w.Rows * w.Seq
+	if b.Rows != w.Rows || b.Seq != w.Seq || len(b.InputIDs) != T || len(b.Mask) != T || len(b.Labels) != T {
+		return fmt.Errorf("batch of %dx%d (%d ids, %d mask, %d labels) does not fit a %dx%d workspace",
+			b.Rows, b.Seq, len(b.InputIDs), len(b.Mask), len(b.Labels), w.Rows, w.Seq)
+	}
+	ids := make([]uint32, T)
+	mask := make([]uint32, T)
+	for i := range ids {
+		if b.InputIDs[i] < 0 || int(b.InputIDs[i]) >= m.Config.VocabSize {
+			return fmt.Errorf("batch row %d position %d: token id %d outside the vocabulary (%d)", i/w.Seq, i%w.Seq, b.InputIDs[i], m.Config.VocabSize)
+		}
+		ids[i] = uint32(b.InputIDs[i])
+		if b.Mask[i] != 0 {
+			mask[i] = 1
+		}
+	}
+	targets, n, err := Targets(b.Labels, b.Rows, b.Seq, m.Config.VocabSize)
+	if err != nil {
+		return err
+	}
+	w.nTargets = n
+	for _, up := range []struct {
+		t    *gpu.Tensor
+		data []uint32
+	}{{w.ids, ids}, {w.mask, mask}, {w.targets, targets}} {
+		if err := up.t.Buf.Write(up.t.Offset, gpu.U32Bytes(up.data)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Model) attentionShape(w *Workspace) AttentionShape {
+	c := m.Config
+	return AttentionShape{Batch: w.Rows, Seq: w.Seq, Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim}
+}
+
+// project runs a frozen projection plus its adapter: y (+)= x W^T (+ b) + adapter(x).
+func (l *Layer) project(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, tokens int, accumulate bool) error {
+	if err := l.Proj[p].Forward(rec, x, y, tokens, accumulate); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if a := l.Adapters[p]; a != nil {
+		if err := a.Forward(rec, x, y, tokens); err != nil {
+			return fmt.Errorf("%s adapter: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// projectBackward adds the input gradient of a projection and its adapter to dx
+// (overwriting dx first unless accumulate) and the adapter's parameter gradients.
+func (l *Layer) projectBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, tokens int, accumulate bool) error {
+	if err := l.Proj[p].BackwardInput(rec, dy, dx, tokens, accumulate); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if a := l.Adapters[p]; a != nil {
+		if err := a.Backward(rec, x, dy, dx, tokens); err != nil {
+			return fmt.Errorf("%s adapter: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// Forward records the whole forward pass and the loss for the loaded batch.
+func (m *Model) Forward(rec *gpu.Recorder, w *Workspace) error {
+	if err := m.Trunk(rec, w); err != nil {
+		return err
+	}
+	return w.head.Forward(rec, w.normed, m.Head, w.targets, w.nTargets, w.Loss)
+}
+
+// Logits records the logits of every position ([rows*seq, vocab]) from the
+// last Trunk or Forward.
+func (m *Model) Logits(rec *gpu.Recorder, w *Workspace, out *gpu.Tensor) error {
+	return w.head.Logits(rec, w.normed, m.Head, out)
+}
+
+// Hidden returns HF's hidden_states[i]: the embeddings (i = 0), the residual
+// stream after layer i-1, and for i = layers the final norm's output.
+func (w *Workspace) Hidden(i int) *gpu.Tensor {
+	if i == len(w.layers) {
+		return w.normed
+	}
+	return w.layers[i].x
+}
+
+// Trunk records the forward pass up to the final norm (no loss).
+func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
+	c := m.Config
+	T := w.Rows * w.Seq
+	H, I := c.HiddenSize, c.IntermediateSize
+	eps := float32(c.RMSNormEps)
+	if err := EmbeddingForward(rec, m.Embed, w.ids, w.layers[0].x, T, H); err != nil {
+		return fmt.Errorf("embedding: %w", err)
+	}
+	for i, l := range m.Layers {
+		a := &w.layers[i]
+		next := w.final
+		if i+1 < len(m.Layers) {
+			next = w.layers[i+1].x
+		}
+		if err := m.layerForward(rec, w, l, a, next, T, H, I, eps); err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+	}
+	if err := RMSNormForward(rec, w.final, m.Norm, w.normed, w.rstdF, T, H, eps); err != nil {
+		return fmt.Errorf("final norm: %w", err)
+	}
+	return nil
+}
+
+func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, l *Layer, a *layerActivations, next *gpu.Tensor, T, H, I int, eps float32) error {
+	c := m.Config
+	if err := RMSNormForward(rec, a.x, l.InputNorm, a.xn1, a.rstd1, T, H, eps); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		proj Projection
+		out  *gpu.Tensor
+	}{{ProjQ, a.q}, {ProjK, a.k}, {ProjV, a.v}} {
+		if err := l.project(rec, p.proj, a.xn1, p.out, T, false); err != nil {
+			return err
+		}
+	}
+	if err := RopeForward(rec, m.Rope, a.q, T, w.Seq, c.NumAttentionHeads, c.HeadDim); err != nil {
+		return err
+	}
+	if err := RopeForward(rec, m.Rope, a.k, T, w.Seq, c.NumKeyValueHeads, c.HeadDim); err != nil {
+		return err
+	}
+	if err := AttentionForward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse); err != nil {
+		return err
+	}
+	rec.Copy(a.mid.Buf, a.mid.Offset, a.x.Buf, a.x.Offset, a.x.Bytes())
+	if err := l.project(rec, ProjO, a.attn, a.mid, T, true); err != nil {
+		return err
+	}
+	if err := RMSNormForward(rec, a.mid, l.PostNorm, a.xn2, a.rstd2, T, H, eps); err != nil {
+		return err
+	}
+	if err := l.project(rec, ProjGate, a.xn2, a.g, T, false); err != nil {
+		return err
+	}
+	if err := l.project(rec, ProjUp, a.xn2, a.u, T, false); err != nil {
+		return err
+	}
+	if err := SwiGLUForward(rec, a.g, a.u, a.h, T*I); err != nil {
+		return err
+	}
+	rec.Copy(next.Buf, next.Offset, a.mid.Buf, a.mid.Offset, a.mid.Bytes())
+	return l.project(rec, ProjDown, a.h, next, T, true)
+}
+
+// Backward records the backward pass of the last Forward: every adapter's
+// parameter gradients accumulate; frozen weights get none.
+func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
+	c := m.Config
+	T := w.Rows * w.Seq
+	H, I := c.HiddenSize, c.IntermediateSize
+	// dRes holds the gradient of the residual stream between layers.
+	if err := w.head.Backward(rec, w.normed, m.Head, w.targets, w.nTargets, w.dXn); err != nil {
+		return err
+	}
+	if err := RMSNormBackward(rec, w.final, m.Norm, w.rstdF, w.dXn, w.dRes, T, H, false); err != nil {
+		return fmt.Errorf("final norm backward: %w", err)
+	}
+	for i := len(m.Layers) - 1; i >= 0; i-- {
+		if err := m.layerBackward(rec, w, m.Layers[i], &w.layers[i], T, H, I); err != nil {
+			return fmt.Errorf("layer %d backward: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *layerActivations, T, H, I int) error {
+	c := m.Config
+	// MLP: next = mid + down(h), h = SiLU(gate) * up.
+	if err := l.projectBackward(rec, ProjDown, a.h, w.dRes, w.dh, T, false); err != nil {
+		return err
+	}
+	if err := SwiGLUBackward(rec, a.g, a.u, w.dh, w.dg, w.du, T*I); err != nil {
+		return err
+	}
+	if err := l.projectBackward(rec, ProjGate, a.xn2, w.dg, w.dXn, T, false); err != nil {
+		return err
+	}
+	if err := l.projectBackward(rec, ProjUp, a.xn2, w.du, w.dXn, T, true); err != nil {
+		return err
+	}
+	rec.Copy(w.dMid.Buf, w.dMid.Offset, w.dRes.Buf, w.dRes.Offset, w.dRes.Bytes())
+	if err := RMSNormBackward(rec, a.mid, l.PostNorm, a.rstd2, w.dXn, w.dMid, T, H, true); err != nil {
+		return err
+	}
+	// Attention: mid = x + o_proj(attention(rope(q), rope(k), v)).
+	if err := l.projectBackward(rec, ProjO, a.attn, w.dMid, w.dAttn, T, false); err != nil {
+		return err
+	}
+	if err := AttentionBackward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse, w.dAttn,
+		w.dq, w.dk, w.dv, w.attnTmp); err != nil {
+		return err
+	}
+	if err := RopeBackward(rec, m.Rope, w.dq, T, w.Seq, c.NumAttentionHeads, c.HeadDim); err != nil {
+		return err
+	}
+	if err := RopeBackward(rec, m.Rope, w.dk, T, w.Seq, c.NumKeyValueHeads, c.HeadDim); err != nil {
+		return err
+	}
+	if err := l.projectBackward(rec, ProjQ, a.xn1, w.dq, w.dXn, T, false); err != nil {
+		return err
+	}
+	if err := l.projectBackward(rec, ProjK, a.xn1, w.dk, w.dXn, T, true); err != nil {
+		return err
+	}
+	if err := l.projectBackward(rec, ProjV, a.xn1, w.dv, w.dXn, T, true); err != nil {
+		return err
+	}
+	rec.Copy(w.dRes.Buf, w.dRes.Offset, w.dMid.Buf, w.dMid.Offset, w.dMid.Bytes())
+	return RMSNormBackward(rec, a.x, l.InputNorm, a.rstd1, w.dXn, w.dRes, T, H, true)
+}

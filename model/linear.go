@@ -1,0 +1,96 @@
+package model
+
+import (
+	"fmt"
+
+	"github.com/sparselora/sparselora/gpu"
+)
+
+// Linear is a frozen projection y = x W^T (+ b) with W [Out, In] on the GPU as
+// f32 or bf16. A weight larger than the adapter's maxStorageBufferBindingSize
+// (128 MiB on lavapipe) stays in one buffer but is multiplied in blocks of rows,
+// each bound on its own.
+type Linear struct {
+	Out, In int
+	W       *gpu.Tensor
+	Bias    *gpu.Tensor // [Out], or nil
+	// BlockRows is the number of rows of W bound at once.
+	BlockRows int
+}
+
+// NewLinear wraps a weight tensor of shape [out, in].
+func NewLinear(dev *gpu.Device, w, bias *gpu.Tensor) (*Linear, error) {
+	if len(w.Shape) != 2 {
+		return nil, fmt.Errorf("linear weight has shape %v, want [out, in]", w.Shape)
+	}
+	l := &Linear{Out: w.Shape[0], In: w.Shape[1], W: w, Bias: bias}
+	if bias != nil && bias.Len() != l.Out {
+		return nil, fmt.Errorf("linear bias has %d elements, want %d", bias.Len(), l.Out)
+	}
+	rowBytes := w.DType.Bytes(l.In)
+	limit := dev.Limits.MaxStorageBufferBindingSize - uint64(dev.Limits.MinStorageBufferOffsetAlignment)
+	l.BlockRows = int(min(uint64(l.Out), limit/rowBytes))
+	if w.DType == gpu.BF16 && l.BlockRows < l.Out {
+		l.BlockRows &^= 1 // blocks must start on a whole u32 of packed bf16
+	}
+	if l.BlockRows < 1 {
+		return nil, fmt.Errorf("one row of a [%d, %d] weight exceeds the binding limit", l.Out, l.In)
+	}
+	return l, nil
+}
+
+// rowBlock is a view of rows [r0, r0+n) of W.
+func (l *Linear) rowBlock(r0, n int) *gpu.Tensor {
+	return &gpu.Tensor{Buf: l.W.Buf, Offset: l.W.Offset + l.W.DType.Bytes(r0*l.In), Shape: []int{n, l.In}, DType: l.W.DType}
+}
+
+// columns is a view of columns [c0, c0+n) of a row-major [rows, width] tensor,
+// used with leading dimension width.
+func columns(t *gpu.Tensor, rows, width, c0, n int) *gpu.Tensor {
+	return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*c0), Shape: []int{(rows-1)*width + n}, DType: gpu.F32}
+}
+
+// Forward records y = x W^T (+ b) for tokens rows; y is overwritten, or added
+// to when accumulate is set (how projections write into the residual stream).
+func (l *Linear) Forward(rec *gpu.Recorder, x, y *gpu.Tensor, tokens int, accumulate bool) error {
+	if tokens == 0 {
+		return nil
+	}
+	for r0 := 0; r0 < l.Out; r0 += l.BlockRows {
+		n := min(l.BlockRows, l.Out-r0)
+		err := gpu.Gemm(rec, gpu.GemmArgs{A: x, B: l.rowBlock(r0, n), C: columns(y, tokens, l.Out, r0, n),
+			BTrans: true, M: tokens, N: n, K: l.In, LDA: l.In, LDB: l.In, LDC: l.Out, Beta: beta(accumulate)})
+		if err != nil {
+			return fmt.Errorf("linear [%d, %d] forward: %w", l.Out, l.In, err)
+		}
+	}
+	if l.Bias != nil {
+		return AddBias(rec, y, l.Bias, tokens, l.Out)
+	}
+	return nil
+}
+
+// BackwardInput records dx = dy W (accumulate: dx += dy W) for tokens rows.
+// The weight is frozen, so there is no weight gradient.
+func (l *Linear) BackwardInput(rec *gpu.Recorder, dy, dx *gpu.Tensor, tokens int, accumulate bool) error {
+	if tokens == 0 {
+		return nil
+	}
+	for r0 := 0; r0 < l.Out; r0 += l.BlockRows {
+		n := min(l.BlockRows, l.Out-r0)
+		err := gpu.Gemm(rec, gpu.GemmArgs{A: columns(dy, tokens, l.Out, r0, n), B: l.rowBlock(r0, n), C: dx,
+			M: tokens, N: l.In, K: n, LDA: l.Out, LDB: l.In, LDC: l.In, Beta: beta(accumulate || r0 > 0)})
+		if err != nil {
+			return fmt.Errorf("linear [%d, %d] backward: %w", l.Out, l.In, err)
+		}
+	}
+	return nil
+}
+
+// beta is the GEMM coefficient of the old output: 1 to add, 0 to overwrite.
+func beta(accumulate bool) float32 {
+	if accumulate {
+		return 1
+	}
+	return 0
+}

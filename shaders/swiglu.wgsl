@@ -1,0 +1,55 @@
+// swiglu.wgsl: the gated activation of the LLaMA MLP, elementwise over n values:
+//   h[i] = silu(g[i]) * u[i],   silu(z) = z * sigmoid(z)
+// (g = gate_proj output, u = up_proj output). The sigmoid is evaluated through
+// exp(-|z|), which never overflows, so large |z| gives 0 or z, not inf/inf.
+// The backward pass is swiglu_backward.wgsl.
+//
+// Bindings (group 0):
+//   0  uniform Params (below).
+//   1  storage, read_write, array<f32> `g`: g[i] at g_base + i.
+//   2  storage, read_write, array<f32> `u`: u[i] at u_base + i.
+//   3  storage, read_write, array<f32> `h`: h[i] at h_base + i.
+// g and u are only read but declared read_write so that all three may share a
+// buffer (WebGPU forbids binding one buffer both read-only and writable in a
+// dispatch; writable bindings may share one if they do not overlap).
+//
+// Params (16 bytes, little-endian u32): n, g_base, u_base, h_base.
+//
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: invocation
+// `lane` of workgroup y*num_workgroups.x + x (a 2-D grid, so that more than
+// maxComputeWorkgroupsPerDimension workgroups fit) handles
+// i = (y*num_workgroups.x + x)*WORKGROUP_SIZE + lane; those with i >= n exit.
+//
+// Injected consts:
+//   WORKGROUP_SIZE: u32  invocations per workgroup.
+
+struct Params {
+    n: u32,
+    g_base: u32,
+    u_base: u32,
+    h_base: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> u: array<f32>;
+@group(0) @binding(3) var<storage, read_write> h: array<f32>;
+
+fn sigmoid(z: f32) -> f32 {
+    let e = exp(-abs(z));
+    let s = 1.0 / (1.0 + e);
+    // For z < 0, sigmoid(z) = e^z / (1 + e^z) = e * s.
+    return select(e * s, s, z >= 0.0);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
+        @builtin(num_workgroups) grid: vec3<u32>,
+        @builtin(local_invocation_index) lane: u32) {
+    let i = (workgroup.y * grid.x + workgroup.x) * WORKGROUP_SIZE + lane;
+    if (i >= p.n) {
+        return;
+    }
+    let z = g[p.g_base + i];
+    h[p.h_base + i] = z * sigmoid(z) * u[p.u_base + i];
+}
