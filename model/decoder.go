@@ -372,3 +372,63 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 	rec.Copy(w.dRes.Buf, w.dRes.Offset, w.dMid.Buf, w.dMid.Offset, w.dMid.Bytes())
 	return RMSNormBackward(rec, a.x, l.InputNorm, a.rstd1, w.dXn, w.dRes, T, H, true)
 }
+
+// rowsOf is a view of rows [r0, r0+n) of a row-major [*, width] f32 tensor.
+func rowsOf(t *gpu.Tensor, r0, n, width int) *gpu.Tensor {
+	return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*r0*width), Shape: []int{n, width}, DType: gpu.F32}
+}
+
+// decodeStep records the forward pass of the single token at position pos of a
+// one-sequence workspace whose rows before pos hold the keys and values of the
+// earlier tokens (the KV cache): every projection, norm and MLP runs on that
+// one row, and attention reads the cached keys and values.
+func (m *Model) decodeStep(rec *gpu.Recorder, w *Workspace, pos int) error {
+	c := m.Config
+	H, I := c.HiddenSize, c.IntermediateSize
+	qDim, kvDim := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
+	eps := float32(c.RMSNormEps)
+	if err := EmbeddingForward(rec, m.Embed, rowsOf(w.ids, pos, 1, 1), rowsOf(w.layers[0].x, pos, 1, H), 1, H); err != nil {
+		return fmt.Errorf("embedding: %w", err)
+	}
+	for i, l := range m.Layers {
+		a := &w.layers[i]
+		next := w.final
+		if i+1 < len(m.Layers) {
+			next = w.layers[i+1].x
+		}
+		x, xn1, mid, xn2 := rowsOf(a.x, pos, 1, H), rowsOf(a.xn1, pos, 1, H), rowsOf(a.mid, pos, 1, H), rowsOf(a.xn2, pos, 1, H)
+		q, k, v := rowsOf(a.q, pos, 1, qDim), rowsOf(a.k, pos, 1, kvDim), rowsOf(a.v, pos, 1, kvDim)
+		g, u, h := rowsOf(a.g, pos, 1, I), rowsOf(a.u, pos, 1, I), rowsOf(a.h, pos, 1, I)
+		out := rowsOf(next, pos, 1, H)
+		steps := []func() error{
+			func() error { return RMSNormForward(rec, x, l.InputNorm, xn1, rowsOf(a.rstd1, pos, 1, 1), 1, H, eps) },
+			func() error { return l.project(rec, ProjQ, xn1, q, 1, false) },
+			func() error { return l.project(rec, ProjK, xn1, k, 1, false) },
+			func() error { return l.project(rec, ProjV, xn1, v, 1, false) },
+			func() error { return RopeForwardAt(rec, m.Rope, q, 1, pos, c.NumAttentionHeads, c.HeadDim) },
+			func() error { return RopeForwardAt(rec, m.Rope, k, 1, pos, c.NumKeyValueHeads, c.HeadDim) },
+			// Causality keeps row pos from seeing the rows after it, whatever they hold.
+			func() error {
+				return AttentionForward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse)
+			},
+			func() error {
+				rec.Copy(mid.Buf, mid.Offset, x.Buf, x.Offset, x.Bytes())
+				return l.project(rec, ProjO, rowsOf(a.attn, pos, 1, qDim), mid, 1, true)
+			},
+			func() error { return RMSNormForward(rec, mid, l.PostNorm, xn2, rowsOf(a.rstd2, pos, 1, 1), 1, H, eps) },
+			func() error { return l.project(rec, ProjGate, xn2, g, 1, false) },
+			func() error { return l.project(rec, ProjUp, xn2, u, 1, false) },
+			func() error { return SwiGLUForward(rec, g, u, h, I) },
+			func() error {
+				rec.Copy(out.Buf, out.Offset, mid.Buf, mid.Offset, mid.Bytes())
+				return l.project(rec, ProjDown, h, out, 1, true)
+			},
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
+		}
+	}
+	return RMSNormForward(rec, rowsOf(w.final, pos, 1, H), m.Norm, rowsOf(w.normed, pos, 1, H), rowsOf(w.rstdF, pos, 1, 1), 1, H, eps)
+}

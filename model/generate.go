@@ -84,9 +84,10 @@ func (s Sampling) Next(logits []float32) int32 {
 	return int32(order[n-1])
 }
 
-// Generate continues prompt by n tokens with the model and its adapters. Each
-// new token re-runs the forward pass over the sequence so far (causal attention
-// makes the padded tail irrelevant); one workspace serves the whole call.
+// Generate continues prompt by n tokens with the model and its adapters. The
+// prompt runs through the full forward pass once (prefill); each new token
+// then runs through the layers alone, attending to the keys and values kept
+// from earlier positions (a KV cache in the workspace's activations).
 func (m *Model) Generate(ctx context.Context, prompt []int32, n int, s Sampler) ([]int32, error) {
 	if len(prompt) == 0 {
 		return nil, errors.New("generate: empty prompt")
@@ -95,50 +96,46 @@ func (m *Model) Generate(ctx context.Context, prompt []int32, n int, s Sampler) 
 		return slices.Clone(prompt), nil
 	}
 	seq := len(prompt) + n
+	if seq > m.Rope.Seq {
+		return nil, fmt.Errorf("generate: %d tokens exceed the model's %d positions", seq, m.Rope.Seq)
+	}
 	w, err := m.NewWorkspace(1, seq)
 	if err != nil {
 		return nil, err
 	}
 	defer w.Release()
-	logits, err := m.Dev.NewTensor(gpu.F32, "generation logits", seq, m.Config.VocabSize)
+	V := m.Config.VocabSize
+	logits, err := m.Dev.NewTensor(gpu.F32, "generation logits", 1, V)
 	if err != nil {
 		return nil, err
 	}
 	defer logits.Release()
 	rec := m.Dev.NewRecorder()
 	defer rec.Release()
-	tokens := slices.Clone(prompt)
+
 	b := Batch{Rows: 1, Seq: seq, InputIDs: make([]int32, seq), Mask: make([]int32, seq), Labels: make([]int32, seq)}
+	copy(b.InputIDs, prompt)
 	for i := range b.Labels {
-		b.Labels[i] = -100
+		b.Labels[i] = IgnoreLabel
+		if i < len(prompt) {
+			b.Mask[i] = 1
+		}
 	}
-	V := m.Config.VocabSize
-	for len(tokens) < seq {
-		if err := ctx.Err(); err != nil {
-			return tokens, err
-		}
-		copy(b.InputIDs, tokens)
-		for i := range b.Mask {
-			b.Mask[i] = 0
-			if i < len(tokens) {
-				b.Mask[i] = 1
-			}
-		}
-		if err := w.Load(m, b); err != nil {
-			return tokens, err
-		}
-		if err := m.Trunk(rec, w); err != nil {
-			return tokens, err
-		}
-		if err := m.Logits(rec, w, logits); err != nil {
+	if err := w.Load(m, b); err != nil {
+		return nil, err
+	}
+	if err := m.Trunk(rec, w); err != nil {
+		return nil, err
+	}
+	tokens := slices.Clone(prompt)
+	for pos := len(prompt) - 1; ; pos++ {
+		if err := w.head.Logits(rec, rowsOf(w.normed, pos, 1, m.Config.HiddenSize), m.Head, logits); err != nil {
 			return tokens, err
 		}
 		if err := rec.Submit(); err != nil {
 			return tokens, err
 		}
-		pos := len(tokens) - 1
-		row := &gpu.Tensor{Buf: logits.Buf, Offset: logits.Offset + uint64(4*pos*V), Shape: []int{V}, DType: gpu.F32}
-		values, err := row.Download(ctx)
+		values, err := logits.Download(ctx)
 		if err != nil {
 			return tokens, err
 		}
@@ -147,6 +144,21 @@ func (m *Model) Generate(ctx context.Context, prompt []int32, n int, s Sampler) 
 			return tokens, fmt.Errorf("generate: sampler returned token %d outside the vocabulary", next)
 		}
 		tokens = append(tokens, next)
+		if len(tokens) == seq {
+			return tokens, nil
+		}
+		if err := ctx.Err(); err != nil {
+			return tokens, err
+		}
+		// The new token enters the cache at pos+1: its id and its mask bit.
+		if err := w.ids.Buf.Write(w.ids.Offset+uint64(4*(pos+1)), gpu.U32Bytes([]uint32{uint32(next)})); err != nil {
+			return tokens, err
+		}
+		if err := w.mask.Buf.Write(w.mask.Offset+uint64(4*(pos+1)), gpu.U32Bytes([]uint32{1})); err != nil {
+			return tokens, err
+		}
+		if err := m.decodeStep(rec, w, pos+1); err != nil {
+			return tokens, err
+		}
 	}
-	return tokens, nil
 }

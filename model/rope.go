@@ -78,18 +78,27 @@ func (t *RopeTable) Release() {
 // position t mod seq (each batch row of seq tokens starts at 0, padded ones too).
 // rows must be a multiple of seq, and seq at most the table's Seq.
 func RopeForward(rec *gpu.Recorder, table *RopeTable, x *gpu.Tensor, rows, seq, heads, headDim int) error {
-	return rope("RopeForward", rec, table, x, rows, seq, heads, headDim, 1, 0)
+	return rope("RopeForward", rec, table, x, rows, seq, 0, heads, headDim, 1, 0)
 }
 
 // RopeBackward records the gradient of RopeForward in place on dx: the rotation
 // is orthogonal, so its transpose is the rotation by -angle.
 func RopeBackward(rec *gpu.Recorder, table *RopeTable, dx *gpu.Tensor, rows, seq, heads, headDim int) error {
-	return rope("RopeBackward", rec, table, dx, rows, seq, heads, headDim, -1, 0)
+	return rope("RopeBackward", rec, table, dx, rows, seq, 0, heads, headDim, -1, 0)
 }
 
 // rope records one rotation; sinSign is +1 forward and -1 backward, gridLimit
 // the per-dimension workgroup limit (0: the device's).
-func rope(op string, rec *gpu.Recorder, table *RopeTable, x *gpu.Tensor, rows, seq, heads, headDim int, sinSign float32, gridLimit uint32) error {
+// RopeForwardAt rotates rows rows of one sequence that start at position start
+// (a decoding step with a KV cache: the new token's q and k).
+func RopeForwardAt(rec *gpu.Recorder, table *RopeTable, x *gpu.Tensor, rows, start, heads, headDim int) error {
+	if start < 0 || start+rows > table.Seq {
+		return fmt.Errorf("RopeForwardAt: positions %d..%d outside the table's %d", start, start+rows-1, table.Seq)
+	}
+	return rope("RopeForwardAt", rec, table, x, rows, rows, start, heads, headDim, 1, 0)
+}
+
+func rope(op string, rec *gpu.Recorder, table *RopeTable, x *gpu.Tensor, rows, seq, start, heads, headDim int, sinSign float32, gridLimit uint32) error {
 	if table == nil || table.values == nil {
 		return fmt.Errorf("%s: RoPE table is nil or released", op)
 	}
@@ -124,6 +133,6 @@ func rope(op string, rec *gpu.Recorder, table *RopeTable, x *gpu.Tensor, rows, s
 	}
 	pairs := rows * heads * table.HalfDim
 	params := packKernelParams(uint32(pairs), uint32(heads), uint32(table.HalfDim), uint32(seq), uint32(table.Seq),
-		bases[0], bases[1], math.Float32bits(sinSign))
+		bases[0], bases[1], math.Float32bits(sinSign), uint32(start))
 	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(pairs), activationWorkgroupSize, gridLimit)
 }

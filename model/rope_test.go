@@ -61,7 +61,7 @@ func TestRope(t *testing.T) {
 		x := gputest.RandFloats(rng, n)
 		xt := gputest.Upload(t, testDevice, gpu.F32, x, c.rows, c.heads*c.headDim)
 		rec := testDevice.NewRecorder()
-		if err := rope("RopeForward", rec, table, xt, c.rows, c.seq, c.heads, c.headDim, 1, c.gridLimit); err != nil {
+		if err := rope("RopeForward", rec, table, xt, c.rows, c.seq, 0, c.heads, c.headDim, 1, c.gridLimit); err != nil {
 			t.Fatal(err)
 		}
 		gputest.Submit(t, rec)
@@ -69,7 +69,7 @@ func TestRope(t *testing.T) {
 		if e := gputest.RelL2(rotated, referenceRope(x, invFreq, c.rows, c.seq, c.heads, 1)); !(e < 1e-5) {
 			t.Errorf("head dim %d, %d heads, %d rows of seq %d: forward relative L2 error %g", c.headDim, c.heads, c.rows, c.seq, e)
 		}
-		if err := rope("RopeBackward", rec, table, xt, c.rows, c.seq, c.heads, c.headDim, -1, c.gridLimit); err != nil {
+		if err := rope("RopeBackward", rec, table, xt, c.rows, c.seq, 0, c.heads, c.headDim, -1, c.gridLimit); err != nil {
 			t.Fatal(err)
 		}
 		gputest.Submit(t, rec)
@@ -91,6 +91,40 @@ func TestRope(t *testing.T) {
 		rec.Release()
 		xt.Release()
 		table.Release()
+	}
+}
+
+// Decoding rotates single rows at their position: row p alone, rotated by
+// RopeForwardAt(start = p), must equal row p of the whole sequence's rotation.
+func TestRopeForwardAt(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	const headDim, heads, seq = 16, 3, 9
+	invFreq := ropeInvFreq(500000, headDim)
+	table, err := NewRopeTable(testDevice, invFreq, seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer table.Release()
+	width := heads * headDim
+	x := gputest.RandFloats(rng, seq*width)
+	want := referenceRope(x, invFreq, seq, seq, heads, 1)
+	rec := testDevice.NewRecorder()
+	defer rec.Release()
+	for _, start := range []int{0, 4, 8} {
+		row := gputest.Upload(t, testDevice, gpu.F32, x[start*width:(start+1)*width], 1, width)
+		if err := RopeForwardAt(rec, table, row, 1, start, heads, headDim); err != nil {
+			t.Fatal(err)
+		}
+		gputest.Submit(t, rec)
+		if e := gputest.RelL2(gputest.Download(t, row), want[start*width:(start+1)*width]); !(e < 1e-5) {
+			t.Errorf("row at position %d: relative L2 error %g", start, e)
+		}
+		row.Release()
+	}
+	row := gputest.Upload(t, testDevice, gpu.F32, x[:width], 1, width)
+	defer row.Release()
+	if err := RopeForwardAt(rec, table, row, 1, seq, heads, headDim); err == nil {
+		t.Error("a position past the table was accepted")
 	}
 }
 

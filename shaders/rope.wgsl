@@ -18,7 +18,7 @@
 //   2  storage, read_write, array<f32> `x`: pair (t, head, e) at
 //      x_base + (t*heads + head)*2*half + e and the same + half.
 //
-// Params (32 bytes, little-endian u32 unless noted):
+// Params (48 bytes, little-endian u32 unless noted):
 //   offset 0   pairs        rows*heads*half, the number of invocations with work
 //   offset 4   heads
 //   offset 8   half         head_dim / 2
@@ -27,6 +27,9 @@
 //   offset 20  table_base
 //   offset 24  x_base
 //   offset 28  sin_sign: f32   +1 forward, -1 backward
+//   offset 32  start        position of the first row (decoding with a KV cache
+//                           rotates one new row at its place in the sequence)
+//   offset 36  12 bytes of padding
 //
 // Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one pair each: invocation
 // `lane` of workgroup g = y*num_workgroups.x + x (a 2-D grid, so that more than
@@ -46,6 +49,7 @@ struct Params {
     table_base: u32,
     x_base: u32,
     sin_sign: f32,
+    start: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -62,7 +66,7 @@ fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
     }
     let e = i % p.half;
     let token_head = i / p.half;
-    let pos = (token_head / p.heads) % p.seq;
+    let pos = p.start + (token_head / p.heads) % p.seq;
     let cos_index = p.table_base + pos * p.half + e;
     let c = table[cos_index];
     let s = p.sin_sign * table[cos_index + p.table_rows * p.half];
