@@ -67,6 +67,9 @@ type layerActivations struct {
 	mid        *gpu.Tensor // residual after attention
 	xn2, rstd2 *gpu.Tensor // post_attention_layernorm output
 	g, u, h    *gpu.Tensor // gate, up and SiLU(gate)*up [T, I]
+	// The channels kept for context tokens in the last forward (nil: dense).
+	attnKeep AttentionChannels
+	mlpKeep  *gpu.IndexList
 }
 
 // Workspace holds the activations and gradient scratch of one batch shape, so a
@@ -87,6 +90,17 @@ type Workspace struct {
 	dq, dk, dv, dAttn   *gpu.Tensor
 	dg, du, dh, attnTmp *gpu.Tensor
 	all                 []*gpu.Tensor
+
+	// Tokens are the batch's real, context and scored rows (set by Load).
+	Tokens     TokenSets
+	tokenLists *gpu.Buffer
+	// Selector, when set, makes layers it selects channels for run their
+	// frozen projections sparsely on context tokens (SparseLoRA); nil is dense.
+	Selector ChannelSelector
+	// NoContextGradQKVO drops the activation gradient through the frozen
+	// q/k/v/o projections on context tokens of sparse layers, as the reference
+	// implementation does (a compatibility flag, off by default).
+	NoContextGradQKVO bool
 }
 
 // NewWorkspace allocates the buffers for batches of rows x seq tokens.
@@ -132,6 +146,14 @@ func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
 		w.Release()
 		return nil, fmt.Errorf("allocating activations for %d x %d tokens: %w", rows, seq, err)
 	}
+	if w.tokenLists, err = m.Dev.NewBuffer(uint64(4*3*(T+1)), "token lists"); err != nil {
+		w.Release()
+		return nil, err
+	}
+	w.Tokens = TokenSets{Rows: rows, Seq: seq, Mask: w.mask,
+		Real:    gpu.IndexList{Buf: w.tokenLists},
+		Context: gpu.IndexList{Buf: w.tokenLists, Offset: T + 1},
+		Scored:  gpu.IndexList{Buf: w.tokenLists, Offset: 2 * (T + 1)}}
 	if w.head, err = NewLMHead(m.Dev, T, c.HiddenSize, c.VocabSize); err != nil {
 		w.Release()
 		return nil, err
@@ -145,6 +167,7 @@ func (w *Workspace) Release() {
 		t.Release()
 	}
 	w.all = nil
+	w.tokenLists.Release()
 	if w.head != nil {
 		w.head.Release()
 	}
@@ -173,6 +196,26 @@ func (w *Workspace) Load(m *Model, b Batch) error {
 		return err
 	}
 	w.nTargets = n
+	lists := make([]uint32, 3*(T+1))
+	real, context, scored := lists[:T+1], lists[T+1:2*(T+1)], lists[2*(T+1):]
+	for i := range T {
+		if mask[i] == 0 {
+			continue
+		}
+		real[0]++
+		real[real[0]] = uint32(i)
+		if targets[i] != NoTarget {
+			scored[0]++
+			scored[scored[0]] = uint32(i)
+		} else {
+			context[0]++
+			context[context[0]] = uint32(i)
+		}
+	}
+	w.Tokens.RealCount, w.Tokens.ContextCount, w.Tokens.ScoredCount = int(real[0]), int(context[0]), int(scored[0])
+	if err := w.tokenLists.Write(0, gpu.U32Bytes(lists)); err != nil {
+		return err
+	}
 	for _, up := range []struct {
 		t    *gpu.Tensor
 		data []uint32
@@ -210,6 +253,128 @@ func (l *Layer) projectBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.
 	}
 	if a := l.Adapters[p]; a != nil {
 		if err := a.Backward(rec, x, dy, dx, tokens); err != nil {
+			return fmt.Errorf("%s adapter: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func clearTensor(rec *gpu.Recorder, t *gpu.Tensor) { rec.Clear(t.Buf, t.Offset, t.Bytes()) }
+
+// projectKeepOutputs runs a projection that produces output channels (q, k, v,
+// gate, up): densely when keep is nil, else on the kept channels for context
+// tokens, all channels for scored tokens, and nothing for padding; the other
+// outputs are 0 before the bias and the adapter are added.
+func (l *Layer) projectKeepOutputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, keep *gpu.IndexList) error {
+	T := w.Rows * w.Seq
+	if keep == nil {
+		return l.project(rec, p, x, y, T, false)
+	}
+	proj := l.Proj[p]
+	clearTensor(rec, y)
+	if n := w.Tokens.ScoredCount; n > 0 {
+		if err := proj.ForwardKeepOutputs(rec, x, y, w.Tokens.Scored, n, nil); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	if n := w.Tokens.ContextCount; n > 0 {
+		if err := proj.ForwardKeepOutputs(rec, x, y, w.Tokens.Context, n, keep); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return l.addBiasAndAdapter(rec, p, x, y, T)
+}
+
+// projectKeepInputs adds a projection that reads input channels (o, down) into
+// y: densely when keep is nil, else reading only the kept channels for context
+// tokens.
+func (l *Layer) projectKeepInputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, keep *gpu.IndexList) error {
+	T := w.Rows * w.Seq
+	if keep == nil {
+		return l.project(rec, p, x, y, T, true)
+	}
+	proj := l.Proj[p]
+	for _, part := range []struct {
+		rows gpu.IndexList
+		n    int
+		keep *gpu.IndexList
+	}{{w.Tokens.Scored, w.Tokens.ScoredCount, nil}, {w.Tokens.Context, w.Tokens.ContextCount, keep}} {
+		if part.n == 0 {
+			continue
+		}
+		if err := proj.ForwardKeepInputs(rec, x, y, part.rows, part.n, part.keep, true); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return l.addBiasAndAdapter(rec, p, x, y, T)
+}
+
+// addBiasAndAdapter adds the frozen bias (on every channel: like the adapter,
+// it is not part of the sparse matmul) and the adapter's output.
+func (l *Layer) addBiasAndAdapter(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, T int) error {
+	if b := l.Proj[p].Bias; b != nil {
+		if err := AddBias(rec, y, b, T, l.Proj[p].Out); err != nil {
+			return fmt.Errorf("%s bias: %w", p, err)
+		}
+	}
+	if a := l.Adapters[p]; a != nil {
+		if err := a.Forward(rec, x, y, T); err != nil {
+			return fmt.Errorf("%s adapter: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// backwardKeptOutputs adds to dx (overwriting it first unless accumulate) the
+// input gradient of an output-channel projection, through the kept channels
+// only for context tokens ("sparse but present"), and the adapter's part.
+func (l *Layer) backwardKeptOutputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, keep *gpu.IndexList, accumulate, skipContext bool) error {
+	T := w.Rows * w.Seq
+	if keep == nil {
+		return l.projectBackward(rec, p, x, dy, dx, T, accumulate)
+	}
+	if !accumulate {
+		clearTensor(rec, dx)
+	}
+	proj := l.Proj[p]
+	if n := w.Tokens.ScoredCount; n > 0 {
+		if err := proj.BackwardKeptOutputs(rec, dy, dx, w.Tokens.Scored, n, nil, true); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	if n := w.Tokens.ContextCount; n > 0 && !skipContext {
+		if err := proj.BackwardKeptOutputs(rec, dy, dx, w.Tokens.Context, n, keep, true); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return l.adapterBackward(rec, p, x, dy, dx, T)
+}
+
+// backwardKeptInputs overwrites dx with the input gradient of an input-channel
+// projection: only the kept channels for context tokens, and the adapter's part.
+func (l *Layer) backwardKeptInputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, keep *gpu.IndexList, skipContext bool) error {
+	T := w.Rows * w.Seq
+	if keep == nil {
+		return l.projectBackward(rec, p, x, dy, dx, T, false)
+	}
+	clearTensor(rec, dx)
+	proj := l.Proj[p]
+	if n := w.Tokens.ScoredCount; n > 0 {
+		if err := proj.BackwardKeptInputs(rec, dy, dx, w.Tokens.Scored, n, nil); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	if n := w.Tokens.ContextCount; n > 0 && !skipContext {
+		if err := proj.BackwardKeptInputs(rec, dy, dx, w.Tokens.Context, n, keep); err != nil {
+			return fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	return l.adapterBackward(rec, p, x, dy, dx, T)
+}
+
+func (l *Layer) adapterBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, T int) error {
+	if a := l.Adapters[p]; a != nil {
+		if err := a.Backward(rec, x, dy, dx, T); err != nil {
 			return fmt.Errorf("%s adapter: %w", p, err)
 		}
 	}
@@ -254,7 +419,7 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
 		if i+1 < len(m.Layers) {
 			next = w.layers[i+1].x
 		}
-		if err := m.layerForward(rec, w, l, a, next, T, H, I, eps); err != nil {
+		if err := m.layerForward(rec, w, i, l, a, next, T, H, I, eps); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
@@ -264,16 +429,25 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
 	return nil
 }
 
-func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, l *Layer, a *layerActivations, next *gpu.Tensor, T, H, I int, eps float32) error {
+func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, layer int, l *Layer, a *layerActivations, next *gpu.Tensor, T, H, I int, eps float32) error {
 	c := m.Config
 	if err := RMSNormForward(rec, a.x, l.InputNorm, a.xn1, a.rstd1, T, H, eps); err != nil {
 		return err
 	}
+	a.attnKeep, a.mlpKeep = AttentionChannels{}, nil
+	if w.Selector != nil {
+		keep, err := w.Selector.Attention(rec, layer, a.xn1, &w.Tokens)
+		if err != nil {
+			return fmt.Errorf("attention channel selection: %w", err)
+		}
+		a.attnKeep = keep
+	}
 	for _, p := range []struct {
 		proj Projection
 		out  *gpu.Tensor
-	}{{ProjQ, a.q}, {ProjK, a.k}, {ProjV, a.v}} {
-		if err := l.project(rec, p.proj, a.xn1, p.out, T, false); err != nil {
+		keep *gpu.IndexList
+	}{{ProjQ, a.q, a.attnKeep.Q}, {ProjK, a.k, a.attnKeep.K}, {ProjV, a.v, a.attnKeep.V}} {
+		if err := l.projectKeepOutputs(rec, p.proj, a.xn1, p.out, w, p.keep); err != nil {
 			return err
 		}
 	}
@@ -287,23 +461,30 @@ func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, l *Layer, a *layer
 		return err
 	}
 	rec.Copy(a.mid.Buf, a.mid.Offset, a.x.Buf, a.x.Offset, a.x.Bytes())
-	if err := l.project(rec, ProjO, a.attn, a.mid, T, true); err != nil {
+	if err := l.projectKeepInputs(rec, ProjO, a.attn, a.mid, w, a.attnKeep.O); err != nil {
 		return err
 	}
 	if err := RMSNormForward(rec, a.mid, l.PostNorm, a.xn2, a.rstd2, T, H, eps); err != nil {
 		return err
 	}
-	if err := l.project(rec, ProjGate, a.xn2, a.g, T, false); err != nil {
+	if w.Selector != nil {
+		keep, err := w.Selector.MLP(rec, layer, a.xn2, &w.Tokens)
+		if err != nil {
+			return fmt.Errorf("MLP channel selection: %w", err)
+		}
+		a.mlpKeep = keep
+	}
+	if err := l.projectKeepOutputs(rec, ProjGate, a.xn2, a.g, w, a.mlpKeep); err != nil {
 		return err
 	}
-	if err := l.project(rec, ProjUp, a.xn2, a.u, T, false); err != nil {
+	if err := l.projectKeepOutputs(rec, ProjUp, a.xn2, a.u, w, a.mlpKeep); err != nil {
 		return err
 	}
 	if err := SwiGLUForward(rec, a.g, a.u, a.h, T*I); err != nil {
 		return err
 	}
 	rec.Copy(next.Buf, next.Offset, a.mid.Buf, a.mid.Offset, a.mid.Bytes())
-	return l.project(rec, ProjDown, a.h, next, T, true)
+	return l.projectKeepInputs(rec, ProjDown, a.h, next, w, a.mlpKeep)
 }
 
 // Backward records the backward pass of the last Forward: every adapter's
@@ -329,17 +510,18 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 
 func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *layerActivations, T, H, I int) error {
 	c := m.Config
+	skip := w.NoContextGradQKVO
 	// MLP: next = mid + down(h), h = SiLU(gate) * up.
-	if err := l.projectBackward(rec, ProjDown, a.h, w.dRes, w.dh, T, false); err != nil {
+	if err := l.backwardKeptInputs(rec, ProjDown, a.h, w.dRes, w.dh, w, a.mlpKeep, false); err != nil {
 		return err
 	}
 	if err := SwiGLUBackward(rec, a.g, a.u, w.dh, w.dg, w.du, T*I); err != nil {
 		return err
 	}
-	if err := l.projectBackward(rec, ProjGate, a.xn2, w.dg, w.dXn, T, false); err != nil {
+	if err := l.backwardKeptOutputs(rec, ProjGate, a.xn2, w.dg, w.dXn, w, a.mlpKeep, false, false); err != nil {
 		return err
 	}
-	if err := l.projectBackward(rec, ProjUp, a.xn2, w.du, w.dXn, T, true); err != nil {
+	if err := l.backwardKeptOutputs(rec, ProjUp, a.xn2, w.du, w.dXn, w, a.mlpKeep, true, false); err != nil {
 		return err
 	}
 	rec.Copy(w.dMid.Buf, w.dMid.Offset, w.dRes.Buf, w.dRes.Offset, w.dRes.Bytes())
@@ -347,7 +529,7 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 		return err
 	}
 	// Attention: mid = x + o_proj(attention(rope(q), rope(k), v)).
-	if err := l.projectBackward(rec, ProjO, a.attn, w.dMid, w.dAttn, T, false); err != nil {
+	if err := l.backwardKeptInputs(rec, ProjO, a.attn, w.dMid, w.dAttn, w, a.attnKeep.O, skip); err != nil {
 		return err
 	}
 	if err := AttentionBackward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse, w.dAttn,
@@ -360,14 +542,14 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 	if err := RopeBackward(rec, m.Rope, w.dk, T, w.Seq, c.NumKeyValueHeads, c.HeadDim); err != nil {
 		return err
 	}
-	if err := l.projectBackward(rec, ProjQ, a.xn1, w.dq, w.dXn, T, false); err != nil {
-		return err
-	}
-	if err := l.projectBackward(rec, ProjK, a.xn1, w.dk, w.dXn, T, true); err != nil {
-		return err
-	}
-	if err := l.projectBackward(rec, ProjV, a.xn1, w.dv, w.dXn, T, true); err != nil {
-		return err
+	for i, p := range []struct {
+		proj Projection
+		dy   *gpu.Tensor
+		keep *gpu.IndexList
+	}{{ProjQ, w.dq, a.attnKeep.Q}, {ProjK, w.dk, a.attnKeep.K}, {ProjV, w.dv, a.attnKeep.V}} {
+		if err := l.backwardKeptOutputs(rec, p.proj, a.xn1, p.dy, w.dXn, w, p.keep, i > 0, skip); err != nil {
+			return err
+		}
 	}
 	rec.Copy(w.dRes.Buf, w.dRes.Offset, w.dMid.Buf, w.dMid.Offset, w.dMid.Bytes())
 	return RMSNormBackward(rec, a.x, l.InputNorm, a.rstd1, w.dXn, w.dRes, T, H, true)
