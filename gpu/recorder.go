@@ -63,9 +63,18 @@ type Recorder struct {
 
 	// Dispatches counts dispatches recorded since the last Submit.
 	Dispatches int
-	// Log, when set, is called for every dispatch with the kernel name and grid:
-	// tests use it to check which work a step really issues.
-	Log func(kernel string, groups [3]uint32)
+	// Log, when set, is called for every dispatch: tests use it to check which
+	// work a step really issues.
+	Log func(Dispatch)
+}
+
+// Dispatch describes one recorded dispatch. An indirect dispatch has a zero
+// Groups and its grid in Indirect (three u32, valid from Submit until the
+// recorder records again).
+type Dispatch struct {
+	Kernel   string
+	Groups   [3]uint32
+	Indirect *Binding
 }
 
 // NewRecorder creates a recorder.
@@ -252,7 +261,7 @@ func (r *Recorder) Dispatch(k *Kernel, params []byte, bindings []Binding, x, y, 
 	C.sl_wgpuComputePassEncoderDispatchWorkgroups(r.pass, C.uint32_t(x), C.uint32_t(y), C.uint32_t(z))
 	r.Dispatches++
 	if r.Log != nil {
-		r.Log(k.Name, [3]uint32{x, y, z})
+		r.Log(Dispatch{Kernel: k.Name, Groups: [3]uint32{x, y, z}})
 	}
 	return nil
 }
@@ -272,7 +281,7 @@ func (r *Recorder) DispatchIndirect(k *Kernel, params []byte, bindings []Binding
 	C.sl_wgpuComputePassEncoderDispatchWorkgroupsIndirect(r.pass, args.Buffer.h, C.uint64_t(args.Offset))
 	r.Dispatches++
 	if r.Log != nil {
-		r.Log(k.Name, [3]uint32{})
+		r.Log(Dispatch{Kernel: k.Name, Indirect: &args})
 	}
 	return nil
 }

@@ -78,7 +78,7 @@ func TestEmbedding(t *testing.T) {
 			}
 			rec := testDevice.NewRecorder()
 			dispatches := 0
-			rec.Log = func(string, [3]uint32) { dispatches++ }
+			rec.Log = func(gpu.Dispatch) { dispatches++ }
 			if err := embeddingForward(rec, tableT, idsT, x, c.tokens, c.cols, c.gridLimit, bindingLimit); err != nil {
 				t.Fatal(err)
 			}
