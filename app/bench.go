@@ -18,7 +18,7 @@ import (
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(stdout, "usage: sparselora bench gemm [flags]\n\nRun `sparselora bench gemm --help` for its flags.")
+		fmt.Fprintln(stdout, "usage: sparselora bench gemm|step [flags]\n\n  gemm  dense and gathered GEMMs\n  step  one dense-LoRA and one SparseLoRA training step on random weights of a model's shapes\n\nRun `sparselora bench gemm --help` or `sparselora bench step --help` for the flags.")
 		if len(args) == 0 {
 			return errUsage
 		}
@@ -27,8 +27,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	switch args[0] {
 	case "gemm":
 		return runBenchGemm(ctx, args[1:], stdout, stderr)
+	case "step":
+		return runBenchStep(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("unknown benchmark %q (want gemm)", args[0])
+	return fmt.Errorf("unknown benchmark %q (want gemm or step)", args[0])
 }
 
 // gemmShape is M x N x K.

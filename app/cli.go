@@ -23,7 +23,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"devices", "list WebGPU adapters with backend, driver, features and limits", runDevices},
-		{"bench", "benchmark kernels (bench gemm)", runBench},
+		{"bench", "benchmark GEMMs (bench gemm) and training steps (bench step)", runBench},
 		{"inspect", "show a checkpoint's architecture, size and training memory", runInspect},
 		{"conformance", "check forward, backward and AdamW against a Hugging Face reference", runConformance},
 	}

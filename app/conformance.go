@@ -52,8 +52,9 @@ type check struct {
 func (c check) ok() bool { return c.err <= c.tolerance }
 
 func runConformance(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("conformance", "conformance [--bf16] DIR", stdout, stderr)
+	fs := newFlags("conformance", "conformance [--bf16 | --sparse] DIR", stdout, stderr)
 	bf16 := fs.Bool("bf16", false, "load DIR/model-bf16 with frozen weights kept as bf16 and check the forward pass")
+	sparse := fs.Bool("sparse", false, "check one SparseLoRA step with the sparsity and rank of DIR/sparse_reference.json")
 	var df deviceFlags
 	df.register(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -64,7 +65,17 @@ func runConformance(ctx context.Context, args []string, stdout, stderr io.Writer
 		return errUsage
 	}
 	dir := fs.Arg(0)
-	checks, err := conformance(ctx, &df, dir, *bf16)
+	var checks []check
+	var err error
+	switch {
+	case *sparse && *bf16:
+		fmt.Fprintln(stderr, "conformance: --sparse and --bf16 are separate checks; pick one")
+		return errUsage
+	case *sparse:
+		checks, err = sparseConformance(ctx, &df, dir)
+	default:
+		checks, err = conformance(ctx, &df, dir, *bf16)
+	}
 	if err != nil {
 		return err
 	}
@@ -147,6 +158,31 @@ func readInts(f *safetensors.File, name string) ([]int32, []int, error) {
 	return out, info.Shape, nil
 }
 
+// referenceBatch reads the batch of DIR/reference.safetensors.
+func referenceBatch(dir string) (model.Batch, error) {
+	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
+	if err != nil {
+		return model.Batch{}, err
+	}
+	defer tensors.Close()
+	ids, shape, err := readInts(tensors, "input_ids")
+	if err != nil {
+		return model.Batch{}, err
+	}
+	if len(shape) != 2 {
+		return model.Batch{}, fmt.Errorf("%s: input_ids has shape %v, want [batch, seq]", tensors.Path(), shape)
+	}
+	mask, _, err := readInts(tensors, "attention_mask")
+	if err != nil {
+		return model.Batch{}, err
+	}
+	labels, _, err := readInts(tensors, "labels")
+	if err != nil {
+		return model.Batch{}, err
+	}
+	return model.Batch{Rows: shape[0], Seq: shape[1], InputIDs: ids, Mask: mask, Labels: labels}, nil
+}
+
 func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([]check, error) {
 	var ref referenceJSON
 	refPath := filepath.Join(dir, "reference.json")
@@ -162,22 +198,11 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		return nil, err
 	}
 	defer tensors.Close()
-	ids, shape, err := readInts(tensors, "input_ids")
+	batch, err := referenceBatch(dir)
 	if err != nil {
 		return nil, err
 	}
-	if len(shape) != 2 {
-		return nil, fmt.Errorf("%s: input_ids has shape %v, want [batch, seq]", tensors.Path(), shape)
-	}
-	mask, _, err := readInts(tensors, "attention_mask")
-	if err != nil {
-		return nil, err
-	}
-	labels, _, err := readInts(tensors, "labels")
-	if err != nil {
-		return nil, err
-	}
-	batch := model.Batch{Rows: shape[0], Seq: shape[1], InputIDs: ids, Mask: mask, Labels: labels}
+	mask := batch.Mask
 
 	dev, closeDev, err := df.open()
 	if err != nil {

@@ -107,3 +107,53 @@ func TestInspect(t *testing.T) {
 		}
 	}
 }
+
+// The SparseLoRA acceptance test: selections, scores, logits, loss and LoRA
+// gradients of one sparse step match the reference on both fixtures.
+func TestSparseConformanceOnFixtures(t *testing.T) {
+	for _, name := range []string{"llama-gqa", "qwen2-bias"} {
+		code, out, errOut := run(t, "conformance", "--sparse", fixtures.HF(t, name))
+		if code != 0 || !strings.Contains(out, "checks pass") || !strings.Contains(out, "select.layers.") {
+			t.Errorf("%s: exit %d\n%s%s", name, code, out, errOut)
+		}
+	}
+}
+
+// With a different sparsity than the reference used, the selections must be
+// reported as different.
+func TestSparseConformanceDetectsMismatch(t *testing.T) {
+	dir := copyFixture(t, "llama-gqa")
+	path := filepath.Join(dir, "sparse_reference.json")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(raw), `"layers.2.mlp": 0.75`, `"layers.2.mlp": 0.8`, 1)
+	if edited == string(raw) {
+		t.Fatal("fixture layout changed: layers.2.mlp not found")
+	}
+	if err := os.WriteFile(path, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run(t, "conformance", "--sparse", dir)
+	if code != 1 || !strings.Contains(out, "select.layers.2.mlp") || !strings.Contains(out, "FAIL") {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+func TestBenchStepSmall(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "step.json")
+	code, out, errOut := run(t, "bench", "step", "--shape", filepath.Join(fixtures.HF(t, "llama-gqa"), "model", "config.json"),
+		"--layers", "2", "--batch", "2", "--seq", "16", "--output-tokens", "4", "--first-layer", "14", "--rank", "4", "--reps", "1", "--json", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"dense LoRA", "SparseLoRA", "FLOPs sparse/dense"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,112 @@
+package model
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/sparselora/sparselora/gpu"
+)
+
+// Built-in architectures for benchmarks with random weights (the shapes of the
+// published checkpoints; no weights are needed).
+var builtinShapes = map[string]string{
+	"llama2-7b": `{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 32000,
+		"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+		"num_key_value_heads": 32, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096, "rope_theta": 10000.0,
+		"tie_word_embeddings": false}`,
+	"llama3-8b": `{"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 128256,
+		"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+		"num_key_value_heads": 8, "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "rope_theta": 500000.0,
+		"tie_word_embeddings": false}`,
+}
+
+// BuiltinShape returns the config of a built-in architecture ("llama2-7b",
+// "llama3-8b").
+func BuiltinShape(name string) (*Config, error) {
+	raw, ok := builtinShapes[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown model shape %q (want llama2-7b, llama3-8b or a config.json)", name)
+	}
+	return ParseConfig([]byte(raw), name)
+}
+
+// NewRandom builds a model of cfg's shape with random frozen weights (normal,
+// std 0.02, norms 1), for benchmarks: the work per step depends only on the
+// shapes. maxSeq sizes the RoPE table.
+func NewRandom(dev *gpu.Device, cfg *Config, dtype gpu.DType, maxSeq int, seed uint64) (*Model, error) {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	m := &Model{Config: cfg, Dev: dev}
+	ok := false
+	defer func() {
+		if !ok {
+			m.Release()
+		}
+	}()
+	random := func(name string, dt gpu.DType, std float64, shape ...int) (*gpu.Tensor, error) {
+		t, err := dev.NewTensor(dt, name, shape...)
+		if err != nil {
+			return nil, err
+		}
+		v := make([]float32, t.Len())
+		for i := range v {
+			if std == 0 {
+				v[i] = 1
+			} else {
+				v[i] = float32(rng.NormFloat64() * std)
+			}
+		}
+		if err := t.Upload(v); err != nil {
+			t.Release()
+			return nil, err
+		}
+		return t, nil
+	}
+	var err error
+	H, V := cfg.HiddenSize, cfg.VocabSize
+	if m.Embed, err = random("embed_tokens", dtype, 0.02, V, H); err != nil {
+		return nil, err
+	}
+	if m.Norm, err = random("norm", gpu.F32, 0, H); err != nil {
+		return nil, err
+	}
+	if cfg.TieWordEmbeddings {
+		m.Head = m.Embed
+	} else if m.Head, err = random("lm_head", dtype, 0.02, V, H); err != nil {
+		return nil, err
+	}
+	shapes := ExpectedTensors(cfg)
+	for i := range cfg.NumHiddenLayers {
+		l := &Layer{}
+		m.Layers = append(m.Layers, l)
+		if l.InputNorm, err = random("input_layernorm", gpu.F32, 0, H); err != nil {
+			return nil, err
+		}
+		if l.PostNorm, err = random("post_attention_layernorm", gpu.F32, 0, H); err != nil {
+			return nil, err
+		}
+		for _, p := range Projections {
+			name := fmt.Sprintf("model.layers.%d.%s.%s", i, p.Module(), p)
+			w, err := random(name, dtype, 0.02, shapes[name+".weight"]...)
+			if err != nil {
+				return nil, err
+			}
+			var bias *gpu.Tensor
+			if hasBias(cfg, p) {
+				if bias, err = random(name+".bias", gpu.F32, 0.02, shapes[name+".bias"]...); err != nil {
+					w.Release()
+					return nil, err
+				}
+			}
+			if l.Proj[p], err = NewLinear(dev, w, bias); err != nil {
+				w.Release()
+				bias.Release()
+				return nil, err
+			}
+		}
+	}
+	if m.Rope, err = NewRopeTable(dev, cfg.InvFreq(), maxSeq); err != nil {
+		return nil, err
+	}
+	ok = true
+	return m, nil
+}

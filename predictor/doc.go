@@ -1,0 +1,8 @@
+// Package predictor implements SparseLoRA's training-free channel predictor
+// (SPEC section 4): rank-r SVD factors of the frozen gate, up, q, k and v
+// weights (randomized SVD on the GPU, the small dense SVD on the host with
+// gonum, cached on disk), the per-batch selection of FFN and attention
+// channels computed on the GPU into index lists that the sparse GEMMs read,
+// the sparsity configuration files of the reference implementation, and the
+// analytic FLOP accounting of dense and sparse steps.
+package predictor
