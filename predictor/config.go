@@ -209,6 +209,16 @@ func (c *SparsityConfig) SparseAtStep(step, totalSteps int) bool {
 	return c.HasSparseLayers() && step >= c.StartStepFor(totalSteps)
 }
 
+// SelectorAt is the selector a trainer sets on its workspace for step (counted
+// from 0) of totalSteps: sel from the start step on, nil (dense, and the
+// predictor skipped) during the warm-up before it (SPEC 4.7).
+func (c *SparsityConfig) SelectorAt(sel model.ChannelSelector, step, totalSteps int) model.ChannelSelector {
+	if sel == nil || !c.SparseAtStep(step, totalSteps) {
+		return nil
+	}
+	return sel
+}
+
 // Validate checks the config fits a model: every listed layer exists, and the
 // estimator's rank is no larger than the smallest estimated matrix (k_proj's
 // [NumKeyValueHeads*HeadDim, HiddenSize]).

@@ -371,3 +371,23 @@ func TestLoadSparsityConfigFromFile(t *testing.T) {
 		t.Errorf("OpenSparsityConfig by name: %+v, %v", cfg, err)
 	}
 }
+
+func TestSelectorAtWarmsUpDense(t *testing.T) {
+	cfg, err := ParseSparsityConfig([]byte("start_step: 0.1\nmode: svd_8\nskip_output_tokens: true\nsparsity:\n  layers.1.mlp: 0.5\n"), "warmup.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sel model.ChannelSelector = &Selector{}
+	for step, wantSparse := range map[int]bool{0: false, 9: false, 10: true, 99: true} {
+		if got := cfg.SelectorAt(sel, step, 100); (got != nil) != wantSparse {
+			t.Errorf("step %d of 100: selector %v, want sparse=%v", step, got, wantSparse)
+		}
+	}
+	dense, err := BuiltinSparsityConfig("dense")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dense.SelectorAt(sel, 50, 100) != nil {
+		t.Error("the dense config returned a selector")
+	}
+}
