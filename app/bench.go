@@ -192,15 +192,21 @@ func runBenchGemm(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			Date    string          `json:"date"`
 			Results []gemmResult    `json:"results"`
 		}{dev.Info, time.Now().UTC().Format(time.RFC3339), results}
-		raw, err := json.MarshalIndent(out, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(*jsonOut, append(raw, '\n'), 0o644); err != nil {
-			return fmt.Errorf("writing %s: %w", *jsonOut, err)
-		}
-		fmt.Fprintf(stdout, "wrote %s\n", *jsonOut)
+		return writeJSON(*jsonOut, out, stdout)
 	}
+	return nil
+}
+
+// writeJSON writes a benchmark report and says where.
+func writeJSON(path string, report any, stdout io.Writer) error {
+	raw, err := json.MarshalIndent(report, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(raw, '\n'), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	fmt.Fprintf(stdout, "wrote %s\n", path)
 	return nil
 }
 

@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -231,14 +230,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			"layers": *layers, "table_layers": []int{start, start + *layers - 1}, "sparsity": *sparsityName,
 			"batch": *batch, "seq": *seq, "output_tokens": *output, "lora_rank": *rank, "lora_targets": *targetsFlag,
 			"weights": dtype.String(), "flops_ratio": flops.Ratio, "results": results}
-		raw, err := json.MarshalIndent(out, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(*jsonOut, append(raw, '\n'), 0o644); err != nil {
-			return fmt.Errorf("writing %s: %w", *jsonOut, err)
-		}
-		fmt.Fprintf(stdout, "wrote %s\n", *jsonOut)
+		return writeJSON(*jsonOut, out, stdout)
 	}
 	return nil
 }

@@ -158,6 +158,44 @@ func readInts(f *safetensors.File, name string) ([]int32, []int, error) {
 	return out, info.Shape, nil
 }
 
+// fixture is a fixture's model with its initial PEFT adapter attached.
+type fixture struct {
+	dev      *gpu.Device
+	m        *model.Model
+	adapters *lora.Set
+	close    func()
+}
+
+// openFixture loads DIR/model (DIR/model-bf16 with bf16 weights) and
+// DIR/adapter_init, sized for batch.
+func openFixture(df *deviceFlags, dir string, bf16 bool, batch model.Batch) (*fixture, error) {
+	dev, closeDev, err := df.open()
+	if err != nil {
+		return nil, err
+	}
+	modelDir, dtype := filepath.Join(dir, "model"), gpu.F32
+	if bf16 {
+		modelDir, dtype = filepath.Join(dir, "model-bf16"), gpu.BF16
+	}
+	m, err := model.Load(dev, modelDir, dtype)
+	if err != nil {
+		closeDev()
+		return nil, err
+	}
+	adapters, err := lora.Load(m, filepath.Join(dir, "adapter_init"), batch.Rows*batch.Seq)
+	if err != nil {
+		m.Release()
+		closeDev()
+		return nil, err
+	}
+	adapters.Attach(m)
+	return &fixture{dev: dev, m: m, adapters: adapters, close: func() {
+		adapters.Release()
+		m.Release()
+		closeDev()
+	}}, nil
+}
+
 // referenceBatch reads the batch of DIR/reference.safetensors.
 func referenceBatch(dir string) (model.Batch, error) {
 	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
@@ -204,27 +242,13 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 	}
 	mask := batch.Mask
 
-	dev, closeDev, err := df.open()
+	fx, err := openFixture(df, dir, bf16, batch)
 	if err != nil {
 		return nil, err
 	}
-	defer closeDev()
-	modelDir, dtype := filepath.Join(dir, "model"), gpu.F32
-	if bf16 {
-		modelDir, dtype = filepath.Join(dir, "model-bf16"), gpu.BF16
-	}
-	m, err := model.Load(dev, modelDir, dtype)
-	if err != nil {
-		return nil, err
-	}
-	defer m.Release()
+	defer fx.close()
+	dev, m, adapters := fx.dev, fx.m, fx.adapters
 	T := batch.Rows * batch.Seq
-	adapters, err := lora.Load(m, filepath.Join(dir, "adapter_init"), T)
-	if err != nil {
-		return nil, err
-	}
-	defer adapters.Release()
-	adapters.Attach(m)
 	ws, err := m.NewWorkspace(batch.Rows, batch.Seq)
 	if err != nil {
 		return nil, err

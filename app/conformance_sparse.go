@@ -13,7 +13,6 @@ import (
 	"strings"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
 	"github.com/sparselora/sparselora/predictor"
@@ -116,23 +115,13 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 	if err != nil {
 		return nil, err
 	}
-	dev, closeDev, err := df.open()
+	fx, err := openFixture(df, dir, false, batch)
 	if err != nil {
 		return nil, err
 	}
-	defer closeDev()
-	m, err := model.Load(dev, filepath.Join(dir, "model"), gpu.F32)
-	if err != nil {
-		return nil, err
-	}
-	defer m.Release()
+	defer fx.close()
+	dev, m, adapters := fx.dev, fx.m, fx.adapters
 	T := batch.Rows * batch.Seq
-	adapters, err := lora.Load(m, filepath.Join(dir, "adapter_init"), T)
-	if err != nil {
-		return nil, err
-	}
-	defer adapters.Release()
-	adapters.Attach(m)
 
 	var targets []predictor.Target
 	layers := make([]int, 0, len(sparsity))

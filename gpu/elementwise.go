@@ -178,7 +178,7 @@ func groupsFor(n int) uint64 {
 // dispatchElementwise binds dst (and src, which may be nil when the op does not
 // read it) and records the kernel over a grid of at least groups workgroups.
 func dispatchElementwise(rec *Recorder, op elementwiseOp, params elementwiseParams, dst, src *Tensor, groups uint64, limit uint32) error {
-	gx, gy, err := splitGrid(groups, limit)
+	gx, gy, err := SplitGrid(groups, limit)
 	if err != nil {
 		return fmt.Errorf("gpu.%s: %w", op, err)
 	}
@@ -234,13 +234,14 @@ func alignedBinding(buf *Buffer, start, end, align uint64) Binding {
 	return Binding{Buffer: buf, Offset: offset, Size: max(end-offset, 4)}
 }
 
-// splitGrid lays groups workgroups out as a gx x gy grid within limit per
-// dimension; up to gx-1 workgroups of the last row are surplus.
-func splitGrid(groups uint64, limit uint32) (gx, gy uint32, err error) {
+// SplitGrid lays groups workgroups out as a gx x gy grid within limit per
+// dimension (maxComputeWorkgroupsPerDimension); up to gx-1 workgroups of the
+// last row are surplus, which kernels skip.
+func SplitGrid(groups uint64, limit uint32) (gx, gy uint32, err error) {
 	if limit == 0 {
 		return 0, 0, errors.New("device reports no workgroups per dimension")
 	}
-	x := min(groups, uint64(limit))
+	x := max(min(groups, uint64(limit)), 1) // no work still needs a valid grid
 	y := (groups + x - 1) / x
 	if y > uint64(limit) {
 		return 0, 0, fmt.Errorf("%d workgroups exceed a %d x %d grid", groups, limit, limit)

@@ -270,15 +270,15 @@ func TestElementwiseSplitGrid(t *testing.T) {
 		{groups: 1, limit: 0, fails: true},
 	}
 	for _, c := range cases {
-		gx, gy, err := splitGrid(c.groups, c.limit)
+		gx, gy, err := SplitGrid(c.groups, c.limit)
 		if c.fails {
 			if err == nil {
-				t.Errorf("splitGrid(%d, %d) = %d x %d, want an error", c.groups, c.limit, gx, gy)
+				t.Errorf("SplitGrid(%d, %d) = %d x %d, want an error", c.groups, c.limit, gx, gy)
 			}
 			continue
 		}
 		if err != nil || gx != c.gx || gy != c.gy {
-			t.Errorf("splitGrid(%d, %d) = %d x %d, %v; want %d x %d", c.groups, c.limit, gx, gy, err, c.gx, c.gy)
+			t.Errorf("SplitGrid(%d, %d) = %d x %d, %v; want %d x %d", c.groups, c.limit, gx, gy, err, c.gx, c.gy)
 		}
 	}
 }

@@ -249,6 +249,16 @@ func (r *Recorder) Dispatch(k *Kernel, params []byte, bindings []Binding, x, y, 
 	if x > maxGroups || y > maxGroups || z > maxGroups {
 		return fmt.Errorf("kernel %s: grid %dx%dx%d exceeds maxComputeWorkgroupsPerDimension %d", k.Name, x, y, z, maxGroups)
 	}
+	if err := r.setKernel(k, params, bindings); err != nil {
+		return err
+	}
+	C.sl_wgpuComputePassEncoderDispatchWorkgroups(r.pass, C.uint32_t(x), C.uint32_t(y), C.uint32_t(z))
+	r.logged(Dispatch{Kernel: k.Name, Groups: [3]uint32{x, y, z}})
+	return nil
+}
+
+// setKernel binds k and its resources in the current (or a new) compute pass.
+func (r *Recorder) setKernel(k *Kernel, params []byte, bindings []Binding) error {
 	g, err := r.bindGroup(k, params, bindings)
 	if err != nil {
 		return err
@@ -258,31 +268,24 @@ func (r *Recorder) Dispatch(k *Kernel, params []byte, bindings []Binding, x, y, 
 	}
 	C.sl_wgpuComputePassEncoderSetPipeline(r.pass, k.pipeline)
 	C.sl_wgpuComputePassEncoderSetBindGroup(r.pass, 0, g, 0, nil)
-	C.sl_wgpuComputePassEncoderDispatchWorkgroups(r.pass, C.uint32_t(x), C.uint32_t(y), C.uint32_t(z))
+	return nil
+}
+
+func (r *Recorder) logged(d Dispatch) {
 	r.Dispatches++
 	if r.Log != nil {
-		r.Log(Dispatch{Kernel: k.Name, Groups: [3]uint32{x, y, z}})
+		r.Log(d)
 	}
-	return nil
 }
 
 // DispatchIndirect records kernel k with its grid read on the GPU from three u32
 // at args.Offset: sizes computed on the device never visit the host.
 func (r *Recorder) DispatchIndirect(k *Kernel, params []byte, bindings []Binding, args Binding) error {
-	g, err := r.bindGroup(k, params, bindings)
-	if err != nil {
+	if err := r.setKernel(k, params, bindings); err != nil {
 		return err
 	}
-	if err := r.beginPass(); err != nil {
-		return err
-	}
-	C.sl_wgpuComputePassEncoderSetPipeline(r.pass, k.pipeline)
-	C.sl_wgpuComputePassEncoderSetBindGroup(r.pass, 0, g, 0, nil)
 	C.sl_wgpuComputePassEncoderDispatchWorkgroupsIndirect(r.pass, args.Buffer.h, C.uint64_t(args.Offset))
-	r.Dispatches++
-	if r.Log != nil {
-		r.Log(Dispatch{Kernel: k.Name, Indirect: &args})
-	}
+	r.logged(Dispatch{Kernel: k.Name, Indirect: &args})
 	return nil
 }
 

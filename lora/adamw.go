@@ -254,7 +254,7 @@ func (o *Optimizer) Step(rec *gpu.Recorder, lr float64) error {
 		params.paramBase, params.gradBase, params.stateBase = paramBase, gradBase, stateBase
 		params.statsBase = statsBase
 		params.publish = i == 0
-		gx, gy, err := grid2D(uint64(p.Value.Len()+adamwWorkgroupSize-1)/adamwWorkgroupSize, o.dev.Limits.MaxComputeWorkgroupsPerDimension)
+		gx, gy, err := gpu.SplitGrid(uint64(p.Value.Len()+adamwWorkgroupSize-1)/adamwWorkgroupSize, o.dev.Limits.MaxComputeWorkgroupsPerDimension)
 		if err != nil {
 			return fmt.Errorf("lora: Step: AdamW on %s: %w", p.Name, err)
 		}
@@ -310,20 +310,6 @@ func (p adamwParams) bytes() []byte {
 		binary.LittleEndian.PutUint32(b[4*i:], w)
 	}
 	return b
-}
-
-// grid2D lays groups workgroups out as gx x gy within limit per dimension; the
-// kernel ignores the surplus of the last row.
-func grid2D(groups uint64, limit uint32) (gx, gy uint32, err error) {
-	if limit == 0 {
-		return 0, 0, errors.New("device reports no workgroups per dimension")
-	}
-	x := min(groups, uint64(limit))
-	y := (groups + x - 1) / x
-	if y > uint64(limit) {
-		return 0, 0, fmt.Errorf("%d workgroups exceed a %d x %d grid", groups, limit, limit)
-	}
-	return uint32(x), uint32(y), nil
 }
 
 // elements is a 1-D f32 view of n elements of t starting at element offset.

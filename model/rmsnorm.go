@@ -2,7 +2,6 @@ package model
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 
@@ -259,7 +258,7 @@ func dispatchActivationKernel(op string, rec *gpu.Recorder, dev *gpu.Device, ker
 	if gridLimit != 0 {
 		limit = min(limit, gridLimit)
 	}
-	gx, gy, err := activationGrid(groups, limit)
+	gx, gy, err := gpu.SplitGrid(groups, limit)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -270,18 +269,4 @@ func dispatchActivationKernel(op string, rec *gpu.Recorder, dev *gpu.Device, ker
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
-}
-
-// activationGrid lays groups workgroups out as gx x gy within limit per
-// dimension; up to gx-1 workgroups of the last row are surplus.
-func activationGrid(groups uint64, limit uint32) (gx, gy uint32, err error) {
-	if limit == 0 {
-		return 0, 0, errors.New("device reports no workgroups per dimension")
-	}
-	x := max(min(groups, uint64(limit)), 1)
-	y := (groups + x - 1) / x
-	if y > uint64(limit) {
-		return 0, 0, fmt.Errorf("%d workgroups exceed a %d x %d grid", groups, limit, limit)
-	}
-	return uint32(x), uint32(y), nil
 }
