@@ -1,7 +1,17 @@
 #include "shim.h"
 
-#include <dlfcn.h>
 #include <pthread.h>
+#ifdef _WIN32
+#include <windows.h>
+static void* sl_dlopen(const char* path) { return (void*)LoadLibraryA(path); }
+static void* sl_dlsym(void* h, const char* name) { return (void*)GetProcAddress((HMODULE)h, name); }
+static const char* sl_dlerror(void) { return "LoadLibrary failed (is the DLL built for this architecture?)"; }
+#else
+#include <dlfcn.h>
+static void* sl_dlopen(const char* path) { return dlopen(path, RTLD_NOW | RTLD_LOCAL); }
+static void* sl_dlsym(void* h, const char* name) { return dlsym(h, name); }
+static const char* sl_dlerror(void) { return dlerror(); }
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,13 +24,13 @@ static struct {
 } procs;
 
 int sl_load(const char* path, char* err, size_t errlen) {
-  void* h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  void* h = sl_dlopen(path);
   if (!h) {
-    snprintf(err, errlen, "%s", dlerror());
+    snprintf(err, errlen, "%s", sl_dlerror());
     return 1;
   }
 #define SL_RESOLVE(ret, name, params)                                           \
-  procs.name = (ret(*) params)dlsym(h, #name);                                  \
+  procs.name = (ret(*) params)sl_dlsym(h, #name);                                  \
   if (!procs.name) {                                                            \
     snprintf(err, errlen, "%s does not export %s (not a webgpu.h library?)", path, #name); \
     return 2;                                                                   \
