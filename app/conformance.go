@@ -196,6 +196,18 @@ func openFixture(df *deviceFlags, dir string, bf16 bool, batch model.Batch) (*fi
 	}}, nil
 }
 
+// readJSON decodes a JSON file, naming it in errors.
+func readJSON(path string, v any) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
 // referenceBatch reads the batch of DIR/reference.safetensors.
 func referenceBatch(dir string) (model.Batch, error) {
 	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
@@ -224,12 +236,8 @@ func referenceBatch(dir string) (model.Batch, error) {
 func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([]check, error) {
 	var ref referenceJSON
 	refPath := filepath.Join(dir, "reference.json")
-	raw, err := os.ReadFile(refPath)
-	if err != nil {
+	if err := readJSON(refPath, &ref); err != nil {
 		return nil, err
-	}
-	if err := json.Unmarshal(raw, &ref); err != nil {
-		return nil, fmt.Errorf("%s: %w", refPath, err)
 	}
 	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
 	if err != nil {

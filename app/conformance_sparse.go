@@ -3,10 +3,8 @@ package app
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -95,12 +93,8 @@ func downloadList(ctx context.Context, l *gpu.IndexList) ([]int32, error) {
 func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]check, error) {
 	var ref sparseReferenceJSON
 	refPath := filepath.Join(dir, "sparse_reference.json")
-	raw, err := os.ReadFile(refPath)
-	if err != nil {
+	if err := readJSON(refPath, &ref); err != nil {
 		return nil, err
-	}
-	if err := json.Unmarshal(raw, &ref); err != nil {
-		return nil, fmt.Errorf("%s: %w", refPath, err)
 	}
 	sparsity, err := parseSparsityMap(refPath, ref.Sparsity)
 	if err != nil {
