@@ -1,4 +1,4 @@
-package gpu
+package gpu_test
 
 import (
 	"errors"
@@ -6,14 +6,17 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/gpu/gputest"
 )
 
 func TestTensorRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	data := randFloats(rng, 1001)
-	x := upload(t, F32, data, 7, 143)
+	data := gputest.RandFloats(rng, 1001)
+	x := gputest.Upload(t, testDevice, gpu.F32, data, 7, 143)
 	defer x.Release()
-	for i, v := range download(t, x) {
+	for i, v := range gputest.Download(t, x) {
 		if v != data[i] {
 			t.Fatalf("f32 element %d: got %v want %v", i, v, data[i])
 		}
@@ -21,12 +24,12 @@ func TestTensorRoundTrip(t *testing.T) {
 	// bf16: odd length, values that exercise rounding (ties to even) and specials.
 	special := []float32{1, -2.5, 1.00390625 /* tie: rounds to 1 */, 1.01171875 /* tie: rounds up */, 3.0e38,
 		float32(math.Inf(-1)), 0, float32(math.Copysign(0, -1)), 1e-40}
-	data = append(special, randFloats(rng, 100)...)
-	y := upload(t, BF16, data, len(data))
+	data = append(special, gputest.RandFloats(rng, 100)...)
+	y := gputest.Upload(t, testDevice, gpu.BF16, data, len(data))
 	defer y.Release()
-	got := download(t, y)
+	got := gputest.Download(t, y)
 	for i, v := range got {
-		want := FromBF16(ToBF16(data[i]))
+		want := gpu.FromBF16(gpu.ToBF16(data[i]))
 		if math.Float32bits(v) != math.Float32bits(want) {
 			t.Fatalf("bf16 element %d: got %v want %v", i, v, want)
 		}
@@ -37,7 +40,7 @@ func TestTensorRoundTrip(t *testing.T) {
 	if got[2] != 1 || got[3] != 1.015625 {
 		t.Errorf("ties to even: got %v, %v", got[2], got[3])
 	}
-	if !math.IsNaN(float64(FromBF16(ToBF16(float32(math.NaN()))))) {
+	if !math.IsNaN(float64(gpu.FromBF16(gpu.ToBF16(float32(math.NaN()))))) {
 		t.Error("NaN did not survive bf16 conversion")
 	}
 	if err := y.Upload(make([]float32, 3)); err == nil {
@@ -47,7 +50,7 @@ func TestTensorRoundTrip(t *testing.T) {
 
 func TestCompileErrorsCarryTheCompilerMessage(t *testing.T) {
 	_, err := testDevice.CompileKernel("broken", "@compute @workgroup_size(1)\nfn main() { let x: f32 = undefined_name; }")
-	var werr *Error
+	var werr *gpu.Error
 	if !errors.As(err, &werr) || werr.Type != "validation" || !strings.Contains(err.Error(), "undefined_name") ||
 		!strings.Contains(err.Error(), "2:") {
 		t.Fatalf("want a validation error naming the identifier and line, got %v", err)
@@ -60,15 +63,15 @@ func TestCompileErrorsCarryTheCompilerMessage(t *testing.T) {
 func TestValidationErrorsSurfaceOnSubmit(t *testing.T) {
 	// Binding one buffer as both A (read) and C (read_write) is a WebGPU
 	// validation error: it must come back from Submit, not be lost.
-	x := upload(t, F32, make([]float32, 16), 4, 4)
+	x := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 16), 4, 4)
 	defer x.Release()
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
-	if err := Gemm(rec, GemmArgs{A: x, B: x, C: x, M: 4, N: 4, K: 4}); err != nil {
+	if err := gpu.Gemm(rec, gpu.GemmArgs{A: x, B: x, C: x, M: 4, N: 4, K: 4}); err != nil {
 		t.Fatal(err)
 	}
 	err := rec.Submit()
-	var werr *Error
+	var werr *gpu.Error
 	if !errors.As(err, &werr) {
 		t.Fatalf("want a WebGPU error from Submit, got %v", err)
 	}

@@ -1,4 +1,4 @@
-package gpu
+package gpu_test
 
 import (
 	"fmt"
@@ -6,6 +6,9 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/gpu/gputest"
 )
 
 // smallGridLimit forces the 2-D grid path (and surplus workgroups in its last
@@ -13,7 +16,7 @@ import (
 // 129 rows 64 x 3. Real devices allow 65535 per dimension.
 const smallGridLimit = 64
 
-func submitAndRelease(t *testing.T, rec *Recorder) {
+func submitAndRelease(t *testing.T, rec *gpu.Recorder) {
 	t.Helper()
 	defer rec.Release()
 	if err := rec.Submit(); err != nil {
@@ -62,7 +65,7 @@ func checkClose(t *testing.T, what string, got []float32, want []float64) {
 		t.Fatalf("%s: got %d values, want %d", what, len(got), len(want))
 	}
 	// NaN fails the comparison, so unwritten (poisoned) elements are caught.
-	if e := relL2(got, want); !(e < 1e-5) {
+	if e := gputest.RelL2(got, want); !(e < 1e-5) {
 		t.Errorf("%s: relative L2 error %g", what, e)
 	}
 }
@@ -83,20 +86,20 @@ func TestAxpby(t *testing.T) {
 		for _, limit := range []uint32{testDevice.Limits.MaxComputeWorkgroupsPerDimension, smallGridLimit} {
 			for _, c := range cases {
 				name := fmt.Sprintf("n=%d/grid=%d/alpha=%g/beta=%g", n, limit, c.alpha, c.beta)
-				xData, yData := randFloats(rng, n), randFloats(rng, n)
+				xData, yData := gputest.RandFloats(rng, n), gputest.RandFloats(rng, n)
 				if c.poisonX {
 					xData = nanFloats(n)
 				}
 				if c.poisonY {
 					yData = nanFloats(n)
 				}
-				x, y := upload(t, F32, xData, n), upload(t, F32, yData, n)
+				x, y := gputest.Upload(t, testDevice, gpu.F32, xData, n), gputest.Upload(t, testDevice, gpu.F32, yData, n)
 				rec := testDevice.NewRecorder()
-				if err := axpby(rec, y, x, c.alpha, c.beta, limit); err != nil {
+				if err := gpu.AxpbyWithGridLimit(rec, y, x, c.alpha, c.beta, limit); err != nil {
 					t.Fatalf("%s: %v", name, err)
 				}
 				submitAndRelease(t, rec)
-				checkClose(t, name, download(t, y), axpbyReference(yData, xData, float64(c.alpha), float64(c.beta)))
+				checkClose(t, name, gputest.Download(t, y), axpbyReference(yData, xData, float64(c.alpha), float64(c.beta)))
 				x.Release()
 				y.Release()
 			}
@@ -109,14 +112,14 @@ func TestScale(t *testing.T) {
 	for _, n := range []int{1, 7, 1000003} {
 		for _, limit := range []uint32{testDevice.Limits.MaxComputeWorkgroupsPerDimension, smallGridLimit} {
 			name := fmt.Sprintf("n=%d/grid=%d", n, limit)
-			data := randFloats(rng, n)
-			y := upload(t, F32, data, n)
+			data := gputest.RandFloats(rng, n)
+			y := gputest.Upload(t, testDevice, gpu.F32, data, n)
 			rec := testDevice.NewRecorder()
-			if err := scale(rec, y, -0.5, limit); err != nil {
+			if err := gpu.ScaleWithGridLimit(rec, y, -0.5, limit); err != nil {
 				t.Fatalf("%s: %v", name, err)
 			}
 			submitAndRelease(t, rec)
-			checkClose(t, name, download(t, y), axpbyReference(data, data, 0, -0.5))
+			checkClose(t, name, gputest.Download(t, y), axpbyReference(data, data, 0, -0.5))
 			y.Release()
 		}
 	}
@@ -126,23 +129,23 @@ func TestRowSum(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	shapes := [][2]int{{1, 1}, {7, 13}, {129, 65}, {3, 5000}, {4, 0}}
 	for _, squares := range []bool{false, true} {
-		op := opRowSum
+		op := gpu.OpRowSum
 		if squares {
-			op = opRowSumSquares
+			op = gpu.OpRowSumSquares
 		}
 		for _, shape := range shapes {
 			for _, limit := range []uint32{testDevice.Limits.MaxComputeWorkgroupsPerDimension, smallGridLimit} {
 				rows, cols := shape[0], shape[1]
 				name := fmt.Sprintf("%s/%dx%d/grid=%d", op, rows, cols, limit)
-				data := randFloats(rng, rows*cols)
-				x := upload(t, F32, data, rows, cols)
-				out := poisoned(t, "out", rows)
+				data := gputest.RandFloats(rng, rows*cols)
+				x := gputest.Upload(t, testDevice, gpu.F32, data, rows, cols)
+				out := gputest.Poisoned(t, testDevice, rows)
 				rec := testDevice.NewRecorder()
-				if err := rowReduce(rec, op, out, x, rows, cols, limit); err != nil {
+				if err := gpu.RowReduceWithGridLimit(rec, op, out, x, rows, cols, limit); err != nil {
 					t.Fatalf("%s: %v", name, err)
 				}
 				submitAndRelease(t, rec)
-				checkClose(t, name, download(t, out), rowReference(data, rows, cols, squares))
+				checkClose(t, name, gputest.Download(t, out), rowReference(data, rows, cols, squares))
 				x.Release()
 				out.Release()
 			}
@@ -156,20 +159,20 @@ func TestRowSum(t *testing.T) {
 // changed.
 func TestRowSumOffsetsAndSharedBuffers(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	arenaData, otherData := randFloats(rng, 1024), randFloats(rng, 512)
-	arena, other := upload(t, F32, arenaData, 1024), upload(t, F32, otherData, 512)
+	arenaData, otherData := gputest.RandFloats(rng, 1024), gputest.RandFloats(rng, 512)
+	arena, other := gputest.Upload(t, testDevice, gpu.F32, arenaData, 1024), gputest.Upload(t, testDevice, gpu.F32, otherData, 512)
 	defer arena.Release()
 	defer other.Release()
 
 	// The reference applies the same operations, in order, in float64.
-	want := map[*Tensor][]float64{arena: toFloat64(arenaData), other: toFloat64(otherData)}
-	touched := map[*Tensor][]bool{arena: make([]bool, 1024), other: make([]bool, 512)}
+	want := map[*gpu.Tensor][]float64{arena: toFloat64(arenaData), other: toFloat64(otherData)}
+	touched := map[*gpu.Tensor][]bool{arena: make([]bool, 1024), other: make([]bool, 512)}
 	type view struct {
-		t           *Tensor
+		t           *gpu.Tensor
 		start, size int
 	}
-	tensorOf := func(v view) *Tensor {
-		return &Tensor{Buf: v.t.Buf, Offset: uint64(4 * v.start), Shape: []int{v.size}, DType: F32}
+	tensorOf := func(v view) *gpu.Tensor {
+		return &gpu.Tensor{Buf: v.t.Buf, Offset: uint64(4 * v.start), Shape: []int{v.size}, DType: gpu.F32}
 	}
 	values := func(v view) []float64 { return want[v.t][v.start : v.start+v.size] }
 	markTouched := func(v view) {
@@ -182,7 +185,7 @@ func TestRowSumOffsetsAndSharedBuffers(t *testing.T) {
 	defer rec.Release()
 	axpbyStep := func(y, x view, alpha, beta float32) {
 		t.Helper()
-		if err := Axpby(rec, tensorOf(y), tensorOf(x), alpha, beta); err != nil {
+		if err := gpu.Axpby(rec, tensorOf(y), tensorOf(x), alpha, beta); err != nil {
 			t.Fatal(err)
 		}
 		xs, ys := append([]float64(nil), values(x)...), values(y)
@@ -193,9 +196,9 @@ func TestRowSumOffsetsAndSharedBuffers(t *testing.T) {
 	}
 	rowStep := func(out, x view, rows, cols int, squares bool) {
 		t.Helper()
-		reduce := RowSum
+		reduce := gpu.RowSum
 		if squares {
-			reduce = RowSumSquares
+			reduce = gpu.RowSumSquares
 		}
 		if err := reduce(rec, tensorOf(out), tensorOf(x), rows, cols); err != nil {
 			t.Fatal(err)
@@ -219,7 +222,7 @@ func TestRowSumOffsetsAndSharedBuffers(t *testing.T) {
 	axpbyStep(view{arena, 500, 30}, view{arena, 500, 30}, 3, 0)         // x is y
 	rowStep(view{arena, 600, 7}, view{arena, 17, 7 * 13}, 7, 13, false) // reads the first step's output
 	rowStep(view{other, 400, 3}, view{arena, 700, 3 * 100}, 3, 100, true)
-	if err := Scale(rec, tensorOf(view{arena, 1001, 9}), -2); err != nil {
+	if err := gpu.Scale(rec, tensorOf(view{arena, 1001, 9}), -2); err != nil {
 		t.Fatal(err)
 	}
 	for i, v := range values(view{arena, 1001, 9}) {
@@ -230,9 +233,9 @@ func TestRowSumOffsetsAndSharedBuffers(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, buf := range []*Tensor{arena, other} {
-		got := download(t, buf)
-		initial := map[*Tensor][]float32{arena: arenaData, other: otherData}[buf]
+	for _, buf := range []*gpu.Tensor{arena, other} {
+		got := gputest.Download(t, buf)
+		initial := map[*gpu.Tensor][]float32{arena: arenaData, other: otherData}[buf]
 		var gotTouched []float32
 		var wantTouched []float64
 		for i, changed := range touched[buf] {
@@ -270,7 +273,7 @@ func TestElementwiseSplitGrid(t *testing.T) {
 		{groups: 1, limit: 0, fails: true},
 	}
 	for _, c := range cases {
-		gx, gy, err := SplitGrid(c.groups, c.limit)
+		gx, gy, err := gpu.SplitGrid(c.groups, c.limit)
 		if c.fails {
 			if err == nil {
 				t.Errorf("SplitGrid(%d, %d) = %d x %d, want an error", c.groups, c.limit, gx, gy)
@@ -284,16 +287,16 @@ func TestElementwiseSplitGrid(t *testing.T) {
 }
 
 func TestAxpbyScaleRowSumRejectInvalidArguments(t *testing.T) {
-	a := upload(t, F32, make([]float32, 64), 64)
+	a := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 64), 64)
 	defer a.Release()
-	b := upload(t, F32, make([]float32, 63), 63)
+	b := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 63), 63)
 	defer b.Release()
-	half := upload(t, BF16, make([]float32, 64), 64)
+	half := gputest.Upload(t, testDevice, gpu.BF16, make([]float32, 64), 64)
 	defer half.Release()
-	released := upload(t, F32, make([]float32, 64), 64)
+	released := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 64), 64)
 	released.Release()
-	view := func(offset uint64, shape ...int) *Tensor {
-		return &Tensor{Buf: a.Buf, Offset: offset, Shape: shape, DType: F32}
+	view := func(offset uint64, shape ...int) *gpu.Tensor {
+		return &gpu.Tensor{Buf: a.Buf, Offset: offset, Shape: shape, DType: gpu.F32}
 	}
 
 	rec := testDevice.NewRecorder()
@@ -303,20 +306,20 @@ func TestAxpbyScaleRowSumRejectInvalidArguments(t *testing.T) {
 		call func() error
 		want string // a fragment of the message
 	}{
-		{"length mismatch", func() error { return Axpby(rec, a, b, 1, 1) }, "elements"},
-		{"bf16 input", func() error { return Axpby(rec, a, half, 1, 1) }, "f32"},
-		{"nil tensor", func() error { return Axpby(rec, nil, a, 1, 1) }, "nil"},
-		{"nil recorder", func() error { return Axpby(nil, a, a, 1, 1) }, "recorder"},
-		{"released buffer", func() error { return Scale(rec, released, 2) }, "released"},
-		{"unaligned offset", func() error { return Scale(rec, view(2, 4), 2) }, "multiple of 4"},
-		{"view past the end", func() error { return Scale(rec, view(4*60, 8), 2) }, "overruns"},
-		{"negative dimension", func() error { return Scale(rec, view(0, -2, -3), 2) }, "negative"},
-		{"partial overlap", func() error { return Axpby(rec, view(0, 10), view(4*5, 10), 1, 1) }, "overlap"},
-		{"rows*cols mismatch", func() error { return RowSum(rec, view(0, 4), b, 4, 16) }, "rows*cols"},
-		{"out length", func() error { return RowSum(rec, b, a, 4, 16) }, "one per row"},
-		{"negative rows", func() error { return RowSumSquares(rec, b, a, -4, -16) }, "negative"},
-		{"out overlaps x", func() error { return RowSum(rec, view(0, 4), view(0, 4, 16), 4, 16) }, "overlap"},
-		{"bf16 rows", func() error { return RowSumSquares(rec, view(0, 4), half, 4, 16) }, "f32"},
+		{"length mismatch", func() error { return gpu.Axpby(rec, a, b, 1, 1) }, "elements"},
+		{"bf16 input", func() error { return gpu.Axpby(rec, a, half, 1, 1) }, "f32"},
+		{"nil tensor", func() error { return gpu.Axpby(rec, nil, a, 1, 1) }, "nil"},
+		{"nil recorder", func() error { return gpu.Axpby(nil, a, a, 1, 1) }, "recorder"},
+		{"released buffer", func() error { return gpu.Scale(rec, released, 2) }, "released"},
+		{"unaligned offset", func() error { return gpu.Scale(rec, view(2, 4), 2) }, "multiple of 4"},
+		{"view past the end", func() error { return gpu.Scale(rec, view(4*60, 8), 2) }, "overruns"},
+		{"negative dimension", func() error { return gpu.Scale(rec, view(0, -2, -3), 2) }, "negative"},
+		{"partial overlap", func() error { return gpu.Axpby(rec, view(0, 10), view(4*5, 10), 1, 1) }, "overlap"},
+		{"rows*cols mismatch", func() error { return gpu.RowSum(rec, view(0, 4), b, 4, 16) }, "rows*cols"},
+		{"out length", func() error { return gpu.RowSum(rec, b, a, 4, 16) }, "one per row"},
+		{"negative rows", func() error { return gpu.RowSumSquares(rec, b, a, -4, -16) }, "negative"},
+		{"out overlaps x", func() error { return gpu.RowSum(rec, view(0, 4), view(0, 4, 16), 4, 16) }, "overlap"},
+		{"bf16 rows", func() error { return gpu.RowSumSquares(rec, view(0, 4), half, 4, 16) }, "f32"},
 	}
 	for _, c := range cases {
 		err := c.call()
@@ -339,11 +342,11 @@ func TestAxpbyScaleRowSumRejectInvalidArguments(t *testing.T) {
 // TestScaleReleasesPlaceholder checks that Scale (which binds the device's
 // placeholder to its unused input binding) leaves no objects behind.
 func TestScaleReleasesPlaceholder(t *testing.T) {
-	y := upload(t, F32, []float32{1, 2, 3}, 3)
+	y := gputest.Upload(t, testDevice, gpu.F32, []float32{1, 2, 3}, 3)
 	defer y.Release()
 	run := func() {
 		rec := testDevice.NewRecorder()
-		if err := Scale(rec, y, 2); err != nil {
+		if err := gpu.Scale(rec, y, 2); err != nil {
 			t.Fatal(err)
 		}
 		submitAndRelease(t, rec)
@@ -357,5 +360,5 @@ func TestScaleReleasesPlaceholder(t *testing.T) {
 	if after := testDevice.LiveObjects(); after != before {
 		t.Errorf("live objects went from %d to %d", before, after)
 	}
-	checkClose(t, "y", download(t, y), []float64{4, 8, 12})
+	checkClose(t, "y", gputest.Download(t, y), []float64{4, 8, 12})
 }

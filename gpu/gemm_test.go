@@ -1,10 +1,13 @@
-package gpu
+package gpu_test
 
 import (
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/gpu/gputest"
 )
 
 // gemmCase is one GEMM problem with its stored operands on the host.
@@ -21,7 +24,7 @@ type gemmCase struct {
 	storedN        int // columns of stored B (and C when scatterCN) when bn is set
 	storedK        int // K extent of stored B (and A when gatherAK) when kk is set
 	storedCM       int // rows of C when cm is set
-	tile           *Tile
+	tile           *gpu.Tile
 }
 
 func (c gemmCase) String() string {
@@ -89,11 +92,11 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 		cCols = c.storedN
 	}
 
-	aData := randFloats(rng, aRows*aCols)
-	bData := randFloats(rng, bK*bN)
+	aData := gputest.RandFloats(rng, aRows*aCols)
+	bData := gputest.RandFloats(rng, bK*bN)
 	if c.bf16 { // the reference sees the weights as the GPU does
 		for i, v := range bData {
-			bData[i] = FromBF16(ToBF16(v))
+			bData[i] = gpu.FromBF16(gpu.ToBF16(v))
 		}
 	}
 	var aShape, bShape []int
@@ -127,32 +130,32 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 			}
 		}
 	}
-	dtype := F32
+	dtype := gpu.F32
 	if c.bf16 {
-		dtype = BF16
+		dtype = gpu.BF16
 	}
-	A := upload(t, F32, aStore, aShape...)
+	A := gputest.Upload(t, testDevice, gpu.F32, aStore, aShape...)
 	defer A.Release()
-	B := upload(t, dtype, bStore, bShape...)
+	B := gputest.Upload(t, testDevice, dtype, bStore, bShape...)
 	defer B.Release()
-	var C *Tensor
+	var C *gpu.Tensor
 	cInit := make([]float32, cRows*cCols)
 	if c.beta != 0 {
-		cInit = randFloats(rng, cRows*cCols)
-		C = upload(t, F32, cInit, cRows, cCols)
+		cInit = gputest.RandFloats(rng, cRows*cCols)
+		C = gputest.Upload(t, testDevice, gpu.F32, cInit, cRows, cCols)
 	} else {
-		C = poisoned(t, "C", cRows, cCols)
+		C = gputest.Poisoned(t, testDevice, cRows, cCols)
 		for i := range cInit {
 			cInit[i] = float32(math.NaN())
 		}
 	}
 	defer C.Release()
 
-	args := GemmArgs{A: A, B: B, C: C, ATrans: c.aTrans, BTrans: c.bTrans, M: c.m, N: c.n, K: c.k,
+	args := gpu.GemmArgs{A: A, B: B, C: C, ATrans: c.aTrans, BTrans: c.bTrans, M: c.m, N: c.n, K: c.k,
 		Alpha: c.alpha, Beta: c.beta, GatherAK: c.gatherAK, ScatterCN: c.scatterCN, Tile: c.tile}
 	for _, l := range []struct {
 		idx []uint32
-		dst **IndexList
+		dst **gpu.IndexList
 	}{{c.am, &args.GatherAM}, {c.bn, &args.GatherBN}, {c.kk, &args.GatherK}, {c.cm, &args.ScatterCM}} {
 		if l.idx == nil {
 			continue
@@ -166,13 +169,13 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 	}
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
-	if err := Gemm(rec, args); err != nil {
+	if err := gpu.Gemm(rec, args); err != nil {
 		t.Fatalf("%v: %v", c, err)
 	}
 	if err := rec.Submit(); err != nil {
 		t.Fatalf("%v: %v", c, err)
 	}
-	got := download(t, C)
+	got := gputest.Download(t, C)
 
 	alpha := float64(c.alpha)
 	if alpha == 0 {
@@ -215,7 +218,7 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 			t.Fatalf("%v: element %d outside the result changed: %v (was %v)", c, i, got[i], cInit[i])
 		}
 	}
-	if err := relL2(gotW, wantW); !(err < 1e-5) {
+	if err := gputest.RelL2(gotW, wantW); !(err < 1e-5) {
 		t.Fatalf("%v: relative L2 error %g", c, err)
 	}
 }
@@ -234,7 +237,7 @@ func TestGemmDense(t *testing.T) {
 
 func TestGemmTilesAndAccumulate(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for _, tile := range []Tile{TileSmall, TileMedium, TileLarge} {
+	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge} {
 		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, bTrans: true, tile: &tile})
 		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, alpha: 0.5, beta: 1, tile: &tile})
 	}
@@ -277,24 +280,24 @@ func TestGemmGathered(t *testing.T) {
 }
 
 func TestGemmRejectsBadArguments(t *testing.T) {
-	A := upload(t, F32, make([]float32, 12), 3, 4)
+	A := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 12), 3, 4)
 	defer A.Release()
-	B := upload(t, F32, make([]float32, 20), 4, 5)
+	B := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 20), 4, 5)
 	defer B.Release()
-	C := poisoned(t, "C", 3, 5)
+	C := gputest.Poisoned(t, testDevice, 3, 5)
 	defer C.Release()
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
-	for name, g := range map[string]GemmArgs{
+	for name, g := range map[string]gpu.GemmArgs{
 		"missing operand": {A: A, C: C, M: 3, N: 5, K: 4},
 		"A too small":     {A: A, B: B, C: C, M: 4, N: 5, K: 4},
 		"B too small":     {A: A, B: B, C: C, M: 3, N: 6, K: 4},
 		"C too small":     {A: A, B: B, C: C, M: 3, N: 5, K: 4, LDC: 6},
-		"bf16 A":          {A: &Tensor{Buf: A.Buf, Shape: []int{3, 4}, DType: BF16}, B: B, C: C, M: 3, N: 5, K: 4},
+		"bf16 A":          {A: &gpu.Tensor{Buf: A.Buf, Shape: []int{3, 4}, DType: gpu.BF16}, B: B, C: C, M: 3, N: 5, K: 4},
 		"AK without K":    {A: A, B: B, C: C, M: 3, N: 5, K: 4, GatherAK: true},
-		"bad tile":        {A: A, B: B, C: C, M: 3, N: 5, K: 4, Tile: &Tile{BM: 10, BN: 8, BK: 4, TM: 3, TN: 2}},
+		"bad tile":        {A: A, B: B, C: C, M: 3, N: 5, K: 4, Tile: &gpu.Tile{BM: 10, BN: 8, BK: 4, TM: 3, TN: 2}},
 	} {
-		if err := Gemm(rec, g); err == nil {
+		if err := gpu.Gemm(rec, g); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}

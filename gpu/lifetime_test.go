@@ -1,10 +1,12 @@
-package gpu
+package gpu_test
 
 import (
 	"os"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
 )
 
 // residentBytes reads the process's resident set size from /proc (Linux only).
@@ -37,7 +39,7 @@ func lifetimeRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := testDevice.NewRecorder()
-	if err := rec.Dispatch(k, nil, []Binding{Bind(buf)}, 4, 1, 1); err != nil {
+	if err := rec.Dispatch(k, nil, []gpu.Binding{gpu.Bind(buf)}, 4, 1, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := rec.Submit(); err != nil {

@@ -1,0 +1,17 @@
+package gpu
+
+// Exports of unexported internals for the external tests (package gpu_test)
+// only: the elementwise kernels with an explicit per-dimension grid limit, so
+// the tests can force the 2-D grid path at sizes they can afford.
+
+var (
+	AxpbyWithGridLimit     = axpby
+	ScaleWithGridLimit     = scale
+	RowReduceWithGridLimit = rowReduce
+)
+
+// The row reductions rowReduce takes.
+const (
+	OpRowSum        = opRowSum
+	OpRowSumSquares = opRowSumSquares
+)
