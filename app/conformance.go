@@ -208,13 +208,9 @@ func readJSON(path string, v any) error {
 	return nil
 }
 
-// referenceBatch reads the batch of DIR/reference.safetensors.
-func referenceBatch(dir string) (model.Batch, error) {
-	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
-	if err != nil {
-		return model.Batch{}, err
-	}
-	defer tensors.Close()
+// referenceBatch reads the batch (input_ids, attention_mask, labels) of a
+// fixture's reference.safetensors.
+func referenceBatch(tensors *safetensors.File) (model.Batch, error) {
 	ids, shape, err := readInts(tensors, "input_ids")
 	if err != nil {
 		return model.Batch{}, err
@@ -244,7 +240,7 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		return nil, err
 	}
 	defer tensors.Close()
-	batch, err := referenceBatch(dir)
+	batch, err := referenceBatch(tensors)
 	if err != nil {
 		return nil, err
 	}

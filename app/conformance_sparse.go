@@ -105,7 +105,12 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 		return nil, err
 	}
 	defer sparse.Close()
-	batch, err := referenceBatch(dir)
+	reference, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
+	if err != nil {
+		return nil, err
+	}
+	batch, err := referenceBatch(reference)
+	reference.Close()
 	if err != nil {
 		return nil, err
 	}
