@@ -103,7 +103,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	defer m.Release()
 	T := *batch * *seq
-	adapters, err := lora.NewSet(m, lora.Config{Rank: *rank, Alpha: float64(2 * *rank), Targets: targets}, 1, T)
+	adapters, err := lora.NewSet(m, lora.Config{Rank: *rank, Alpha: float64(2 * *rank), Targets: targets}, 1)
 	if err != nil {
 		return err
 	}

@@ -182,7 +182,7 @@ func openFixture(df *deviceFlags, dir string, bf16 bool, batch model.Batch) (*fi
 		closeDev()
 		return nil, err
 	}
-	adapters, err := lora.Load(m, filepath.Join(dir, "adapter_init"), batch.Rows*batch.Seq)
+	adapters, err := lora.Load(m, filepath.Join(dir, "adapter_init"))
 	if err != nil {
 		m.Release()
 		closeDev()

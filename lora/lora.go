@@ -20,39 +20,33 @@ import (
 // [rank, in] and B [out, rank] trainable f32 and scale = alpha / rank (PEFT).
 // Gradients accumulate across micro-batches until ZeroGrad. It implements
 // model.Adapter; lora does not import model, so that it stays a leaf over gpu.
+// It holds parameters, gradients and nothing of a pass: the activations its
+// backward needs (x A^T) live in the caller's workspace, so an evaluation or a
+// generation between a forward and its backward cannot corrupt the gradients.
 type LoRA struct {
-	in, out, rank, maxTokens int
-	scale                    float32
+	in, out, rank int
+	scale         float32
 
 	a, b         *gpu.Tensor // A [rank, in], B [out, rank]
 	gradA, gradB *gpu.Tensor
-	// xa = x A^T [maxTokens, rank] from the latest Forward, which Backward
-	// needs for dB; keeping it costs rank floats per token instead of a
-	// second pass over x.
-	xa *gpu.Tensor
-	// dxa = scale * dy B [maxTokens, rank] is Backward's intermediate, owned
-	// here so a step allocates nothing.
-	dxa *gpu.Tensor
 }
 
-// New allocates a LoRA adapter for a projection from in to out features that
-// handles up to maxTokens tokens per call. A and B start at zero, which trains
-// nothing (both gradients stay zero): call InitPEFT or SetWeights before use.
-func New(dev *gpu.Device, in, out, rank int, alpha float32, maxTokens int) (*LoRA, error) {
+// New allocates a LoRA adapter for a projection from in to out features. A
+// and B start at zero, which trains nothing (both gradients stay zero): call
+// InitPEFT or SetWeights before use.
+func New(dev *gpu.Device, in, out, rank int, alpha float32) (*LoRA, error) {
 	switch {
 	case dev == nil:
 		return nil, errors.New("lora: nil device")
 	case in <= 0 || out <= 0 || rank <= 0:
 		return nil, fmt.Errorf("lora: in %d, out %d and rank %d must be positive", in, out, rank)
-	case maxTokens <= 0:
-		return nil, fmt.Errorf("lora: maxTokens %d must be positive", maxTokens)
 	case alpha == 0 || math.IsNaN(float64(alpha)) || math.IsInf(float64(alpha), 0):
 		// gpu.Gemm reads Alpha 0 as 1, so a zero scale could not be expressed;
 		// an adapter that adds nothing has no use anyway.
 		return nil, fmt.Errorf("lora: alpha %g must be finite and non-zero", alpha)
 	}
 	l := &LoRA{
-		in: in, out: out, rank: rank, maxTokens: maxTokens,
+		in: in, out: out, rank: rank,
 		// PEFT computes lora_alpha / r in Python floats; the f32 product then
 		// rounds it once, as here.
 		scale: float32(float64(alpha) / float64(rank)),
@@ -66,8 +60,6 @@ func New(dev *gpu.Device, in, out, rank int, alpha float32, maxTokens int) (*LoR
 		{&l.b, "lora B", []int{out, rank}},
 		{&l.gradA, "lora dA", []int{rank, in}},
 		{&l.gradB, "lora dB", []int{out, rank}},
-		{&l.xa, "lora x A^T", []int{maxTokens, rank}},
-		{&l.dxa, "lora d(x A^T)", []int{maxTokens, rank}},
 	}
 	for _, a := range allocs {
 		t, err := dev.NewTensor(gpu.F32, a.label, a.shape...)
@@ -82,7 +74,7 @@ func New(dev *gpu.Device, in, out, rank int, alpha float32, maxTokens int) (*LoR
 
 // Release frees the adapter's GPU memory. Releasing twice is harmless.
 func (l *LoRA) Release() {
-	for _, t := range []*gpu.Tensor{l.a, l.b, l.gradA, l.gradB, l.xa, l.dxa} {
+	for _, t := range []*gpu.Tensor{l.a, l.b, l.gradA, l.gradB} {
 		t.Release()
 	}
 }
@@ -95,9 +87,6 @@ func (l *LoRA) Out() int { return l.out }
 
 // Rank is r, the inner dimension of A and B.
 func (l *LoRA) Rank() int { return l.rank }
-
-// MaxTokens is the most tokens one Forward or Backward may process.
-func (l *LoRA) MaxTokens() int { return l.maxTokens }
 
 // Scale is alpha / rank as applied on the GPU.
 func (l *LoRA) Scale() float32 { return l.scale }
@@ -176,21 +165,22 @@ func (l *LoRA) ZeroGrad(rec *gpu.Recorder) error {
 	return nil
 }
 
-// Forward records xa = x A^T (kept for Backward) and y += scale * xa B^T for the
-// first tokens rows of x [.., in] and y [.., out].
-func (l *LoRA) Forward(rec *gpu.Recorder, x, y *gpu.Tensor, tokens int) error {
-	if err := l.checkCall("Forward", rec, tokens, operand{"x", x, l.in}, operand{"y", y, l.out}); err != nil {
+// Forward records xa = x A^T (which Backward needs: keeping it costs rank
+// floats per token instead of a second pass over x) and y += scale * xa B^T for
+// the first tokens rows of x [.., in], y [.., out] and xa [.., rank].
+func (l *LoRA) Forward(rec *gpu.Recorder, x, y, xa *gpu.Tensor, tokens int) error {
+	if err := l.checkCall("Forward", rec, tokens, operand{"x", x, l.in}, operand{"y", y, l.out}, operand{"xa", xa, l.rank}); err != nil {
 		return err
 	}
 	if tokens == 0 {
 		return nil
 	}
 	// x [T, in] times A^T: A is stored [rank, in] = N x K, hence B transposed (NT).
-	if err := gpu.Gemm(rec, gpu.GemmArgs{A: x, B: l.a, C: l.xa, BTrans: true, M: tokens, N: l.rank, K: l.in}); err != nil {
+	if err := gpu.Gemm(rec, gpu.GemmArgs{A: x, B: l.a, C: xa, BTrans: true, M: tokens, N: l.rank, K: l.in}); err != nil {
 		return fmt.Errorf("lora: Forward x A^T: %w", err)
 	}
 	// xa [T, rank] times B^T: B is stored [out, rank] = N x K (NT), added to y.
-	if err := gpu.Gemm(rec, gpu.GemmArgs{A: l.xa, B: l.b, C: y, BTrans: true, M: tokens, N: l.out, K: l.rank,
+	if err := gpu.Gemm(rec, gpu.GemmArgs{A: xa, B: l.b, C: y, BTrans: true, M: tokens, N: l.out, K: l.rank,
 		Alpha: l.scale, Beta: 1}); err != nil {
 		return fmt.Errorf("lora: Forward scale xa B^T: %w", err)
 	}
@@ -198,15 +188,16 @@ func (l *LoRA) Forward(rec *gpu.Recorder, x, y *gpu.Tensor, tokens int) error {
 }
 
 // Backward records, for the first tokens rows of x [.., in], dy [.., out] and
-// dx [.., in], using xa from the latest Forward (which must have seen the same
-// x and tokens):
+// dx [.., in], using xa [.., rank] from the Forward of the same x and tokens,
+// and dxa [.., rank] as scratch:
 //
 //	dB  += scale * dy^T xa
 //	dxa  = scale * dy B
 //	dA  += dxa^T x
 //	dx  += dxa A
-func (l *LoRA) Backward(rec *gpu.Recorder, x, dy, dx *gpu.Tensor, tokens int) error {
-	if err := l.checkCall("Backward", rec, tokens, operand{"x", x, l.in}, operand{"dy", dy, l.out}, operand{"dx", dx, l.in}); err != nil {
+func (l *LoRA) Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, tokens int) error {
+	if err := l.checkCall("Backward", rec, tokens, operand{"x", x, l.in}, operand{"xa", xa, l.rank}, operand{"dy", dy, l.out},
+		operand{"dx", dx, l.in}, operand{"dxa", dxa, l.rank}); err != nil {
 		return err
 	}
 	if tokens == 0 {
@@ -217,14 +208,14 @@ func (l *LoRA) Backward(rec *gpu.Recorder, x, dy, dx *gpu.Tensor, tokens int) er
 		args gpu.GemmArgs
 	}{
 		// dy^T: dy is stored [T, out] = K x M (TN); xa [T, rank] is K x N.
-		{"dB += scale dy^T xa", gpu.GemmArgs{A: dy, B: l.xa, C: l.gradB, ATrans: true, M: l.out, N: l.rank, K: tokens,
+		{"dB += scale dy^T xa", gpu.GemmArgs{A: dy, B: xa, C: l.gradB, ATrans: true, M: l.out, N: l.rank, K: tokens,
 			Alpha: l.scale, Beta: 1}},
 		// dy [T, out] = M x K; B [out, rank] = K x N (NN). Overwrites dxa.
-		{"dxa = scale dy B", gpu.GemmArgs{A: dy, B: l.b, C: l.dxa, M: tokens, N: l.rank, K: l.out, Alpha: l.scale}},
+		{"dxa = scale dy B", gpu.GemmArgs{A: dy, B: l.b, C: dxa, M: tokens, N: l.rank, K: l.out, Alpha: l.scale}},
 		// dxa^T: dxa is stored [T, rank] = K x M (TN); x [T, in] is K x N.
-		{"dA += dxa^T x", gpu.GemmArgs{A: l.dxa, B: x, C: l.gradA, ATrans: true, M: l.rank, N: l.in, K: tokens, Beta: 1}},
+		{"dA += dxa^T x", gpu.GemmArgs{A: dxa, B: x, C: l.gradA, ATrans: true, M: l.rank, N: l.in, K: tokens, Beta: 1}},
 		// dxa [T, rank] = M x K; A [rank, in] = K x N (NN).
-		{"dx += dxa A", gpu.GemmArgs{A: l.dxa, B: l.a, C: dx, M: tokens, N: l.in, K: l.rank, Beta: 1}},
+		{"dx += dxa A", gpu.GemmArgs{A: dxa, B: l.a, C: dx, M: tokens, N: l.in, K: l.rank, Beta: 1}},
 	}
 	for _, p := range products {
 		if err := gpu.Gemm(rec, p.args); err != nil {
@@ -248,8 +239,8 @@ func (l *LoRA) checkCall(method string, rec *gpu.Recorder, tokens int, ops ...op
 	if rec == nil {
 		return fmt.Errorf("lora: %s: nil recorder", method)
 	}
-	if tokens < 0 || tokens > l.maxTokens {
-		return fmt.Errorf("lora: %s of %d tokens, want 0..%d (the adapter's maxTokens)", method, tokens, l.maxTokens)
+	if tokens < 0 {
+		return fmt.Errorf("lora: %s of %d tokens", method, tokens)
 	}
 	for _, op := range ops {
 		t := op.t

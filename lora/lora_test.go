@@ -163,21 +163,20 @@ func testForwardBackward(t *testing.T, tokens, in, out, rank, spare int) {
 	rng := rand.New(rand.NewPCG(uint64(tokens), uint64(in)))
 	rows := tokens + spare
 	const alpha = 16
-	l, err := New(testDevice, in, out, rank, alpha, rows)
+	l, err := New(testDevice, in, out, rank, alpha)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release()
+	xaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(rows*rank), rows, rank)
+	defer xaT.Release()
+	dxaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(rows*rank), rows, rank)
+	defer dxaT.Release()
 
 	a := gputest.RandFloats(rng, rank*in)
 	b := gputest.RandFloats(rng, out*rank)
 	if err := l.SetWeights(a, b); err != nil {
 		t.Fatal(err)
-	}
-	for _, scratch := range []*gpu.Tensor{l.xa, l.dxa} {
-		if err := scratch.Upload(nanFloats(scratch.Len())); err != nil {
-			t.Fatal(err)
-		}
 	}
 	gradA0 := gputest.RandFloats(rng, rank*in)
 	gradB0 := gputest.RandFloats(rng, out*rank)
@@ -208,10 +207,10 @@ func testForwardBackward(t *testing.T, tokens, in, out, rank, spare int) {
 
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
-	if err := l.Forward(rec, xT, yT, tokens); err != nil {
+	if err := l.Forward(rec, xT, yT, xaT, tokens); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Backward(rec, xT, dyT, dxT, tokens); err != nil {
+	if err := l.Backward(rec, xT, xaT, dyT, dxT, dxaT, tokens); err != nil {
 		t.Fatal(err)
 	}
 	gputest.Submit(t, rec)
@@ -238,7 +237,7 @@ func testForwardBackward(t *testing.T, tokens, in, out, rank, spare int) {
 		}
 		t.Logf("%s: relative L2 error %.2g", what, e)
 	}
-	check("xa", gputest.Download(t, l.xa)[:tokens*rank], xaWant, 1e-5)
+	check("xa", gputest.Download(t, xaT)[:tokens*rank], xaWant, 1e-5)
 	check("y", gputest.Download(t, yT), plus(y0, yDelta), 1e-5)
 	check("dA", gputest.Download(t, gradA), plus(gradA0, dA), 1e-4)
 	check("dB", gputest.Download(t, gradB), plus(gradB0, dB), 1e-4)
@@ -265,11 +264,15 @@ func sub(got, base []float32) []float32 {
 func TestGradientsAccumulate(t *testing.T) {
 	const tokens, in, out, rank = 5, 9, 6, 2
 	rng := rand.New(rand.NewPCG(5, 6))
-	l, err := New(testDevice, in, out, rank, 4, tokens)
+	l, err := New(testDevice, in, out, rank, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Release()
+	xaT := gputest.Upload(t, testDevice, gpu.F32, make([]float32, tokens*rank), tokens, rank)
+	defer xaT.Release()
+	dxaT := gputest.Upload(t, testDevice, gpu.F32, make([]float32, tokens*rank), tokens, rank)
+	defer dxaT.Release()
 	a := gputest.RandFloats(rng, rank*in)
 	b := gputest.RandFloats(rng, out*rank)
 	if err := l.SetWeights(a, b); err != nil {
@@ -286,10 +289,10 @@ func TestGradientsAccumulate(t *testing.T) {
 		dyT := gputest.Upload(t, testDevice, gpu.F32, dy, tokens, out)
 		yT := gputest.Upload(t, testDevice, gpu.F32, make([]float32, tokens*out), tokens, out)
 		dxT := gputest.Upload(t, testDevice, gpu.F32, make([]float32, tokens*in), tokens, in)
-		if err := l.Forward(rec, xT, yT, tokens); err != nil {
+		if err := l.Forward(rec, xT, yT, xaT, tokens); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Backward(rec, xT, dyT, dxT, tokens); err != nil {
+		if err := l.Backward(rec, xT, xaT, dyT, dxT, dxaT, tokens); err != nil {
 			t.Fatal(err)
 		}
 		gputest.Submit(t, rec)
@@ -330,7 +333,7 @@ func TestInitPEFT(t *testing.T) {
 	const in, out, rank = 64, 48, 8
 	weights := func(seed uint64) (a, b []float32) {
 		t.Helper()
-		l, err := New(testDevice, in, out, rank, 16, 4)
+		l, err := New(testDevice, in, out, rank, 16)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -398,7 +401,7 @@ func TestInitPEFT(t *testing.T) {
 
 func TestWeightsRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
-	l, err := New(testDevice, 5, 3, 2, 1, 1)
+	l, err := New(testDevice, 5, 3, 2, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -430,16 +433,15 @@ func TestInvalidArguments(t *testing.T) {
 	for _, c := range []struct {
 		in, out, rank int
 		alpha         float32
-		maxTokens     int
 	}{
-		{0, 4, 2, 1, 1}, {4, 4, 0, 1, 1}, {4, 4, 2, 0, 1}, {4, 4, 2, float32(math.NaN()), 1}, {4, 4, 2, 1, 0},
+		{0, 4, 2, 1}, {4, 4, 0, 1}, {4, 4, 2, 0}, {4, 4, 2, float32(math.NaN())},
 	} {
-		if l, err := New(testDevice, c.in, c.out, c.rank, c.alpha, c.maxTokens); err == nil {
+		if l, err := New(testDevice, c.in, c.out, c.rank, c.alpha); err == nil {
 			l.Release()
-			t.Errorf("New(%d, %d, %d, %g, %d) succeeded", c.in, c.out, c.rank, c.alpha, c.maxTokens)
+			t.Errorf("New(%d, %d, %d, %g) succeeded", c.in, c.out, c.rank, c.alpha)
 		}
 	}
-	l, err := New(testDevice, 4, 3, 2, 1, 5)
+	l, err := New(testDevice, 4, 3, 2, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,15 +450,19 @@ func TestInvalidArguments(t *testing.T) {
 	defer x.Release()
 	y := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 18), 6, 3)
 	defer y.Release()
+	xa := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 10), 5, 2)
+	defer xa.Release()
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
 	for name, err := range map[string]error{
-		"tokens over maxTokens":  l.Forward(rec, x, y, 6),
-		"negative tokens":        l.Forward(rec, x, y, -1),
-		"x and y swapped":        l.Forward(rec, y, x, 2),
-		"dx of the wrong width":  l.Backward(rec, x, y, y, 2),
-		"nil dy":                 l.Backward(rec, x, nil, x, 2),
-		"too few rows (forward)": l.Forward(rec, x, elements(y, 0, 3), 2),
+		"tokens over xa's rows":  l.Forward(rec, x, y, xa, 6),
+		"negative tokens":        l.Forward(rec, x, y, xa, -1),
+		"x and y swapped":        l.Forward(rec, y, x, xa, 2),
+		"xa of the wrong width":  l.Forward(rec, x, y, y, 2),
+		"dx of the wrong width":  l.Backward(rec, x, xa, y, y, xa, 2),
+		"nil dy":                 l.Backward(rec, x, xa, nil, x, xa, 2),
+		"nil dxa":                l.Backward(rec, x, xa, y, x, nil, 2),
+		"too few rows (forward)": l.Forward(rec, x, elements(y, 0, 3), xa, 2),
 	} {
 		if err == nil {
 			t.Errorf("%s: no error", name)

@@ -76,7 +76,7 @@ func (s *Set) Keys() []Key {
 
 // NewSet creates adapters on cfg.Targets of every layer of m, initialised as
 // PEFT does (Kaiming-uniform A, zero B) from seed.
-func NewSet(m *model.Model, cfg Config, seed uint64, maxTokens int) (*Set, error) {
+func NewSet(m *model.Model, cfg Config, seed uint64) (*Set, error) {
 	if cfg.Rank <= 0 || cfg.Alpha == 0 || len(cfg.Targets) == 0 {
 		return nil, fmt.Errorf("lora: rank %d, alpha %g and %d target modules: want a positive rank, non-zero alpha and at least one target", cfg.Rank, cfg.Alpha, len(cfg.Targets))
 	}
@@ -84,7 +84,7 @@ func NewSet(m *model.Model, cfg Config, seed uint64, maxTokens int) (*Set, error
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	for i, layer := range m.Layers {
 		for _, p := range cfg.Targets {
-			l, err := s.add(m.Dev, Key{i, p}, layer.Proj[p], maxTokens)
+			l, err := s.add(m.Dev, Key{i, p}, layer.Proj[p])
 			if err != nil {
 				s.Release()
 				return nil, err
@@ -98,10 +98,10 @@ func NewSet(m *model.Model, cfg Config, seed uint64, maxTokens int) (*Set, error
 	return s, nil
 }
 
-func (s *Set) add(dev *gpu.Device, k Key, proj *model.Linear, maxTokens int) (*LoRA, error) {
+func (s *Set) add(dev *gpu.Device, k Key, proj *model.Linear) (*LoRA, error) {
 	// New takes PEFT's alpha and divides by the rank; RSLoRA's scale is folded in.
 	alpha := s.Config.scale() * float64(s.Config.Rank)
-	l, err := New(dev, proj.In, proj.Out, s.Config.Rank, float32(alpha), maxTokens)
+	l, err := New(dev, proj.In, proj.Out, s.Config.Rank, float32(alpha))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", k.PEFTName(), err)
 	}
@@ -241,7 +241,7 @@ func writeFileAtomic(path string, data []byte) error {
 // Load reads a PEFT LoRA adapter directory for model m. Which projections of
 // which layers are adapted comes from the weight file's keys, checked against
 // adapter_config.json; unsupported PEFT options are rejected by name.
-func Load(m *model.Model, dir string, maxTokens int) (*Set, error) {
+func Load(m *model.Model, dir string) (*Set, error) {
 	cfgPath := filepath.Join(dir, ConfigFileName)
 	raw, err := os.ReadFile(cfgPath)
 	if err != nil {
@@ -303,7 +303,7 @@ func Load(m *model.Model, dir string, maxTokens int) (*Set, error) {
 		}
 		targets[k.Proj] = true
 		proj := m.Layers[k.Layer].Proj[k.Proj]
-		l, err := s.add(m.Dev, k, proj, maxTokens)
+		l, err := s.add(m.Dev, k, proj)
 		if err != nil {
 			return nil, err
 		}

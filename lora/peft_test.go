@@ -74,7 +74,7 @@ func TestPEFTRoundTrip(t *testing.T) {
 	m := loadFixtureModel(t)
 	defer m.Release()
 	src := filepath.Join(fixtures.HF(t, "llama-gqa"), "adapter_init")
-	s, err := Load(m, src, 32)
+	s, err := Load(m, src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +127,7 @@ func TestPEFTRoundTrip(t *testing.T) {
 		t.Errorf("adapter_config.json: %s", raw)
 	}
 
-	reloaded, err := Load(m, dir, 32)
+	reloaded, err := Load(m, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +142,7 @@ func TestNewSetStartsAsTheBaseModel(t *testing.T) {
 	m := loadFixtureModel(t)
 	defer m.Release()
 	base := logitsOf(t, m)
-	s, err := NewSet(m, Config{Rank: 4, Alpha: 8, Targets: []model.Projection{model.ProjQ, model.ProjV, model.ProjDown}}, 1, 32)
+	s, err := NewSet(m, Config{Rank: 4, Alpha: 8, Targets: []model.Projection{model.ProjQ, model.ProjV, model.ProjDown}}, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,12 +183,12 @@ func TestLoadRejectsBadAdapters(t *testing.T) {
 		{"not lora", "peft_type", func(c map[string]any) { c["peft_type"] = "IA3" }},
 		{"rank pattern", "rank_pattern", func(c map[string]any) { c["rank_pattern"] = map[string]any{"q_proj": 2} }},
 	} {
-		_, err := Load(m, copyWith(c.edit), 8)
+		_, err := Load(m, copyWith(c.edit))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: got %v, want an error mentioning %q", c.name, err, c.want)
 		}
 	}
-	if _, err := Load(m, t.TempDir(), 8); err == nil || !strings.Contains(err.Error(), ConfigFileName) {
+	if _, err := Load(m, t.TempDir()); err == nil || !strings.Contains(err.Error(), ConfigFileName) {
 		t.Errorf("missing adapter: %v", err)
 	}
 }

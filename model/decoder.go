@@ -70,6 +70,9 @@ type layerActivations struct {
 	// The channels kept for context tokens in the last forward (nil: dense).
 	attnKeep AttentionChannels
 	mlpKeep  *gpu.IndexList
+	// xa[p] is the adapter of projection p's intermediate x A^T [T, rank] from
+	// this workspace's forward (nil without an adapter).
+	xa [7]*gpu.Tensor
 }
 
 // Workspace holds the activations and gradient scratch of one batch shape, so a
@@ -82,14 +85,23 @@ type Workspace struct {
 	rstdF     *gpu.Tensor
 	ids, mask *gpu.Tensor
 	targets   *gpu.Tensor
-	nTargets  int
-	Loss      *gpu.Tensor // [1] mean cross-entropy
-	head      *LMHead
+	// nTargets is the count the loss of the next passes divides by: the
+	// batch's own targets after Load, the whole step's after UseStaged.
+	nTargets int
+	// staged are the micro-batches of the current step (Stage), stored in
+	// staging one after another.
+	staged        []*batchInputs
+	staging       *gpu.Buffer
+	stagedTargets int
+	Loss          *gpu.Tensor // [1] mean cross-entropy
+	head          *LMHead
 	// gradient scratch, reused by every layer
 	dRes, dMid, dXn     *gpu.Tensor
 	dq, dk, dv, dAttn   *gpu.Tensor
 	dg, du, dh, attnTmp *gpu.Tensor
-	all                 []*gpu.Tensor
+	// dxa is the adapters' backward scratch [T * the largest rank].
+	dxa *gpu.Tensor
+	all []*gpu.Tensor
 
 	// Tokens are the batch's real, context and scored rows (set by Load).
 	Tokens     TokenSets
@@ -103,7 +115,9 @@ type Workspace struct {
 	NoContextGradQKVO bool
 }
 
-// NewWorkspace allocates the buffers for batches of rows x seq tokens.
+// NewWorkspace allocates the buffers for batches of rows x seq tokens,
+// including the per-pass state of the adapters attached now (attach adapters
+// before creating the workspaces that run them).
 func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
 	c := m.Config
 	T := rows * seq
@@ -125,6 +139,7 @@ func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
 		return t
 	}
 	w.layers = make([]layerActivations, len(m.Layers))
+	maxRank := 0
 	for i := range w.layers {
 		a := &w.layers[i]
 		a.x = alloc("residual", T, c.HiddenSize)
@@ -134,6 +149,15 @@ func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
 		a.mid = alloc("mid", T, c.HiddenSize)
 		a.xn2, a.rstd2 = alloc("xn2", T, c.HiddenSize), alloc("rstd2", T)
 		a.g, a.u, a.h = alloc("gate", T, c.IntermediateSize), alloc("up", T, c.IntermediateSize), alloc("h", T, c.IntermediateSize)
+		for p, ad := range m.Layers[i].Adapters {
+			if ad != nil {
+				a.xa[p] = alloc("adapter x A^T", T, ad.Rank())
+				maxRank = max(maxRank, ad.Rank())
+			}
+		}
+	}
+	if maxRank > 0 {
+		w.dxa = alloc("adapter backward scratch", T*maxRank)
 	}
 	w.final, w.normed, w.rstdF = alloc("final", T, c.HiddenSize), alloc("normed", T, c.HiddenSize), alloc("rstdF", T)
 	w.ids, w.mask, w.targets = alloc("ids", T), alloc("mask", T), alloc("targets", T)
@@ -168,43 +192,51 @@ func (w *Workspace) Release() {
 	}
 	w.all = nil
 	w.tokenLists.Release()
+	w.staging.Release()
 	if w.head != nil {
 		w.head.Release()
 	}
 }
 
-// Load uploads a batch's token ids, mask and loss targets.
-func (w *Workspace) Load(m *Model, b Batch) error {
+// batchInputs is a batch prepared for the GPU: the u32 words of the ids, mask,
+// loss targets and token lists, and the host-side counts that size dispatches.
+type batchInputs struct {
+	ids, mask, targets, lists []uint32
+	realCount, contextCount   int
+	scoredCount, targetCount  int
+}
+
+// prepare checks a batch against the workspace and the model and builds its
+// inputs.
+func (w *Workspace) prepare(m *Model, b Batch) (*batchInputs, error) {
 	T := w.Rows * w.Seq
 	if b.Rows != w.Rows || b.Seq != w.Seq || len(b.InputIDs) != T || len(b.Mask) != T || len(b.Labels) != T {
-		return fmt.Errorf("batch of %dx%d (%d ids, %d mask, %d labels) does not fit a %dx%d workspace",
+		return nil, fmt.Errorf("batch of %dx%d (%d ids, %d mask, %d labels) does not fit a %dx%d workspace",
 			b.Rows, b.Seq, len(b.InputIDs), len(b.Mask), len(b.Labels), w.Rows, w.Seq)
 	}
-	ids := make([]uint32, T)
-	mask := make([]uint32, T)
-	for i := range ids {
+	in := &batchInputs{ids: make([]uint32, T), mask: make([]uint32, T)}
+	for i := range in.ids {
 		if b.InputIDs[i] < 0 || int(b.InputIDs[i]) >= m.Config.VocabSize {
-			return fmt.Errorf("batch row %d position %d: token id %d outside the vocabulary (%d)", i/w.Seq, i%w.Seq, b.InputIDs[i], m.Config.VocabSize)
+			return nil, fmt.Errorf("batch row %d position %d: token id %d outside the vocabulary (%d)", i/w.Seq, i%w.Seq, b.InputIDs[i], m.Config.VocabSize)
 		}
-		ids[i] = uint32(b.InputIDs[i])
+		in.ids[i] = uint32(b.InputIDs[i])
 		if b.Mask[i] != 0 {
-			mask[i] = 1
+			in.mask[i] = 1
 		}
 	}
-	targets, n, err := Targets(b.Labels, b.Rows, b.Seq, m.Config.VocabSize)
-	if err != nil {
-		return err
+	var err error
+	if in.targets, in.targetCount, err = Targets(b.Labels, b.Rows, b.Seq, m.Config.VocabSize); err != nil {
+		return nil, err
 	}
-	w.nTargets = n
-	lists := make([]uint32, 3*(T+1))
-	real, context, scored := lists[:T+1], lists[T+1:2*(T+1)], lists[2*(T+1):]
+	in.lists = make([]uint32, 3*(T+1))
+	real, context, scored := in.lists[:T+1], in.lists[T+1:2*(T+1)], in.lists[2*(T+1):]
 	for i := range T {
-		if mask[i] == 0 {
+		if in.mask[i] == 0 {
 			continue
 		}
 		real[0]++
 		real[real[0]] = uint32(i)
-		if targets[i] != NoTarget {
+		if in.targets[i] != NoTarget {
 			scored[0]++
 			scored[scored[0]] = uint32(i)
 		} else {
@@ -212,18 +244,106 @@ func (w *Workspace) Load(m *Model, b Batch) error {
 			context[context[0]] = uint32(i)
 		}
 	}
-	w.Tokens.RealCount, w.Tokens.ContextCount, w.Tokens.ScoredCount = int(real[0]), int(context[0]), int(scored[0])
-	if err := w.tokenLists.Write(0, gpu.U32Bytes(lists)); err != nil {
+	in.realCount, in.contextCount, in.scoredCount = int(real[0]), int(context[0]), int(scored[0])
+	return in, nil
+}
+
+// destinations pairs each part of a batch's inputs with the workspace buffer
+// region it belongs in.
+func (w *Workspace) destinations(in *batchInputs) []struct {
+	buf    *gpu.Buffer
+	offset uint64
+	words  []uint32
+} {
+	return []struct {
+		buf    *gpu.Buffer
+		offset uint64
+		words  []uint32
+	}{{w.ids.Buf, w.ids.Offset, in.ids}, {w.mask.Buf, w.mask.Offset, in.mask},
+		{w.targets.Buf, w.targets.Offset, in.targets}, {w.tokenLists, 0, in.lists}}
+}
+
+// use makes the host-side counts of in those of the passes recorded next.
+func (w *Workspace) use(in *batchInputs, lossTargets int) {
+	w.Tokens.RealCount, w.Tokens.ContextCount, w.Tokens.ScoredCount = in.realCount, in.contextCount, in.scoredCount
+	w.nTargets = lossTargets
+}
+
+// Load uploads a batch's token ids, mask and loss targets now (a queue write),
+// for a forward and backward over this batch alone: its loss is the mean over
+// its own targets. Passes already recorded but not yet submitted would see
+// these inputs too; to record several micro-batches into one submission, use
+// Stage and UseStaged.
+func (w *Workspace) Load(m *Model, b Batch) error {
+	in, err := w.prepare(m, b)
+	if err != nil {
 		return err
 	}
-	for _, up := range []struct {
-		t    *gpu.Tensor
-		data []uint32
-	}{{w.ids, ids}, {w.mask, mask}, {w.targets, targets}} {
-		if err := up.t.Buf.Write(up.t.Offset, gpu.U32Bytes(up.data)); err != nil {
+	for _, d := range w.destinations(in) {
+		if err := d.buf.Write(d.offset, gpu.U32Bytes(d.words)); err != nil {
 			return err
 		}
 	}
+	w.use(in, in.targetCount)
+	return nil
+}
+
+// Stage uploads the micro-batches of one optimizer step, each into its own
+// region of a staging buffer, so that all of them can be recorded into one
+// submission (UseStaged copies one into the workspace inside the recorded
+// commands). It returns the step's total loss-target count, which every
+// staged micro-batch's loss and gradients are divided by (HF's
+// num_items_in_batch), so that the accumulated gradients are those of the
+// step's mean loss.
+func (w *Workspace) Stage(m *Model, batches []Batch) (int, error) {
+	w.staged = w.staged[:0]
+	total := 0
+	for i, b := range batches {
+		in, err := w.prepare(m, b)
+		if err != nil {
+			return 0, fmt.Errorf("micro-batch %d: %w", i, err)
+		}
+		w.staged = append(w.staged, in)
+		total += in.targetCount
+	}
+	T := w.Rows * w.Seq
+	region := uint64(4 * (3*T + 3*(T+1)))
+	if need := region * uint64(len(batches)); w.staging == nil || w.staging.Size() < need {
+		w.staging.Release()
+		var err error
+		if w.staging, err = m.Dev.NewBuffer(need, "micro-batch staging"); err != nil {
+			w.staging = nil
+			return 0, fmt.Errorf("staging %d micro-batches: %w", len(batches), err)
+		}
+	}
+	for i, in := range w.staged {
+		offset := region * uint64(i)
+		for _, d := range w.destinations(in) {
+			if err := w.staging.Write(offset, gpu.U32Bytes(d.words)); err != nil {
+				return 0, err
+			}
+			offset += uint64(4 * len(d.words))
+		}
+	}
+	w.stagedTargets = total
+	return total, nil
+}
+
+// UseStaged records copying staged micro-batch i into the workspace's inputs;
+// the passes recorded after it (until the next Load or UseStaged) run on it.
+func (w *Workspace) UseStaged(rec *gpu.Recorder, i int) error {
+	if i < 0 || i >= len(w.staged) {
+		return fmt.Errorf("micro-batch %d not staged (%d are)", i, len(w.staged))
+	}
+	in := w.staged[i]
+	T := w.Rows * w.Seq
+	offset := uint64(4*(3*T+3*(T+1))) * uint64(i)
+	for _, d := range w.destinations(in) {
+		size := uint64(4 * len(d.words))
+		rec.Copy(d.buf, d.offset, w.staging, offset, size)
+		offset += size
+	}
+	w.use(in, w.stagedTargets)
 	return nil
 }
 
@@ -232,13 +352,40 @@ func (m *Model) attentionShape(w *Workspace) AttentionShape {
 	return AttentionShape{Batch: w.Rows, Seq: w.Seq, Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim}
 }
 
+// adapterState checks that the workspace holds the per-pass state of the
+// adapter on projection p and returns its xa.
+func (l *Layer) adapterState(p Projection, a *layerActivations) (*gpu.Tensor, error) {
+	ad := l.Adapters[p]
+	if ad == nil {
+		return nil, nil
+	}
+	if xa := a.xa[p]; xa != nil && xa.Shape[1] == ad.Rank() {
+		return xa, nil
+	}
+	return nil, fmt.Errorf("%s adapter: the workspace has no state for it (create workspaces after attaching adapters)", p)
+}
+
+// dxaScratch is the adapters' backward scratch shaped [T, rank].
+func (w *Workspace) dxaScratch(rank int) *gpu.Tensor {
+	return &gpu.Tensor{Buf: w.dxa.Buf, Offset: w.dxa.Offset, Shape: []int{w.Rows * w.Seq, rank}, DType: gpu.F32}
+}
+
 // project runs a frozen projection plus its adapter: y (+)= x W^T (+ b) + adapter(x).
-func (l *Layer) project(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, tokens int, accumulate bool) error {
+func (l *Layer) project(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, tokens int, accumulate bool) error {
 	if err := l.Proj[p].Forward(rec, x, y, tokens, accumulate); err != nil {
 		return fmt.Errorf("%s: %w", p, err)
 	}
-	if a := l.Adapters[p]; a != nil {
-		if err := a.Forward(rec, x, y, tokens); err != nil {
+	return l.adapterForward(rec, p, x, y, a, tokens)
+}
+
+// adapterForward adds the adapter's output on projection p, if any.
+func (l *Layer) adapterForward(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, tokens int) error {
+	xa, err := l.adapterState(p, a)
+	if err != nil {
+		return err
+	}
+	if ad := l.Adapters[p]; ad != nil {
+		if err := ad.Forward(rec, x, y, rowsOf(xa, 0, tokens, ad.Rank()), tokens); err != nil {
 			return fmt.Errorf("%s adapter: %w", p, err)
 		}
 	}
@@ -247,16 +394,12 @@ func (l *Layer) project(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, token
 
 // projectBackward adds the input gradient of a projection and its adapter to dx
 // (overwriting dx first unless accumulate) and the adapter's parameter gradients.
-func (l *Layer) projectBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, tokens int, accumulate bool) error {
-	if err := l.Proj[p].BackwardInput(rec, dy, dx, tokens, accumulate); err != nil {
+func (l *Layer) projectBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, accumulate bool) error {
+	T := w.Rows * w.Seq
+	if err := l.Proj[p].BackwardInput(rec, dy, dx, T, accumulate); err != nil {
 		return fmt.Errorf("%s: %w", p, err)
 	}
-	if a := l.Adapters[p]; a != nil {
-		if err := a.Backward(rec, x, dy, dx, tokens); err != nil {
-			return fmt.Errorf("%s adapter: %w", p, err)
-		}
-	}
-	return nil
+	return l.adapterBackward(rec, p, x, dy, dx, w, a)
 }
 
 func clearTensor(rec *gpu.Recorder, t *gpu.Tensor) { rec.Clear(t.Buf, t.Offset, t.Bytes()) }
@@ -265,10 +408,10 @@ func clearTensor(rec *gpu.Recorder, t *gpu.Tensor) { rec.Clear(t.Buf, t.Offset, 
 // gate, up): densely when keep is nil, else on the kept channels for context
 // tokens, all channels for scored tokens, and nothing for padding; the other
 // outputs are 0 before the bias and the adapter are added.
-func (l *Layer) projectKeepOutputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, keep *gpu.IndexList) error {
+func (l *Layer) projectKeepOutputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList) error {
 	T := w.Rows * w.Seq
 	if keep == nil {
-		return l.project(rec, p, x, y, T, false)
+		return l.project(rec, p, x, y, a, T, false)
 	}
 	proj := l.Proj[p]
 	clearTensor(rec, y)
@@ -282,16 +425,16 @@ func (l *Layer) projectKeepOutputs(rec *gpu.Recorder, p Projection, x, y *gpu.Te
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	return l.addBiasAndAdapter(rec, p, x, y, T)
+	return l.addBiasAndAdapter(rec, p, x, y, a, T)
 }
 
 // projectKeepInputs adds a projection that reads input channels (o, down) into
 // y: densely when keep is nil, else reading only the kept channels for context
 // tokens.
-func (l *Layer) projectKeepInputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, keep *gpu.IndexList) error {
+func (l *Layer) projectKeepInputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList) error {
 	T := w.Rows * w.Seq
 	if keep == nil {
-		return l.project(rec, p, x, y, T, true)
+		return l.project(rec, p, x, y, a, T, true)
 	}
 	proj := l.Proj[p]
 	for _, part := range []struct {
@@ -306,32 +449,26 @@ func (l *Layer) projectKeepInputs(rec *gpu.Recorder, p Projection, x, y *gpu.Ten
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	return l.addBiasAndAdapter(rec, p, x, y, T)
+	return l.addBiasAndAdapter(rec, p, x, y, a, T)
 }
 
 // addBiasAndAdapter adds the frozen bias (on every channel: like the adapter,
 // it is not part of the sparse matmul) and the adapter's output.
-func (l *Layer) addBiasAndAdapter(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, T int) error {
+func (l *Layer) addBiasAndAdapter(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, T int) error {
 	if b := l.Proj[p].Bias; b != nil {
 		if err := AddBias(rec, y, b, T, l.Proj[p].Out); err != nil {
 			return fmt.Errorf("%s bias: %w", p, err)
 		}
 	}
-	if a := l.Adapters[p]; a != nil {
-		if err := a.Forward(rec, x, y, T); err != nil {
-			return fmt.Errorf("%s adapter: %w", p, err)
-		}
-	}
-	return nil
+	return l.adapterForward(rec, p, x, y, a, T)
 }
 
 // backwardKeptOutputs adds to dx (overwriting it first unless accumulate) the
 // input gradient of an output-channel projection, through the kept channels
 // only for context tokens ("sparse but present"), and the adapter's part.
-func (l *Layer) backwardKeptOutputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, keep *gpu.IndexList, accumulate, skipContext bool) error {
-	T := w.Rows * w.Seq
+func (l *Layer) backwardKeptOutputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList, accumulate, skipContext bool) error {
 	if keep == nil {
-		return l.projectBackward(rec, p, x, dy, dx, T, accumulate)
+		return l.projectBackward(rec, p, x, dy, dx, w, a, accumulate)
 	}
 	if !accumulate {
 		clearTensor(rec, dx)
@@ -347,15 +484,14 @@ func (l *Layer) backwardKeptOutputs(rec *gpu.Recorder, p Projection, x, dy, dx *
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	return l.adapterBackward(rec, p, x, dy, dx, T)
+	return l.adapterBackward(rec, p, x, dy, dx, w, a)
 }
 
 // backwardKeptInputs overwrites dx with the input gradient of an input-channel
 // projection: only the kept channels for context tokens, and the adapter's part.
-func (l *Layer) backwardKeptInputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, keep *gpu.IndexList, skipContext bool) error {
-	T := w.Rows * w.Seq
+func (l *Layer) backwardKeptInputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList, skipContext bool) error {
 	if keep == nil {
-		return l.projectBackward(rec, p, x, dy, dx, T, false)
+		return l.projectBackward(rec, p, x, dy, dx, w, a, false)
 	}
 	clearTensor(rec, dx)
 	proj := l.Proj[p]
@@ -369,12 +505,16 @@ func (l *Layer) backwardKeptInputs(rec *gpu.Recorder, p Projection, x, dy, dx *g
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	return l.adapterBackward(rec, p, x, dy, dx, T)
+	return l.adapterBackward(rec, p, x, dy, dx, w, a)
 }
 
-func (l *Layer) adapterBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, T int) error {
-	if a := l.Adapters[p]; a != nil {
-		if err := a.Backward(rec, x, dy, dx, T); err != nil {
+func (l *Layer) adapterBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations) error {
+	xa, err := l.adapterState(p, a)
+	if err != nil {
+		return err
+	}
+	if ad := l.Adapters[p]; ad != nil {
+		if err := ad.Backward(rec, x, xa, dy, dx, w.dxaScratch(ad.Rank()), w.Rows*w.Seq); err != nil {
 			return fmt.Errorf("%s adapter: %w", p, err)
 		}
 	}
@@ -447,7 +587,7 @@ func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, layer int, l *Laye
 		out  *gpu.Tensor
 		keep *gpu.IndexList
 	}{{ProjQ, a.q, a.attnKeep.Q}, {ProjK, a.k, a.attnKeep.K}, {ProjV, a.v, a.attnKeep.V}} {
-		if err := l.projectKeepOutputs(rec, p.proj, a.xn1, p.out, w, p.keep); err != nil {
+		if err := l.projectKeepOutputs(rec, p.proj, a.xn1, p.out, w, a, p.keep); err != nil {
 			return err
 		}
 	}
@@ -461,7 +601,7 @@ func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, layer int, l *Laye
 		return err
 	}
 	rec.Copy(a.mid.Buf, a.mid.Offset, a.x.Buf, a.x.Offset, a.x.Bytes())
-	if err := l.projectKeepInputs(rec, ProjO, a.attn, a.mid, w, a.attnKeep.O); err != nil {
+	if err := l.projectKeepInputs(rec, ProjO, a.attn, a.mid, w, a, a.attnKeep.O); err != nil {
 		return err
 	}
 	if err := RMSNormForward(rec, a.mid, l.PostNorm, a.xn2, a.rstd2, T, H, eps); err != nil {
@@ -474,17 +614,17 @@ func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, layer int, l *Laye
 		}
 		a.mlpKeep = keep
 	}
-	if err := l.projectKeepOutputs(rec, ProjGate, a.xn2, a.g, w, a.mlpKeep); err != nil {
+	if err := l.projectKeepOutputs(rec, ProjGate, a.xn2, a.g, w, a, a.mlpKeep); err != nil {
 		return err
 	}
-	if err := l.projectKeepOutputs(rec, ProjUp, a.xn2, a.u, w, a.mlpKeep); err != nil {
+	if err := l.projectKeepOutputs(rec, ProjUp, a.xn2, a.u, w, a, a.mlpKeep); err != nil {
 		return err
 	}
 	if err := SwiGLUForward(rec, a.g, a.u, a.h, T*I); err != nil {
 		return err
 	}
 	rec.Copy(next.Buf, next.Offset, a.mid.Buf, a.mid.Offset, a.mid.Bytes())
-	return l.projectKeepInputs(rec, ProjDown, a.h, next, w, a.mlpKeep)
+	return l.projectKeepInputs(rec, ProjDown, a.h, next, w, a, a.mlpKeep)
 }
 
 // Backward records the backward pass of the last Forward: every adapter's
@@ -512,16 +652,16 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 	c := m.Config
 	skip := w.NoContextGradQKVO
 	// MLP: next = mid + down(h), h = SiLU(gate) * up.
-	if err := l.backwardKeptInputs(rec, ProjDown, a.h, w.dRes, w.dh, w, a.mlpKeep, false); err != nil {
+	if err := l.backwardKeptInputs(rec, ProjDown, a.h, w.dRes, w.dh, w, a, a.mlpKeep, false); err != nil {
 		return err
 	}
 	if err := SwiGLUBackward(rec, a.g, a.u, w.dh, w.dg, w.du, T*I); err != nil {
 		return err
 	}
-	if err := l.backwardKeptOutputs(rec, ProjGate, a.xn2, w.dg, w.dXn, w, a.mlpKeep, false, false); err != nil {
+	if err := l.backwardKeptOutputs(rec, ProjGate, a.xn2, w.dg, w.dXn, w, a, a.mlpKeep, false, false); err != nil {
 		return err
 	}
-	if err := l.backwardKeptOutputs(rec, ProjUp, a.xn2, w.du, w.dXn, w, a.mlpKeep, true, false); err != nil {
+	if err := l.backwardKeptOutputs(rec, ProjUp, a.xn2, w.du, w.dXn, w, a, a.mlpKeep, true, false); err != nil {
 		return err
 	}
 	rec.Copy(w.dMid.Buf, w.dMid.Offset, w.dRes.Buf, w.dRes.Offset, w.dRes.Bytes())
@@ -529,7 +669,7 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 		return err
 	}
 	// Attention: mid = x + o_proj(attention(rope(q), rope(k), v)).
-	if err := l.backwardKeptInputs(rec, ProjO, a.attn, w.dMid, w.dAttn, w, a.attnKeep.O, skip); err != nil {
+	if err := l.backwardKeptInputs(rec, ProjO, a.attn, w.dMid, w.dAttn, w, a, a.attnKeep.O, skip); err != nil {
 		return err
 	}
 	if err := AttentionBackward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse, w.dAttn,
@@ -547,7 +687,7 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 		dy   *gpu.Tensor
 		keep *gpu.IndexList
 	}{{ProjQ, w.dq, a.attnKeep.Q}, {ProjK, w.dk, a.attnKeep.K}, {ProjV, w.dv, a.attnKeep.V}} {
-		if err := l.backwardKeptOutputs(rec, p.proj, a.xn1, p.dy, w.dXn, w, p.keep, i > 0, skip); err != nil {
+		if err := l.backwardKeptOutputs(rec, p.proj, a.xn1, p.dy, w.dXn, w, a, p.keep, i > 0, skip); err != nil {
 			return err
 		}
 	}
@@ -582,11 +722,17 @@ func (m *Model) decodeStep(rec *gpu.Recorder, w *Workspace, pos int) error {
 		q, k, v := rowsOf(a.q, pos, 1, qDim), rowsOf(a.k, pos, 1, kvDim), rowsOf(a.v, pos, 1, kvDim)
 		g, u, h := rowsOf(a.g, pos, 1, I), rowsOf(a.u, pos, 1, I), rowsOf(a.h, pos, 1, I)
 		out := rowsOf(next, pos, 1, H)
+		row := &layerActivations{}
+		for p, xa := range a.xa {
+			if xa != nil {
+				row.xa[p] = rowsOf(xa, pos, 1, xa.Shape[1])
+			}
+		}
 		steps := []func() error{
 			func() error { return RMSNormForward(rec, x, l.InputNorm, xn1, rowsOf(a.rstd1, pos, 1, 1), 1, H, eps) },
-			func() error { return l.project(rec, ProjQ, xn1, q, 1, false) },
-			func() error { return l.project(rec, ProjK, xn1, k, 1, false) },
-			func() error { return l.project(rec, ProjV, xn1, v, 1, false) },
+			func() error { return l.project(rec, ProjQ, xn1, q, row, 1, false) },
+			func() error { return l.project(rec, ProjK, xn1, k, row, 1, false) },
+			func() error { return l.project(rec, ProjV, xn1, v, row, 1, false) },
 			func() error { return RopeForwardAt(rec, m.Rope, q, 1, pos, c.NumAttentionHeads, c.HeadDim) },
 			func() error { return RopeForwardAt(rec, m.Rope, k, 1, pos, c.NumKeyValueHeads, c.HeadDim) },
 			// Causality keeps row pos from seeing the rows after it, whatever they hold.
@@ -595,15 +741,15 @@ func (m *Model) decodeStep(rec *gpu.Recorder, w *Workspace, pos int) error {
 			},
 			func() error {
 				rec.Copy(mid.Buf, mid.Offset, x.Buf, x.Offset, x.Bytes())
-				return l.project(rec, ProjO, rowsOf(a.attn, pos, 1, qDim), mid, 1, true)
+				return l.project(rec, ProjO, rowsOf(a.attn, pos, 1, qDim), mid, row, 1, true)
 			},
 			func() error { return RMSNormForward(rec, mid, l.PostNorm, xn2, rowsOf(a.rstd2, pos, 1, 1), 1, H, eps) },
-			func() error { return l.project(rec, ProjGate, xn2, g, 1, false) },
-			func() error { return l.project(rec, ProjUp, xn2, u, 1, false) },
+			func() error { return l.project(rec, ProjGate, xn2, g, row, 1, false) },
+			func() error { return l.project(rec, ProjUp, xn2, u, row, 1, false) },
 			func() error { return SwiGLUForward(rec, g, u, h, I) },
 			func() error {
 				rec.Copy(out.Buf, out.Offset, mid.Buf, mid.Offset, mid.Bytes())
-				return l.project(rec, ProjDown, h, out, 1, true)
+				return l.project(rec, ProjDown, h, out, row, 1, true)
 			},
 		}
 		for _, step := range steps {

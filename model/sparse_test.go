@@ -55,7 +55,7 @@ func newSparseRig(t *testing.T) *sparseRig {
 		t.Fatal(err)
 	}
 	const rows, seq = 2, 48
-	set, err := lora.Load(m, filepath.Join(dir, "adapter_init"), rows*seq)
+	set, err := lora.Load(m, filepath.Join(dir, "adapter_init"))
 	if err != nil {
 		t.Fatal(err)
 	}
