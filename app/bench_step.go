@@ -14,6 +14,7 @@ import (
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/predictor"
+	"github.com/sparselora/sparselora/train"
 )
 
 // stepResult is one variant of `bench step`.
@@ -164,23 +165,13 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	rec := dev.NewRecorder()
-	defer rec.Release()
+	trainer, err := train.NewTrainer(m, adapters, opt, ws)
+	if err != nil {
+		return err
+	}
+	defer trainer.Release()
 	step := func(sel model.ChannelSelector) error {
-		ws.Selector = sel
-		if err := adapters.ZeroGrad(rec); err != nil {
-			return err
-		}
-		if err := m.Forward(rec, ws); err != nil {
-			return err
-		}
-		if err := m.Backward(rec, ws); err != nil {
-			return err
-		}
-		if err := opt.Step(rec, 1e-4); err != nil {
-			return err
-		}
-		if err := rec.Submit(); err != nil {
+		if err := trainer.Step([]model.Batch{b}, 1e-4, sel); err != nil {
 			return err
 		}
 		return dev.Sync(ctx)

@@ -17,6 +17,7 @@ import (
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
+	"github.com/sparselora/sparselora/train"
 )
 
 // Tolerances of SPEC section 5 (relative L2 error).
@@ -258,13 +259,9 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		return nil, err
 	}
 	defer ws.Release()
-	if err := ws.Load(m, batch); err != nil {
-		return nil, err
-	}
 	real := func(width int) func(i int) bool {
 		return func(i int) bool { return mask[i/width] != 0 }
 	}
-	refFloats := func(name string) ([]float32, error) { return tensors.ReadFloat32(name) }
 
 	// The reference generates with the initial adapter, so this runs before training.
 	gen, err := greedyCheck(ctx, m, tensors)
@@ -272,33 +269,23 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		return nil, err
 	}
 	checks := []check{gen}
-	rec := dev.NewRecorder()
-	defer rec.Release()
 	logits, err := dev.NewTensor(gpu.F32, "logits", T, m.Config.VocabSize)
 	if err != nil {
 		return nil, err
 	}
 	defer logits.Release()
-	forward := func() (float64, error) {
-		if err := adapters.ZeroGrad(rec); err != nil {
-			return 0, err
-		}
-		if err := m.Forward(rec, ws); err != nil {
-			return 0, err
-		}
-		if err := m.Logits(rec, ws, logits); err != nil {
-			return 0, err
-		}
-		if err := rec.Submit(); err != nil {
-			return 0, err
-		}
-		loss, err := ws.Loss.Download(ctx)
-		if err != nil {
-			return 0, err
-		}
-		return float64(loss[0]), nil
+	cfg := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
+	if len(ref.Optimizer.Betas) == 2 {
+		cfg.Beta1, cfg.Beta2 = ref.Optimizer.Betas[0], ref.Optimizer.Betas[1]
 	}
-	loss, err := forward()
+	tr, err := newConformanceTrainer(m, adapters, ws, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer tr.release()
+	// Step 1: the forward's activations, logits and loss, the gradients, and
+	// the parameters after the update (AdamW leaves the gradients in place).
+	loss, err := tr.step(ctx, batch, ref.Optimizer.LR, nil, logits)
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +293,7 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		return check{name: name, err: math.Abs(got-want) / math.Abs(want), tolerance: tol}
 	}
 	compare := func(name string, got *gpu.Tensor, refName string, keep func(int) bool, tol float64) error {
-		want, err := refFloats(refName)
+		want, err := tensors.ReadFloat32(refName)
 		if err != nil {
 			return err
 		}
@@ -324,47 +311,22 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		if ref.LossBF16Weights == nil {
 			return nil, fmt.Errorf("%s: no loss_bf16_weights", refPath)
 		}
-		checks = append(checks, scalar("loss (bf16 weights)", loss, *ref.LossBF16Weights, tolActivations))
-	} else {
-		for i := 0; i <= len(m.Layers); i++ {
-			name := fmt.Sprintf("hidden_states.%d", i)
-			if err := compare(name, ws.Hidden(i), name, real(m.Config.HiddenSize), tolActivations); err != nil {
-				return nil, err
-			}
-		}
-		if err := compare("logits", logits, "logits", real(m.Config.VocabSize), tolActivations); err != nil {
+		return append(checks, scalar("loss (bf16 weights)", loss, *ref.LossBF16Weights, tolActivations)), nil
+	}
+	for i := 0; i <= len(m.Layers); i++ {
+		name := fmt.Sprintf("hidden_states.%d", i)
+		if err := compare(name, ws.Hidden(i), name, real(m.Config.HiddenSize), tolActivations); err != nil {
 			return nil, err
 		}
-		if len(ref.Losses) < 2 {
-			return nil, fmt.Errorf("%s: want two losses", refPath)
-		}
-		checks = append(checks, scalar("loss (step 1)", loss, ref.Losses[0], tolActivations))
-		more, err := trainingChecks(ctx, dev, m, ws, adapters, ref, tensors, forward)
-		if err != nil {
-			return nil, err
-		}
-		checks = append(checks, more...)
 	}
-	return checks, nil
-}
-
-// trainingChecks runs backward and two AdamW steps (the first forward is done)
-// and compares gradients and parameters with the reference.
-func trainingChecks(ctx context.Context, dev *gpu.Device, m *model.Model, ws *model.Workspace, adapters *lora.Set,
-	ref referenceJSON, tensors *safetensors.File, forward func() (float64, error)) ([]check, error) {
-	var checks []check
-	params := adapters.Params()
-	cfg := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
-	if len(ref.Optimizer.Betas) == 2 {
-		cfg.Beta1, cfg.Beta2 = ref.Optimizer.Betas[0], ref.Optimizer.Betas[1]
-	}
-	opt, err := lora.NewOptimizer(dev, params, cfg)
-	if err != nil {
+	if err := compare("logits", logits, "logits", real(m.Config.VocabSize), tolActivations); err != nil {
 		return nil, err
 	}
-	defer opt.Release()
-	rec := dev.NewRecorder()
-	defer rec.Release()
+	if len(ref.Losses) < 2 {
+		return nil, fmt.Errorf("%s: want two losses", refPath)
+	}
+	checks = append(checks, scalar("loss (step 1)", loss, ref.Losses[0], tolActivations))
+	params := adapters.Params()
 	// PEFT's in-memory names carry the adapter name "default".
 	refName := func(prefix, name string) string {
 		return prefix + strings.Replace(name, ".weight", ".default.weight", 1)
@@ -387,30 +349,15 @@ func trainingChecks(ctx context.Context, dev *gpu.Device, m *model.Model, ws *mo
 		checks = append(checks, worst)
 		return nil
 	}
+	if err := compareAll(fmt.Sprintf("LoRA gradients (%d tensors)", len(params)), "grad.", func(p lora.Param) *gpu.Tensor { return p.Grad }); err != nil {
+		return nil, err
+	}
 	for step := 1; step <= 2; step++ {
 		if step == 2 {
-			loss, err := forward()
-			if err != nil {
+			if loss, err = tr.step(ctx, batch, ref.Optimizer.LR, nil, nil); err != nil {
 				return nil, err
 			}
-			checks = append(checks, check{name: "loss (step 2)", err: math.Abs(loss-ref.Losses[1]) / math.Abs(ref.Losses[1]), tolerance: tolActivations})
-		}
-		if err := m.Backward(rec, ws); err != nil {
-			return nil, err
-		}
-		if err := rec.Submit(); err != nil {
-			return nil, err
-		}
-		if step == 1 {
-			if err := compareAll(fmt.Sprintf("LoRA gradients (%d tensors)", len(params)), "grad.", func(p lora.Param) *gpu.Tensor { return p.Grad }); err != nil {
-				return nil, err
-			}
-		}
-		if err := opt.Step(rec, ref.Optimizer.LR); err != nil {
-			return nil, err
-		}
-		if err := rec.Submit(); err != nil {
-			return nil, err
+			checks = append(checks, scalar("loss (step 2)", loss, ref.Losses[1], tolActivations))
 		}
 		prefix := fmt.Sprintf("after_step%d.", step)
 		if err := compareAll(fmt.Sprintf("parameters after step %d", step), prefix, func(p lora.Param) *gpu.Tensor { return p.Value }); err != nil {
@@ -418,6 +365,67 @@ func trainingChecks(ctx context.Context, dev *gpu.Device, m *model.Model, ws *mo
 		}
 	}
 	return checks, nil
+}
+
+// conformanceTrainer runs the library's training step on a fixture.
+type conformanceTrainer struct {
+	opt *lora.Optimizer
+	tr  *train.Trainer
+	m   *model.Model
+	ws  *model.Workspace
+}
+
+func newConformanceTrainer(m *model.Model, adapters *lora.Set, ws *model.Workspace, cfg lora.AdamWConfig) (*conformanceTrainer, error) {
+	opt, err := lora.NewOptimizer(m.Dev, adapters.Params(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := train.NewTrainer(m, adapters, opt, ws)
+	if err != nil {
+		opt.Release()
+		return nil, err
+	}
+	return &conformanceTrainer{opt: opt, tr: tr, m: m, ws: ws}, nil
+}
+
+func (c *conformanceTrainer) release() {
+	c.tr.Release()
+	c.opt.Release()
+}
+
+// step runs one training step on batch and returns its loss; with logits
+// non-nil it also records the logits of the step's forward pass into it.
+func (c *conformanceTrainer) step(ctx context.Context, batch model.Batch, lr float64, sel model.ChannelSelector, logits *gpu.Tensor) (float64, error) {
+	if err := c.tr.Step([]model.Batch{batch}, lr, sel); err != nil {
+		return 0, err
+	}
+	stats, err := c.tr.ReadStats(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if logits != nil {
+		rec := c.m.Dev.NewRecorder()
+		defer rec.Release()
+		if err := c.m.Logits(rec, c.ws, logits); err != nil {
+			return 0, err
+		}
+		if err := rec.Submit(); err != nil {
+			return 0, err
+		}
+	}
+	return stats.Loss, nil
+}
+
+// oneStep runs a single training step with its own optimizer (see
+// conformanceTrainer.step).
+func oneStep(ctx context.Context, m *model.Model, adapters *lora.Set, ws *model.Workspace, batch model.Batch,
+	cfg lora.AdamWConfig, lr float64, sel model.ChannelSelector, logits *gpu.Tensor) (float64, error) {
+	tr, err := newConformanceTrainer(m, adapters, ws, cfg)
+	if err != nil {
+		return 0, err
+	}
+	defer tr.release()
+	return tr.step(ctx, batch, lr, sel, logits)
 }
 
 // greedyCheck regenerates the reference's greedy continuation.

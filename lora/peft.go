@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/internal/atomicfile"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
 )
@@ -215,27 +216,7 @@ func (s *Set) Save(dir string) error {
 	if err := safetensors.WriteFile(filepath.Join(dir, WeightsFileName), tensors, map[string]string{"format": "pt"}); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, ConfigFileName), append(raw, '\n'))
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.WriteFile(filepath.Join(dir, ConfigFileName), append(raw, '\n'))
 }
 
 // Load reads a PEFT LoRA adapter directory for model m. Which projections of

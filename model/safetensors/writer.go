@@ -1,18 +1,18 @@
 package safetensors
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/sparselora/sparselora/internal/atomicfile"
 )
 
 // Tensor is one tensor to write: its dtype, shape and little-endian bytes.
@@ -78,60 +78,22 @@ func WriteFile(path string, tensors map[string]Tensor, metadata map[string]strin
 		return fmt.Errorf("safetensors: writing %s: %w", path, err)
 	}
 
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
-	}
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
+	err = atomicfile.Write(path, func(w io.Writer) error {
+		var lenBuf [8]byte
+		binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(header)))
+		w.Write(lenBuf[:])
+		w.Write(header)
+		for _, name := range names {
+			if _, err := w.Write(tensors[name].Data); err != nil {
+				return err
+			}
 		}
-	}()
-
-	w := bufio.NewWriterSize(tmp, 1<<20)
-	var lenBuf [8]byte
-	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(header)))
-	w.Write(lenBuf[:])
-	w.Write(header)
-	for _, name := range names {
-		w.Write(tensors[name].Data)
-	}
-	// bufio.Writer keeps the first write error and returns it from Flush.
-	if err = w.Flush(); err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("safetensors: syncing %s: %w", path, err)
-	}
-	// CreateTemp makes the file owner-only; a checkpoint should be readable
-	// like any other file the user writes.
-	if err = tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	syncDir(dir)
-	return nil
-}
-
-// syncDir makes the rename durable. It is best effort: some platforms cannot
-// open or sync a directory, and the file itself is already complete.
-func syncDir(dir string) {
-	d, err := os.Open(dir)
+		return nil
+	})
 	if err != nil {
-		return
+		return fmt.Errorf("safetensors: %w", err)
 	}
-	d.Sync()
-	d.Close()
+	return nil
 }
 
 // encodeHeader validates the tensors and builds the padded JSON header and the
