@@ -28,23 +28,6 @@ type stepResult struct {
 	Speedup      float64 `json:"speedup,omitempty"`
 }
 
-func parseTargets(s string) ([]model.Projection, error) {
-	byName := map[string]model.Projection{}
-	for _, p := range model.Projections {
-		byName[p.String()] = p
-		byName[strings.TrimSuffix(p.String(), "_proj")] = p
-	}
-	var out []model.Projection
-	for _, t := range strings.Split(s, ",") {
-		p, ok := byName[strings.TrimSpace(t)]
-		if !ok {
-			return nil, fmt.Errorf("--targets: unknown module %q (want q,k,v,o,gate,up,down)", t)
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
 func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("bench step", "bench step --shape llama3-8b|llama2-7b|CONFIG.json [flags]", stdout, stderr)
 	shape := fs.String("shape", "llama3-8b", "model shape: llama2-7b, llama3-8b or a config.json")
@@ -78,7 +61,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	targets, err := parseTargets(*targetsFlag)
+	targets, err := lora.ParseTargets(*targetsFlag)
 	if err != nil {
 		return err
 	}

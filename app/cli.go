@@ -22,10 +22,14 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"train", "fine-tune a LoRA adapter (SparseLoRA) on a JSONL data set", runTrain},
 		{"devices", "list WebGPU adapters with backend, driver, features and limits", runDevices},
 		{"bench", "benchmark GEMMs (bench gemm) and training steps (bench step)", runBench},
 		{"inspect", "show a checkpoint's architecture, size and training memory", runInspect},
 		{"conformance", "check forward, backward and AdamW against a Hugging Face reference", runConformance},
+		{"plot", "draw a training run's charts (PNG) and summary.md from its metrics.jsonl", runPlot},
+		{"merge", "fold a LoRA adapter into its base model and write an HF checkpoint", runMerge},
+		{"tokenize", "tokenize JSONL text/chat messages or decode ids with a model's tokenizer", runTokenize},
 	}
 }
 
@@ -61,6 +65,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		case errors.Is(err, errUsage):
 			return 2
+		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+			fmt.Fprintf(stderr, "sparselora %s: interrupted\n", c.name)
+			return ExitInterrupted
 		}
 		fmt.Fprintf(stderr, "sparselora %s: %v\n", c.name, err)
 		return 1
@@ -83,11 +90,53 @@ func newFlags(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// parseFlags parses args into fs, accepting flags after positional arguments
+// too (`inspect DIR --bf16`): Go's flag package stops at the first positional
+// argument, so the remainder is parsed again after each one. A "--" ends the
+// flags; everything after it is positional. It accepts any number of
+// positional arguments (fs.Args() holds them); commands that take a fixed
+// number call parseCommand instead.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	var positionals []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return errUsage
 		}
+		rest := fs.Args()
+		consumed := len(args) - len(rest)
+		if len(rest) == 0 || (consumed > 0 && args[consumed-1] == "--") {
+			positionals = append(positionals, rest...)
+			break
+		}
+		positionals = append(positionals, rest[0])
+		args = rest[1:]
+	}
+	// Parse with the terminator so that fs.Args() reports exactly the
+	// positional arguments; nothing is left for it to set.
+	return fs.Parse(append([]string{"--"}, positionals...))
+}
+
+// parseCommand is parseFlags for a command that takes exactly the positional
+// arguments named in positionals (none for most commands): a missing or a
+// stray one is a usage error that says which, rather than being ignored (a
+// stray word used to end flag parsing and silently drop every flag after it).
+func parseCommand(fs *flag.FlagSet, args []string, positionals ...string) error {
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	got := fs.Args()
+	switch {
+	case len(got) > len(positionals) && len(positionals) == 0:
+		fmt.Fprintf(fs.Output(), "sparselora %s: unexpected argument %q (this command takes only flags; run with --help)\n", fs.Name(), got[0])
+		return errUsage
+	case len(got) > len(positionals):
+		fmt.Fprintf(fs.Output(), "sparselora %s: unexpected argument %q after %s (run with --help)\n", fs.Name(), got[len(positionals)], strings.Join(positionals, " "))
+		return errUsage
+	case len(got) < len(positionals):
+		fmt.Fprintf(fs.Output(), "sparselora %s: missing %s (run with --help)\n", fs.Name(), strings.Join(positionals[len(got):], " "))
 		return errUsage
 	}
 	return nil
@@ -136,6 +185,17 @@ func (f *deviceFlags) options() (gpu.Options, error) {
 		opts.Toggles = strings.Split(f.toggles, ",")
 	}
 	return opts, nil
+}
+
+// closeUnlessInterrupted runs closeDev unless ctx has ended. Destroying a
+// device waits for the work already queued on it to finish (tens of seconds
+// for a large GEMM on a CPU driver); once the user has interrupted, the process
+// is about to exit, which frees the device at once. Use it as
+// `defer closeUnlessInterrupted(ctx, closeDev)`.
+func closeUnlessInterrupted(ctx context.Context, closeDev func()) {
+	if ctx.Err() == nil {
+		closeDev()
+	}
 }
 
 // open creates an instance and a device; close both with the returned func.

@@ -1,0 +1,264 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+	"gopkg.in/yaml.v3"
+
+	"github.com/sparselora/sparselora/train"
+)
+
+const trainSynopsis = `train --model DIR --data FILE.jsonl --out DIR [--config train.yaml] [flags]
+
+Fine-tunes a LoRA adapter (PEFT format) on a Hugging Face model directory with
+SparseLoRA. The run directory receives adapter_model.safetensors +
+adapter_config.json, metrics.jsonl, train_config.yaml and checkpoint-<step>/.
+Ctrl-C finishes the current step, writes a checkpoint and exits 130; --resume
+continues from the newest checkpoint.`
+
+// trainFlags registers every train.Config field as a flag named as its YAML
+// key, so --config files and flags share one spelling.
+func trainFlags(fs *flag.FlagSet, c *train.Config) {
+	fs.StringVar(&c.Model, "model", c.Model, "Hugging Face model directory (config.json, safetensors, tokenizer.json)")
+	fs.StringVar(&c.Data, "data", c.Data, "training data, JSONL: text | prompt+completion | messages | instruction+output | input_ids")
+	fs.StringVar(&c.Out, "out", c.Out, "run directory (adapter, metrics, checkpoints)")
+	fs.StringVar(&c.AdapterInit, "adapter-init", c.AdapterInit, "start from this PEFT adapter (its rank, alpha and targets) instead of a fresh one")
+	fs.IntVar(&c.Rank, "rank", c.Rank, "LoRA rank r")
+	fs.Float64Var(&c.Alpha, "alpha", c.Alpha, "LoRA alpha (scale alpha/r)")
+	fs.StringVar(&c.Targets, "targets", c.Targets, "LoRA target modules: q,k,v,o,gate,up,down (or q_proj,...), or all")
+	fs.IntVar(&c.BatchSize, "batch-size", c.BatchSize, "examples per micro-batch")
+	fs.IntVar(&c.GradAccum, "grad-accum", c.GradAccum, "micro-batches per optimizer step")
+	fs.IntVar(&c.Epochs, "epochs", c.Epochs, "passes over the data")
+	fs.IntVar(&c.MaxSteps, "max-steps", c.MaxSteps, "optimizer steps (overrides --epochs when > 0)")
+	fs.Float64Var(&c.LR, "lr", c.LR, "peak learning rate")
+	fs.StringVar(&c.Schedule, "schedule", c.Schedule, "learning-rate schedule: constant, linear or cosine")
+	fs.IntVar(&c.WarmupSteps, "warmup-steps", c.WarmupSteps, "linear warm-up steps")
+	fs.Float64Var(&c.WarmupRatio, "warmup-ratio", c.WarmupRatio, "warm-up as a fraction of the steps (instead of --warmup-steps)")
+	fs.Float64Var(&c.WeightDecay, "weight-decay", c.WeightDecay, "AdamW weight decay")
+	fs.Float64Var(&c.MaxGradNorm, "max-grad-norm", c.MaxGradNorm, "clip the global gradient norm to this (0: no clipping)")
+	fs.BoolVar(&c.NoShuffle, "no-shuffle", c.NoShuffle, "keep the file order (otherwise a seeded permutation per epoch)")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "seed of the data order and the LoRA initialisation")
+	fs.IntVar(&c.MaxSeqLen, "max-seq-len", c.MaxSeqLen, "truncate examples to this many tokens")
+	fs.BoolVar(&c.SkipBadLines, "skip-bad-lines", c.SkipBadLines, "skip malformed data lines (counted) instead of failing")
+	fs.StringVar(&c.Sparsity, "sparsity", c.Sparsity, "SparseLoRA: auto, dense, a built-in table (e.g. llama3-8b-math10k) or a YAML file")
+	fs.StringVar(&c.SVDCacheDir, "svd-cache", c.SVDCacheDir, "folder of the SVD estimator cache (default: the user cache folder)")
+	fs.StringVar(&c.EvalData, "eval-data", c.EvalData, "evaluation data, JSONL (same formats)")
+	fs.IntVar(&c.EvalEvery, "eval-every", c.EvalEvery, "evaluate every N steps (0: at the end)")
+	fs.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "write a checkpoint every N steps (0: only on interrupt)")
+	fs.IntVar(&c.Keep, "keep", c.Keep, "checkpoints kept")
+	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the newest checkpoint in --out")
+	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "read the loss back and log every N steps")
+	fs.BoolVar(&c.BF16, "bf16", c.BF16, "keep frozen weights as bf16 on the GPU (compute stays f32)")
+}
+
+func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("train", trainSynopsis, stdout, stderr)
+	cfg := train.DefaultConfig()
+	trainFlags(fs, &cfg)
+	configFile := fs.String("config", "", "YAML file with the same keys as these flags (flags given here win)")
+	noWindow := fs.Bool("no-window", false, "train headless (no live-metrics window)")
+	var df deviceFlags
+	df.register(fs)
+	if err := parseCommand(fs, args); err != nil {
+		return err
+	}
+	if *configFile != "" {
+		if err := applyConfigFile(fs, *configFile); err != nil {
+			return err
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	_ = noWindow // the window is not built yet: every run is headless
+	dev, closeDev, err := df.open()
+	if err != nil {
+		return err
+	}
+	defer closeDev()
+	view := newTrainView(stdout, stderr)
+	res, err := train.Run(ctx, dev, cfg, view.hooks())
+	view.finish()
+	if errors.Is(err, train.ErrInterrupted) {
+		fmt.Fprintf(stdout, "interrupted after step %d; checkpoint %s\n", res.Steps, res.LastCheckpnt)
+		return fmt.Errorf("%w: %w", err, ctx.Err())
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "done: %d steps in %s, %.0f tokens/s; final loss %.4f", res.Steps, res.Wall.Round(time.Second), res.TokensPerS, res.FinalLoss)
+	if res.Eval != nil {
+		fmt.Fprintf(stdout, ", eval loss %.4f (perplexity %.2f)", res.Eval.Loss, res.Eval.Perplexity)
+	}
+	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\nadapter: %s\n", res.FLOPsRatio, res.AdapterDir)
+	return nil
+}
+
+// applyConfigFile sets every flag named by a key of a YAML file, unless the
+// command line set it.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil
+	}
+	top := doc.Content[0]
+	if top.Kind != yaml.MappingNode {
+		return fmt.Errorf("--config %s: line %d: want a mapping of flag names to values", path, top.Line)
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		key, value := top.Content[i], top.Content[i+1]
+		f := fs.Lookup(key.Value)
+		if f == nil || key.Value == "config" {
+			return fmt.Errorf("--config %s: line %d: unknown key %q (the keys are the train flags)", path, key.Line, key.Value)
+		}
+		if value.Kind != yaml.ScalarNode {
+			return fmt.Errorf("--config %s: line %d: %s wants a single value", path, value.Line, key.Value)
+		}
+		if given[key.Value] {
+			continue
+		}
+		if err := f.Value.Set(value.Value); err != nil {
+			return fmt.Errorf("--config %s: line %d: %s: %v", path, value.Line, key.Value, err)
+		}
+	}
+	return nil
+}
+
+// trainView prints a run: the start-up report, then a progress bar on a
+// terminal or one plain line per logged step elsewhere, and the records.
+type trainView struct {
+	stdout, stderr io.Writer
+	terminal       bool
+	bar            *progressbar.ProgressBar
+	svd            *progressbar.ProgressBar
+	last           train.Record
+}
+
+func newTrainView(stdout, stderr io.Writer) *trainView {
+	return &trainView{stdout: stdout, stderr: stderr, terminal: isTerminal(stderr)}
+}
+
+func (v *trainView) hooks() train.Hooks {
+	return train.Hooks{
+		Start: v.start,
+		SVD: func(done, total int) {
+			if !v.terminal {
+				if done == total {
+					fmt.Fprintf(v.stdout, "SVD estimator: %d factors computed\n", total)
+				}
+				return
+			}
+			if v.svd == nil {
+				v.svd = progressbar.NewOptions(total, progressbar.OptionSetWriter(v.stderr), progressbar.OptionSetDescription("SVD estimator"),
+					progressbar.OptionClearOnFinish())
+			}
+			v.svd.Set(done)
+		},
+		Step: func(step, total int, epoch float64) {
+			if v.bar == nil {
+				return
+			}
+			v.bar.Set(step)
+		},
+		Log: v.log,
+		Checkpoint: func(dir string) {
+			v.println("checkpoint %s", dir)
+		},
+	}
+}
+
+func (v *trainView) println(format string, args ...any) {
+	if v.bar != nil {
+		v.bar.Clear()
+	}
+	fmt.Fprintf(v.stdout, format+"\n", args...)
+}
+
+func (v *trainView) start(p train.Plan) {
+	w := v.stdout
+	fmt.Fprintf(w, "adapter: %s (%s, %s)\n", p.Adapter.Name(), p.Adapter.Backend, p.Adapter.Description)
+	c := p.Config
+	fmt.Fprintf(w, "model: %s (%s, %d layers, hidden %d, vocab %d)\n", p.ModelDir, c.Architecture, c.NumHiddenLayers, c.HiddenSize, c.VocabSize)
+	for _, warning := range p.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warning)
+	}
+	fmt.Fprintf(w, "parameters: %s trainable of %s (%.3f%%)\n", countString(p.Trainable), countString(p.Total), 100*float64(p.Trainable)/float64(p.Total))
+	fmt.Fprintf(w, "GPU memory (estimate): weights %s, activations %s\n", bytesString(p.Memory.Weights), bytesString(p.Memory.Activations))
+	d := p.TrainData
+	fmt.Fprintf(w, "data: %s: %d examples (%s), %d tokens, %d scored; padded to %d tokens", d.Path, len(d.Examples), d.Format, d.Tokens, d.ScoredTokens, p.Seq)
+	if d.Truncated > 0 {
+		fmt.Fprintf(w, "; %d truncated by --max-seq-len", d.Truncated)
+	}
+	if d.Skipped > 0 {
+		fmt.Fprintf(w, "; %d bad lines skipped", d.Skipped)
+	}
+	fmt.Fprintln(w)
+	if e := p.EvalData; e != nil {
+		fmt.Fprintf(w, "eval data: %s: %d examples, %d scored tokens\n", e.Path, len(e.Examples), e.ScoredTokens)
+	}
+	fmt.Fprintf(w, "optimizer steps: %d (%d per epoch)", p.TotalSteps, p.StepsPerEp)
+	if p.ResumedFrom != "" {
+		fmt.Fprintf(w, "; resuming at step %d from %s", p.StartStep, p.ResumedFrom)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "sparsity: %s", p.Sparsity)
+	if p.SparseFrom < p.TotalSteps {
+		fmt.Fprintf(w, "; dense warm-up for %d steps, sparse from step %d", p.SparseFrom, p.SparseFrom+1)
+		if p.SVDFromCache {
+			fmt.Fprintf(w, "; SVD factors from the cache %s", p.SVDCachePath)
+		}
+	}
+	fmt.Fprintln(w)
+	if v.terminal {
+		v.bar = progressbar.NewOptions(p.TotalSteps, progressbar.OptionSetWriter(v.stderr), progressbar.OptionSetDescription("training"),
+			progressbar.OptionShowCount(), progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond))
+		v.bar.Set(p.StartStep)
+	}
+}
+
+func (v *trainView) log(r train.Record) {
+	v.last = r
+	line := fmt.Sprintf("step %d  epoch %.2f  loss %.4f  lr %.3g  grad norm %.3f  %.0f tokens/s  %.0f ms/step  FLOPs %.2f",
+		r.Step, r.Epoch, r.Loss, r.LR, r.GradNorm, r.TokensPerS, r.MSPerStep, r.FLOPsRatio)
+	if r.EvalLoss != nil {
+		line += fmt.Sprintf("  eval loss %.4f", *r.EvalLoss)
+	}
+	if v.bar != nil {
+		v.bar.Describe(fmt.Sprintf("loss %.4f lr %.2g %.0f tok/s", r.Loss, r.LR, r.TokensPerS))
+		if r.EvalLoss == nil {
+			return
+		}
+	}
+	v.println("%s", line)
+}
+
+func (v *trainView) finish() {
+	if v.bar != nil {
+		v.bar.Finish()
+		fmt.Fprintln(v.stderr)
+	}
+}
+
+// isTerminal reports whether w is a terminal, where progress bars may redraw
+// a line; logs and pipes get plain lines instead.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}

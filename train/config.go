@@ -1,0 +1,123 @@
+package train
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/sparselora/sparselora/lora"
+)
+
+// Config is a training run. Its YAML keys are the `sparselora train` flags,
+// so a resolved config written into the run directory can be passed back
+// with --config.
+type Config struct {
+	Model       string `yaml:"model"`
+	Data        string `yaml:"data"`
+	Out         string `yaml:"out"`
+	AdapterInit string `yaml:"adapter-init,omitempty"`
+
+	Rank    int     `yaml:"rank"`
+	Alpha   float64 `yaml:"alpha"`
+	Targets string  `yaml:"targets"`
+
+	BatchSize int `yaml:"batch-size"`
+	GradAccum int `yaml:"grad-accum"`
+	Epochs    int `yaml:"epochs"`
+	// MaxSteps, when positive, overrides Epochs.
+	MaxSteps int `yaml:"max-steps"`
+
+	LR          float64 `yaml:"lr"`
+	Schedule    string  `yaml:"schedule"`
+	WarmupSteps int     `yaml:"warmup-steps"`
+	WarmupRatio float64 `yaml:"warmup-ratio"`
+	WeightDecay float64 `yaml:"weight-decay"`
+	MaxGradNorm float64 `yaml:"max-grad-norm"`
+
+	NoShuffle    bool   `yaml:"no-shuffle"`
+	Seed         uint64 `yaml:"seed"`
+	MaxSeqLen    int    `yaml:"max-seq-len"`
+	SkipBadLines bool   `yaml:"skip-bad-lines"`
+
+	// Sparsity is auto, dense, a built-in table name or a YAML file.
+	Sparsity    string `yaml:"sparsity"`
+	SVDCacheDir string `yaml:"svd-cache,omitempty"`
+
+	EvalData  string `yaml:"eval-data,omitempty"`
+	EvalEvery int    `yaml:"eval-every"`
+
+	SaveEvery int  `yaml:"save-every"`
+	Keep      int  `yaml:"keep"`
+	Resume    bool `yaml:"resume"`
+	LogEvery  int  `yaml:"log-every"`
+	BF16      bool `yaml:"bf16"`
+}
+
+// DefaultConfig is the flags' defaults: PEFT-style LoRA r16/alpha 32 on every
+// projection, the HF Trainer's optimizer settings, SparseLoRA on auto.
+func DefaultConfig() Config {
+	return Config{Rank: 16, Alpha: 32, Targets: "q,k,v,o,gate,up,down", BatchSize: 4, GradAccum: 1, Epochs: 1,
+		LR: 2e-4, Schedule: "linear", WeightDecay: 0, MaxGradNorm: 1, Seed: 42, MaxSeqLen: 2048,
+		Sparsity: "auto", SaveEvery: 0, Keep: 2, LogEvery: 10}
+}
+
+// Validate checks every field, naming the flag of the first bad one.
+func (c *Config) Validate() error {
+	bad := func(flag string, v any, want string) error {
+		return fmt.Errorf("--%s %v: %s", flag, v, want)
+	}
+	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+	switch {
+	case c.Model == "":
+		return errors.New("--model: a model directory is required")
+	case c.Data == "":
+		return errors.New("--data: a JSONL file is required")
+	case c.Out == "":
+		return errors.New("--out: a run directory is required")
+	case c.AdapterInit == "" && (c.Rank <= 0 || c.Rank > 4096):
+		return bad("rank", c.Rank, "want 1..4096")
+	case c.AdapterInit == "" && (!finite(c.Alpha) || c.Alpha == 0):
+		return bad("alpha", c.Alpha, "want a finite, non-zero number")
+	case c.BatchSize <= 0 || c.BatchSize > 4096:
+		return bad("batch-size", c.BatchSize, "want 1..4096")
+	case c.GradAccum <= 0 || c.GradAccum > 1<<16:
+		return bad("grad-accum", c.GradAccum, "want 1..65536")
+	case c.MaxSteps < 0:
+		return bad("max-steps", c.MaxSteps, "want 0 (use --epochs) or more")
+	case c.MaxSteps == 0 && c.Epochs <= 0:
+		return bad("epochs", c.Epochs, "want at least 1 (or --max-steps)")
+	case !finite(c.LR) || c.LR < 0:
+		return bad("lr", c.LR, "want a finite, non-negative rate")
+	case c.WarmupSteps < 0:
+		return bad("warmup-steps", c.WarmupSteps, "want 0 or more")
+	case !finite(c.WarmupRatio) || c.WarmupRatio < 0 || c.WarmupRatio >= 1:
+		return bad("warmup-ratio", c.WarmupRatio, "want 0 <= ratio < 1")
+	case c.WarmupSteps > 0 && c.WarmupRatio > 0:
+		return errors.New("--warmup-steps and --warmup-ratio: give one of them")
+	case !finite(c.WeightDecay) || c.WeightDecay < 0:
+		return bad("weight-decay", c.WeightDecay, "want a finite, non-negative decay")
+	case !finite(c.MaxGradNorm) || c.MaxGradNorm < 0:
+		return bad("max-grad-norm", c.MaxGradNorm, "want 0 (no clipping) or more")
+	case c.MaxSeqLen < 2 || c.MaxSeqLen > 1<<20:
+		return bad("max-seq-len", c.MaxSeqLen, "want 2..1048576")
+	case c.EvalEvery < 0:
+		return bad("eval-every", c.EvalEvery, "want 0 (at the end only) or more")
+	case c.SaveEvery < 0:
+		return bad("save-every", c.SaveEvery, "want 0 (at the end only) or more")
+	case c.Keep < 1:
+		return bad("keep", c.Keep, "want at least 1 checkpoint kept")
+	case c.LogEvery < 1:
+		return bad("log-every", c.LogEvery, "want at least 1")
+	case c.Sparsity == "":
+		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
+	}
+	if _, err := lora.ParseScheduleKind(c.Schedule); err != nil {
+		return fmt.Errorf("--schedule: %w", err)
+	}
+	if c.AdapterInit == "" {
+		if _, err := lora.ParseTargets(c.Targets); err != nil {
+			return err
+		}
+	}
+	return nil
+}

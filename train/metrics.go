@@ -1,0 +1,99 @@
+package train
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+
+	"github.com/sparselora/sparselora/internal/atomicfile"
+)
+
+// MetricsFileName is the run directory's log, one JSON Record a line.
+const MetricsFileName = "metrics.jsonl"
+
+// Record is one line of metrics.jsonl: a logged optimizer step (SPEC section
+// 8), with the evaluation figures when it evaluated.
+type Record struct {
+	// Step is the 1-based count of optimizer updates done.
+	Step  int     `json:"step"`
+	Epoch float64 `json:"epoch"`
+	// Loss is the mean step loss since the previous logged step.
+	Loss float64 `json:"loss"`
+	// LR is the rate the step's update used; GradNorm its gradient norm before
+	// clipping.
+	LR       float64 `json:"lr"`
+	GradNorm float64 `json:"grad_norm"`
+	// Tokens counts the real (unpadded) tokens trained on so far.
+	Tokens     int     `json:"tokens"`
+	TokensPerS float64 `json:"tokens_per_s"`
+	MSPerStep  float64 `json:"ms_per_step"`
+	// FLOPsRatio is the analytic sparse/dense FLOP ratio of the step (1 when
+	// it ran dense, e.g. in the warm-up).
+	FLOPsRatio float64 `json:"flops_ratio"`
+	Sparse     bool    `json:"sparse"`
+	// KeptMLP and KeptAttn are the per-layer fractions of FFN and attention
+	// channels the step computed for context tokens (1 = dense).
+	KeptMLP  []float64 `json:"kept_mlp,omitempty"`
+	KeptAttn []float64 `json:"kept_attn,omitempty"`
+	// Evaluation figures, on steps that evaluated.
+	EvalLoss       *float64 `json:"eval_loss,omitempty"`
+	EvalPerplexity *float64 `json:"eval_perplexity,omitempty"`
+	EvalAccuracy   *float64 `json:"eval_accuracy,omitempty"`
+}
+
+// metricsLog appends records to metrics.jsonl, one write per line.
+type metricsLog struct {
+	path string
+	f    *os.File
+}
+
+// openMetrics opens path for appending, first dropping the lines of steps
+// after keepThrough (those of an interrupted run past its last checkpoint,
+// which a resumed run logs again); keepThrough < 0 starts a new log.
+func openMetrics(path string, keepThrough int) (*metricsLog, error) {
+	if keepThrough < 0 {
+		if err := atomicfile.WriteFile(path, nil); err != nil {
+			return nil, err
+		}
+	} else if raw, err := os.ReadFile(path); err == nil {
+		var kept bytes.Buffer
+		sc := bufio.NewScanner(bytes.NewReader(raw))
+		sc.Buffer(make([]byte, 1<<16), 1<<26)
+		for line := 1; sc.Scan(); line++ {
+			var r struct {
+				Step int `json:"step"`
+			}
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				// A line torn by a crash ends the usable log.
+				break
+			}
+			if r.Step <= keepThrough {
+				kept.Write(sc.Bytes())
+				kept.WriteByte('\n')
+			}
+		}
+		if err := atomicfile.WriteFile(path, kept.Bytes()); err != nil {
+			return nil, err
+		}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return &metricsLog{path: path, f: f}, nil
+}
+
+func (l *metricsLog) write(r Record) error {
+	line, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("%s: %w", l.path, err)
+	}
+	if _, err := l.f.Write(append(line, '\n')); err != nil {
+		return fmt.Errorf("%s: %w", l.path, err)
+	}
+	return nil
+}
+
+func (l *metricsLog) close() error { return l.f.Close() }

@@ -1,0 +1,495 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/sparselora/sparselora/data"
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/internal/atomicfile"
+	"github.com/sparselora/sparselora/lora"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/predictor"
+	"github.com/sparselora/sparselora/tokenizer"
+)
+
+// ConfigFileName is the resolved configuration in the run directory.
+const ConfigFileName = "train_config.yaml"
+
+// ErrInterrupted is returned by Run when its context was cancelled (SIGINT,
+// SIGTERM, the window's q): the current step finished and a checkpoint was
+// written.
+var ErrInterrupted = errors.New("training interrupted; resume with --resume")
+
+// Plan is what a run is about to do, for the start-up report.
+type Plan struct {
+	Adapter      gpu.AdapterInfo
+	ModelDir     string
+	Config       *model.Config
+	Warnings     []string
+	Trainable    int64
+	Total        int64
+	Memory       model.Memory
+	TrainData    *data.Dataset
+	EvalData     *data.Dataset
+	Seq          int
+	StepsPerEp   int
+	TotalSteps   int
+	StartStep    int // > 0 when resuming
+	ResumedFrom  string
+	Sparsity     string // what --sparsity resolved to
+	SparseFrom   int    // first sparse optimizer update (0-based); TotalSteps when never
+	SVDFromCache bool
+	SVDCachePath string
+}
+
+// Hooks report a run's progress; any may be nil. They run on the training
+// goroutine: keep them quick (the window copies what it needs and returns).
+type Hooks struct {
+	Start func(Plan)
+	// SVD reports the estimator's progress (factors done of total).
+	SVD func(done, total int)
+	// Step follows every optimizer step's submission (no GPU read-back).
+	Step func(step, total int, epoch float64)
+	// Log follows every logged step, evaluation and checkpoint included.
+	Log        func(Record)
+	Checkpoint func(dir string)
+	// SaveNow, when it returns true after a step, writes a checkpoint then
+	// (the window's `s`).
+	SaveNow func() bool
+}
+
+// Result sums up a finished run.
+type Result struct {
+	Steps        int
+	FinalLoss    float64
+	Eval         *LossResult
+	Wall         time.Duration
+	Tokens       int
+	TokensPerS   float64
+	FLOPsRatio   float64 // analytic, over the whole run
+	AdapterDir   string
+	LastRecord   Record
+	Interrupted  bool
+	LastCheckpnt string
+}
+
+// Run trains cfg on dev. It returns ErrInterrupted (with the result so far)
+// when ctx is cancelled, after finishing the current step and writing a
+// checkpoint.
+func Run(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r, err := newRun(ctx, dev, cfg, hooks)
+	if err != nil {
+		return nil, err
+	}
+	defer r.release()
+	return r.loop(ctx)
+}
+
+// run is one training run's state.
+type run struct {
+	cfg      Config
+	hooks    Hooks
+	dev      *gpu.Device
+	m        *model.Model
+	adapters *lora.Set
+	opt      *lora.Optimizer
+	ws       *model.Workspace
+	trainer  *Trainer
+	loader   *data.Loader
+	evalData *data.Dataset
+	eval     *Evaluator
+	schedule lora.Schedule
+	sparsity *predictor.SparsityConfig
+	selector model.ChannelSelector
+	cleanup  []func()
+	metrics  *metricsLog
+	plan     Plan
+	fprint   string
+	// tokens counts the real tokens trained on, startTokens those before a
+	// resume.
+	tokens, startTokens int
+}
+
+func (r *run) release() {
+	for i := len(r.cleanup) - 1; i >= 0; i-- {
+		r.cleanup[i]()
+	}
+}
+
+func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *run, err error) {
+	r := &run{cfg: cfg, hooks: hooks, dev: dev}
+	defer func() {
+		if err != nil {
+			r.release()
+		}
+	}()
+	r.plan.Adapter, r.plan.ModelDir = dev.Info, cfg.Model
+	mcfg, err := model.LoadConfig(filepath.Join(cfg.Model, model.ConfigFileName))
+	if err != nil {
+		return nil, err
+	}
+	// The tokenizer is needed by every format but pre-tokenized ids.
+	var tok data.Tokenizer
+	if _, statErr := os.Stat(filepath.Join(cfg.Model, "tokenizer.json")); statErr == nil {
+		t, err := tokenizer.Load(cfg.Model)
+		if err != nil {
+			return nil, err
+		}
+		tok = t
+	}
+	dopts := data.Options{MaxSeqLen: cfg.MaxSeqLen, SkipBadLines: cfg.SkipBadLines, VocabSize: mcfg.VocabSize}
+	train, err := data.LoadContext(ctx, cfg.Data, tok, dopts)
+	if err != nil {
+		return nil, err
+	}
+	r.plan.TrainData = train
+	seq := train.MaxLen
+	if cfg.EvalData != "" {
+		if r.evalData, err = data.LoadContext(ctx, cfg.EvalData, tok, dopts); err != nil {
+			return nil, err
+		}
+		r.plan.EvalData = r.evalData
+		seq = max(seq, r.evalData.MaxLen)
+	}
+	if seq > mcfg.MaxPositionEmbeddings {
+		return nil, fmt.Errorf("%s: examples of %d tokens exceed the model's max_position_embeddings %d (lower --max-seq-len)", cfg.Data, seq, mcfg.MaxPositionEmbeddings)
+	}
+	r.plan.Seq = seq
+	if r.loader, err = data.NewLoader(train, data.LoaderOptions{BatchSize: cfg.BatchSize, GradAccum: cfg.GradAccum,
+		Shuffle: !cfg.NoShuffle, Seed: cfg.Seed, Seq: seq}); err != nil {
+		return nil, err
+	}
+	r.plan.StepsPerEp = r.loader.StepsPerEpoch()
+	total := cfg.MaxSteps
+	if total == 0 {
+		total = cfg.Epochs * r.plan.StepsPerEp
+	}
+	r.plan.TotalSteps = total
+	warmup := cfg.WarmupSteps
+	if cfg.WarmupRatio > 0 {
+		// transformers: ceil(ratio * total steps).
+		warmup = int(math.Ceil(cfg.WarmupRatio * float64(total)))
+	}
+	kind, _ := lora.ParseScheduleKind(cfg.Schedule)
+	r.schedule = lora.Schedule{Kind: kind, WarmupSteps: warmup, TotalSteps: total, BaseRate: cfg.LR}
+
+	dtype := gpu.F32
+	if cfg.BF16 {
+		dtype = gpu.BF16
+	}
+	if r.m, r.plan.Warnings, err = model.LoadWithWarnings(dev, cfg.Model, dtype); err != nil {
+		return nil, err
+	}
+	r.cleanup = append(r.cleanup, r.m.Release)
+	r.plan.Config = r.m.Config
+	r.plan.Total = r.m.Config.ParameterCount()
+	r.plan.Memory = r.m.Config.EstimateMemory(dtype, cfg.BatchSize, seq)
+
+	resumeDir, st, err := r.resumePoint()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case resumeDir != "":
+		r.adapters, err = lora.Load(r.m, resumeDir)
+	case cfg.AdapterInit != "":
+		r.adapters, err = lora.Load(r.m, cfg.AdapterInit)
+	default:
+		targets, _ := lora.ParseTargets(cfg.Targets)
+		r.adapters, err = lora.NewSet(r.m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, BaseModel: cfg.Model}, cfg.Seed)
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.cleanup = append(r.cleanup, r.adapters.Release)
+	r.adapters.Attach(r.m)
+	for _, p := range r.adapters.Params() {
+		r.plan.Trainable += int64(p.Value.Len())
+	}
+	adamw := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm}
+	if r.opt, err = lora.NewOptimizer(dev, r.adapters.Params(), adamw); err != nil {
+		return nil, err
+	}
+	r.cleanup = append(r.cleanup, r.opt.Release)
+	if r.ws, err = r.m.NewWorkspace(cfg.BatchSize, seq); err != nil {
+		return nil, err
+	}
+	r.cleanup = append(r.cleanup, r.ws.Release)
+	if r.trainer, err = NewTrainer(r.m, r.adapters, r.opt, r.ws); err != nil {
+		return nil, err
+	}
+	r.cleanup = append(r.cleanup, r.trainer.Release)
+	if r.evalData != nil {
+		if r.eval, err = NewEvaluator(r.m, cfg.BatchSize, seq); err != nil {
+			return nil, err
+		}
+		r.cleanup = append(r.cleanup, r.eval.Release)
+	}
+	if err := r.setUpSparsity(ctx); err != nil {
+		return nil, err
+	}
+	r.fprint = r.fingerprint(seq, total, warmup)
+	if resumeDir != "" {
+		if st.Fingerprint != r.fprint {
+			return nil, fmt.Errorf("%s was written by a run with other settings (%s); resuming with these (%s) would not reproduce it: use the run's %s", resumeDir, st.Fingerprint, r.fprint, ConfigFileName)
+		}
+		if err := loadMoments(resumeDir, r.opt, st.Step); err != nil {
+			return nil, err
+		}
+		if err := r.loader.Seek(st.Cursor); err != nil {
+			return nil, fmt.Errorf("%s: %w", resumeDir, err)
+		}
+		r.plan.StartStep, r.plan.ResumedFrom, r.tokens, r.startTokens = st.Step, resumeDir, st.Tokens, st.Tokens
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return nil, err
+	}
+	resolved, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.WriteFile(filepath.Join(cfg.Out, ConfigFileName), resolved); err != nil {
+		return nil, err
+	}
+	keep := -1
+	if resumeDir != "" {
+		keep = st.Step
+	}
+	if r.metrics, err = openMetrics(filepath.Join(cfg.Out, MetricsFileName), keep); err != nil {
+		return nil, err
+	}
+	r.cleanup = append(r.cleanup, func() { r.metrics.close() })
+	return r, nil
+}
+
+// resumePoint finds the newest complete checkpoint when --resume is set.
+func (r *run) resumePoint() (string, trainerState, error) {
+	if !r.cfg.Resume {
+		if steps, err := checkpoints(r.cfg.Out); err == nil && len(steps) > 0 {
+			return "", trainerState{}, fmt.Errorf("%s holds checkpoints of an earlier run: pass --resume to continue it, or choose another --out", r.cfg.Out)
+		}
+		return "", trainerState{}, nil
+	}
+	steps, err := checkpoints(r.cfg.Out)
+	if err != nil {
+		return "", trainerState{}, err
+	}
+	if len(steps) == 0 {
+		return "", trainerState{}, fmt.Errorf("--resume: no complete checkpoint in %s", r.cfg.Out)
+	}
+	dir := filepath.Join(r.cfg.Out, fmt.Sprintf("%s%d", checkpointPrefix, steps[len(steps)-1]))
+	st, err := readState(dir)
+	return dir, st, err
+}
+
+// fingerprint names the settings that decide the run's result, so a resume
+// with different ones is refused.
+func (r *run) fingerprint(seq, total, warmup int) string {
+	c := r.cfg
+	return fmt.Sprintf("data=%s examples=%d seq=%d batch=%d accum=%d steps=%d lr=%g schedule=%s warmup=%d wd=%g clip=%g shuffle=%t seed=%d sparsity=%s bf16=%t",
+		filepath.Base(c.Data), len(r.plan.TrainData.Examples), seq, c.BatchSize, c.GradAccum, total, c.LR, c.Schedule, warmup,
+		c.WeightDecay, c.MaxGradNorm, !c.NoShuffle, c.Seed, c.Sparsity, c.BF16)
+}
+
+func (r *run) setUpSparsity(ctx context.Context) error {
+	table, note, err := ResolveSparsity(r.cfg.Sparsity, r.m.Config)
+	if err != nil {
+		return err
+	}
+	r.plan.Sparsity = note
+	r.plan.SparseFrom = r.plan.TotalSteps
+	if table == nil {
+		return nil
+	}
+	r.sparsity = table
+	r.plan.SparseFrom = min(table.StartStepFor(r.plan.TotalSteps), r.plan.TotalSteps)
+	rank := table.Rank
+	if rank == 0 {
+		rank = 8
+	}
+	est, err := predictor.Estimate(ctx, r.dev, r.m, predictor.SparseTargets(table), rank,
+		predictor.EstimateOptions{CacheDir: r.cfg.SVDCacheDir, Progress: r.hooks.SVD})
+	if err != nil {
+		return fmt.Errorf("SVD estimator: %w", err)
+	}
+	r.cleanup = append(r.cleanup, est.Release)
+	r.plan.SVDFromCache, r.plan.SVDCachePath = est.FromCache(), est.CachePath()
+	sel, err := predictor.NewSelector(r.dev, r.m.Config, table.Layers, predictor.EstimatorFactors(est),
+		r.cfg.BatchSize*r.ws.Seq, r.cfg.BatchSize, predictor.SelectOptions{})
+	if err != nil {
+		return err
+	}
+	r.cleanup = append(r.cleanup, sel.Release)
+	r.selector = sel
+	return nil
+}
+
+// stepFLOPs is the analytic FLOP count of one optimizer step's micro-batches,
+// dense and as run.
+func (r *run) stepFLOPs(micro []data.Batch, sparse bool) (dense, actual float64, err error) {
+	targets := make([]model.Projection, 0, 7)
+	targets = append(targets, r.adapters.Config.Targets...)
+	for _, b := range micro {
+		shape := predictor.StepShape{Rows: b.Rows, Seq: b.Seq}
+		for i := range b.Mask {
+			if b.Mask[i] == 0 {
+				continue
+			}
+			shape.RealTokens++
+			if i%b.Seq+1 < b.Seq && b.Labels[i+1] != data.IgnoreIndex {
+				shape.ScoredTokens++
+			} else {
+				shape.ContextTokens++
+			}
+		}
+		table := r.sparsity
+		if !sparse {
+			table = nil
+		}
+		f, err := predictor.StepFLOPs(r.m.Config, shape, predictor.LoRATargets{Rank: r.adapters.Config.Rank, Targets: targets}, table)
+		if err != nil {
+			return 0, 0, err
+		}
+		dense += f.Dense
+		actual += f.Sparse
+	}
+	return dense, actual, nil
+}
+
+func (r *run) loop(ctx context.Context) (*Result, error) {
+	if r.hooks.Start != nil {
+		r.hooks.Start(r.plan)
+	}
+	total := r.plan.TotalSteps
+	res := &Result{AdapterDir: r.cfg.Out}
+	start := time.Now()
+	intervalStart, intervalTokens := start, 0
+	var denseFLOPs, runFLOPs float64
+	var epoch float64
+	var last Record
+	step := r.plan.StartStep
+	for step < total {
+		micro, ep, err := r.loader.Next()
+		if err != nil {
+			return nil, err
+		}
+		epoch = ep
+		sparse := r.sparsity != nil && r.sparsity.SparseAtStep(step, total)
+		var sel model.ChannelSelector
+		if sparse {
+			sel = r.selector
+		}
+		batches := make([]model.Batch, len(micro))
+		stepTokens := 0
+		for i, b := range micro {
+			batches[i] = model.Batch(b)
+			for _, m := range b.Mask {
+				stepTokens += int(m)
+			}
+		}
+		lr := r.schedule.Rate(step)
+		if err := r.trainer.Step(batches, lr, sel); err != nil {
+			return nil, fmt.Errorf("step %d: %w", step+1, err)
+		}
+		d, a, err := r.stepFLOPs(micro, sparse)
+		if err != nil {
+			return nil, err
+		}
+		denseFLOPs += d
+		runFLOPs += a
+		step++
+		r.tokens += stepTokens
+		intervalTokens += stepTokens
+		if r.hooks.Step != nil {
+			r.hooks.Step(step, total, epoch)
+		}
+		interrupted := ctx.Err() != nil
+		evalNow := r.eval != nil && ((r.cfg.EvalEvery > 0 && step%r.cfg.EvalEvery == 0) || step == total)
+		saveNow := (r.cfg.SaveEvery > 0 && step%r.cfg.SaveEvery == 0) || interrupted ||
+			(r.hooks.SaveNow != nil && r.hooks.SaveNow())
+		if step%r.cfg.LogEvery != 0 && step != total && !evalNow && !saveNow {
+			continue
+		}
+		// Log: the only read-back, which also checks the step for NaN before a
+		// checkpoint can keep it.
+		readCtx := context.WithoutCancel(ctx)
+		stats, err := r.trainer.ReadStats(readCtx)
+		if err != nil {
+			if errors.Is(err, ErrNonFinite) {
+				return nil, fmt.Errorf("step %d: %w; the last checkpoint in %s is intact", step, err, r.cfg.Out)
+			}
+			return nil, err
+		}
+		now := time.Now()
+		elapsed := now.Sub(intervalStart)
+		rec := Record{Step: step, Epoch: epoch, Loss: stats.Loss, LR: lr, GradNorm: stats.GradNorm, Tokens: r.tokens,
+			TokensPerS: float64(intervalTokens) / elapsed.Seconds(), MSPerStep: float64(elapsed.Milliseconds()) / float64(stats.Steps),
+			FLOPsRatio: a / d, Sparse: sparse}
+		rec.KeptMLP, rec.KeptAttn = keptFractions(r.sparsity, r.m.Config, sparse)
+		if evalNow {
+			ev, err := r.eval.Loss(readCtx, r.evalData)
+			if err != nil {
+				return nil, fmt.Errorf("evaluation at step %d: %w", step, err)
+			}
+			rec.EvalLoss, rec.EvalPerplexity = &ev.Loss, &ev.Perplexity
+			res.Eval = &ev
+		}
+		if err := r.metrics.write(rec); err != nil {
+			return nil, err
+		}
+		if r.hooks.Log != nil {
+			r.hooks.Log(rec)
+		}
+		last = rec
+		if saveNow {
+			dir, err := r.checkpoint(readCtx, step, epoch)
+			if err != nil {
+				return nil, err
+			}
+			res.LastCheckpnt = dir
+		}
+		intervalStart, intervalTokens = time.Now(), 0
+		if interrupted {
+			res.Interrupted = true
+			break
+		}
+	}
+	res.Steps, res.Wall, res.Tokens, res.LastRecord, res.FinalLoss = step, time.Since(start), r.tokens, last, last.Loss
+	if res.Wall > 0 {
+		res.TokensPerS = float64(r.tokens-r.startTokens) / res.Wall.Seconds()
+	}
+	if denseFLOPs > 0 {
+		res.FLOPsRatio = runFLOPs / denseFLOPs
+	}
+	if res.Interrupted {
+		return res, ErrInterrupted
+	}
+	if err := r.adapters.Save(r.cfg.Out); err != nil {
+		return nil, fmt.Errorf("saving the adapter: %w", err)
+	}
+	return res, nil
+}
+
+func (r *run) checkpoint(ctx context.Context, step int, epoch float64) (string, error) {
+	st := trainerState{Step: step, TotalSteps: r.plan.TotalSteps, Epoch: epoch, Cursor: r.loader.Cursor(),
+		Tokens: r.tokens, Fingerprint: r.fprint}
+	dir, err := saveCheckpoint(ctx, r.cfg.Out, st, r.adapters, r.opt, r.cfg.Keep)
+	if err != nil {
+		return "", fmt.Errorf("checkpoint at step %d: %w", step, err)
+	}
+	if r.hooks.Checkpoint != nil {
+		r.hooks.Checkpoint(dir)
+	}
+	return dir, nil
+}
