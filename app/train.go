@@ -160,9 +160,6 @@ func (v *trainView) hooks() train.Hooks {
 		Start: v.start,
 		SVD: func(done, total int) {
 			if !v.terminal {
-				if done == total {
-					fmt.Fprintf(v.stdout, "SVD estimator: %d factors computed\n", total)
-				}
 				return
 			}
 			if v.svd == nil {
@@ -177,7 +174,8 @@ func (v *trainView) hooks() train.Hooks {
 			}
 			v.bar.Set(step)
 		},
-		Log: v.log,
+		Note: func(line string) { v.println("%s", line) },
+		Log:  v.log,
 		Checkpoint: func(dir string) {
 			v.println("checkpoint %s", dir)
 		},
@@ -221,9 +219,6 @@ func (v *trainView) start(p train.Plan) {
 	fmt.Fprintf(w, "sparsity: %s", p.Sparsity)
 	if p.SparseFrom < p.TotalSteps {
 		fmt.Fprintf(w, "; dense warm-up for %d steps, sparse from step %d", p.SparseFrom, p.SparseFrom+1)
-		if p.SVDFromCache {
-			fmt.Fprintf(w, "; SVD factors from the cache %s", p.SVDCachePath)
-		}
 	}
 	fmt.Fprintln(w)
 	if v.terminal {

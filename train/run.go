@@ -30,24 +30,22 @@ var ErrInterrupted = errors.New("training interrupted; resume with --resume")
 
 // Plan is what a run is about to do, for the start-up report.
 type Plan struct {
-	Adapter      gpu.AdapterInfo
-	ModelDir     string
-	Config       *model.Config
-	Warnings     []string
-	Trainable    int64
-	Total        int64
-	Memory       model.Memory
-	TrainData    *data.Dataset
-	EvalData     *data.Dataset
-	Seq          int
-	StepsPerEp   int
-	TotalSteps   int
-	StartStep    int // > 0 when resuming
-	ResumedFrom  string
-	Sparsity     string // what --sparsity resolved to
-	SparseFrom   int    // first sparse optimizer update (0-based); TotalSteps when never
-	SVDFromCache bool
-	SVDCachePath string
+	Adapter     gpu.AdapterInfo
+	ModelDir    string
+	Config      *model.Config
+	Warnings    []string
+	Trainable   int64
+	Total       int64
+	Memory      model.Memory
+	TrainData   *data.Dataset
+	EvalData    *data.Dataset
+	Seq         int
+	StepsPerEp  int
+	TotalSteps  int
+	StartStep   int // > 0 when resuming
+	ResumedFrom string
+	Sparsity    string // what --sparsity resolved to
+	SparseFrom  int    // first sparse optimizer update (0-based); TotalSteps when never
 }
 
 // Hooks report a run's progress; any may be nil. They run on the training
@@ -56,6 +54,8 @@ type Hooks struct {
 	Start func(Plan)
 	// SVD reports the estimator's progress (factors done of total).
 	SVD func(done, total int)
+	// Note reports a line worth logging (e.g. whether the SVD cache was used).
+	Note func(string)
 	// Step follows every optimizer step's submission (no GPU read-back).
 	Step func(step, total int, epoch float64)
 	// Log follows every logged step, evaluation and checkpoint included.
@@ -236,7 +236,7 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 		}
 		r.cleanup = append(r.cleanup, r.eval.Release)
 	}
-	if err := r.setUpSparsity(ctx); err != nil {
+	if err := r.resolveSparsity(); err != nil {
 		return nil, err
 	}
 	r.fprint = r.fingerprint(seq, total, warmup)
@@ -302,18 +302,29 @@ func (r *run) fingerprint(seq, total, warmup int) string {
 		c.WeightDecay, c.MaxGradNorm, !c.NoShuffle, c.Seed, c.Sparsity, c.BF16)
 }
 
-func (r *run) setUpSparsity(ctx context.Context) error {
+// resolveSparsity picks the run's sparsity table (nil: dense).
+func (r *run) resolveSparsity() error {
 	table, note, err := ResolveSparsity(r.cfg.Sparsity, r.m.Config)
 	if err != nil {
 		return err
 	}
 	r.plan.Sparsity = note
 	r.plan.SparseFrom = r.plan.TotalSteps
-	if table == nil {
+	if table != nil {
+		r.sparsity = table
+		r.plan.SparseFrom = min(table.StartStepFor(r.plan.TotalSteps), r.plan.TotalSteps)
+	}
+	return nil
+}
+
+// setUpPredictor computes (or reads from the cache) the SVD factors of the
+// sparse layers and builds the channel selector, unless the run never gets
+// past the dense warm-up.
+func (r *run) setUpPredictor(ctx context.Context) error {
+	table := r.sparsity
+	if table == nil || r.plan.SparseFrom >= r.plan.TotalSteps {
 		return nil
 	}
-	r.sparsity = table
-	r.plan.SparseFrom = min(table.StartStepFor(r.plan.TotalSteps), r.plan.TotalSteps)
 	rank := table.Rank
 	if rank == 0 {
 		rank = 8
@@ -324,7 +335,13 @@ func (r *run) setUpSparsity(ctx context.Context) error {
 		return fmt.Errorf("SVD estimator: %w", err)
 	}
 	r.cleanup = append(r.cleanup, est.Release)
-	r.plan.SVDFromCache, r.plan.SVDCachePath = est.FromCache(), est.CachePath()
+	if r.hooks.Note != nil {
+		if est.FromCache() {
+			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): read from the cache %s", rank, est.CachePath()))
+		} else {
+			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): computed, cached in %s", rank, est.CachePath()))
+		}
+	}
 	sel, err := predictor.NewSelector(r.dev, r.m.Config, table.Layers, predictor.EstimatorFactors(est),
 		r.cfg.BatchSize*r.ws.Seq, r.cfg.BatchSize, predictor.SelectOptions{})
 	if err != nil {
@@ -370,6 +387,9 @@ func (r *run) stepFLOPs(micro []data.Batch, sparse bool) (dense, actual float64,
 func (r *run) loop(ctx context.Context) (*Result, error) {
 	if r.hooks.Start != nil {
 		r.hooks.Start(r.plan)
+	}
+	if err := r.setUpPredictor(ctx); err != nil {
+		return nil, err
 	}
 	total := r.plan.TotalSteps
 	res := &Result{AdapterDir: r.cfg.Out}
