@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -87,11 +88,11 @@ func (in *Instance) newDevice(a C.WGPUAdapter, info AdapterInfo, opts Options) (
 	d.state = C.sl_device_state_new()
 	in.states = append(in.states, d.state)
 	r := newResult()
-	defer C.free(unsafe.Pointer(r))
 	f := C.sl_request_device(a, desc, d.state, r)
-	if err := in.wait(context.Background(), f, "device"); err != nil {
+	if err := in.await(context.Background(), f, r, nil, nil, "device"); err != nil {
 		return nil, err
 	}
+	defer C.free(unsafe.Pointer(r))
 	if r.status != 1 || r.object == nil {
 		return nil, fmt.Errorf("creating a device on %s (%s): %s", info.Name(), info.Backend, C.GoString(&r.message[0]))
 	}
@@ -144,6 +145,10 @@ func (d *Device) Close() {
 	d.mu.Unlock()
 	C.sl_wgpuQueueRelease(d.queue)
 	C.sl_wgpuDeviceDestroy(d.h)
+	// Destroying the device completes its pending maps and work-done requests;
+	// waiting on them fires their callbacks, after which the state of the calls
+	// that cancelled waits abandoned can be freed.
+	d.inst.reap(d, time.Second)
 	C.sl_wgpuDeviceRelease(d.h)
 	C.sl_wgpuAdapterRelease(d.adapter)
 	C.sl_wgpuInstanceProcessEvents(d.inst.h)
@@ -269,7 +274,9 @@ func (b *Buffer) Write(offset uint64, data []byte) error {
 }
 
 // Read copies size bytes at offset out of the buffer, waiting for all submitted
-// work first.
+// work first. When ctx ends first it returns ctx's error; the abandoned read's
+// staging buffer lives on (and counts in LiveObjects) until its map callback
+// has fired, which a later wait on the device, or its Close, sees to.
 func (b *Buffer) Read(ctx context.Context, offset, size uint64) ([]byte, error) {
 	d := b.dev
 	if offset%4 != 0 || size%4 != 0 {
@@ -285,18 +292,19 @@ func (b *Buffer) Read(ctx context.Context, offset, size uint64) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	defer staging.Release()
 	enc := C.sl_wgpuDeviceCreateCommandEncoder(d.h, nil)
 	C.sl_wgpuCommandEncoderCopyBufferToBuffer(enc, b.h, C.uint64_t(offset), staging.h, 0, C.uint64_t(size))
 	if err := d.finishAndSubmit(enc); err != nil {
+		staging.Release()
 		return nil, err
 	}
 	r := newResult()
-	defer C.free(unsafe.Pointer(r))
 	f := C.sl_map_read(staging.h, 0, C.size_t(size), r)
-	if err := d.inst.wait(ctx, f, "buffer read-back"); err != nil {
-		return nil, err
+	if err := d.inst.await(ctx, f, r, d, staging, "buffer read-back"); err != nil {
+		return nil, err // r and staging now wait for the callback in d.inst
 	}
+	defer C.free(unsafe.Pointer(r))
+	defer staging.Release()
 	if r.status != 1 {
 		if err := d.Err(); err != nil {
 			return nil, err
@@ -323,25 +331,32 @@ func (d *Device) finishAndSubmit(enc C.WGPUCommandEncoder) error {
 	return d.Err()
 }
 
-// Sync waits until the GPU has finished all submitted work.
+// Sync waits until the GPU has finished all submitted work, or until ctx ends,
+// which returns ctx's error.
 func (d *Device) Sync(ctx context.Context) error {
 	r := newResult()
-	defer C.free(unsafe.Pointer(r))
 	f := C.sl_work_done(d.queue, r)
-	if err := d.inst.wait(ctx, f, "queue"); err != nil {
+	if err := d.inst.await(ctx, f, r, d, nil, "queue"); err != nil {
+		return err // r now waits for the callback in d.inst
+	}
+	defer C.free(unsafe.Pointer(r))
+	if err := d.Err(); err != nil {
 		return err
 	}
-	return d.Err()
+	if r.status != 1 { // Success
+		return fmt.Errorf("waiting for the queue: status %d: %s", uint32(r.status), C.GoString(&r.message[0]))
+	}
+	return nil
 }
 
 // popErrorScope pops the innermost error scope and returns its error, if any.
 func (d *Device) popErrorScope(what string) error {
 	r := newResult()
-	defer C.free(unsafe.Pointer(r))
 	f := C.sl_pop_error_scope(d.h, r)
-	if err := d.inst.wait(context.Background(), f, "error scope"); err != nil {
+	if err := d.inst.await(context.Background(), f, r, d, nil, "error scope"); err != nil {
 		return err
 	}
+	defer C.free(unsafe.Pointer(r))
 	if r.status == 1 && r._type != 1 && r._type != 0 { // 1 = NoError
 		return fmt.Errorf("%s: %w", what, &Error{Type: errorTypeName(uint32(r._type)), Message: C.GoString(&r.message[0])})
 	}

@@ -15,3 +15,11 @@ const (
 	OpRowSum        = opRowSum
 	OpRowSumSquares = opRowSumSquares
 )
+
+// PendingCalls counts the asynchronous calls, abandoned by cancelled waits, whose
+// state the instance still holds because their callbacks have not fired.
+func PendingCalls(in *Instance) int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return len(in.orphans)
+}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 )
@@ -171,6 +172,26 @@ type Instance struct {
 	h       C.WGPUInstance
 	libPath string
 	states  []*C.sl_device_state // freed with the instance: loss callbacks may run until then
+
+	mu sync.Mutex
+	// orphans are asynchronous calls whose wait gave up (the context ended)
+	// before their callbacks fired. Dawn still writes into their results, and a
+	// pending map still uses its staging buffer, so both are freed only once the
+	// callback has fired: polled by later waits, and at Device.Close and Close.
+	orphans []*orphan
+}
+
+// orphan is the state of an abandoned asynchronous call.
+type orphan struct {
+	future  C.WGPUFuture
+	result  *C.sl_result
+	dev     *Device // the device the call was made on, or nil
+	staging *Buffer // a cancelled read's mapped buffer, or nil
+}
+
+func (o *orphan) free() {
+	o.staging.Release()
+	C.free(unsafe.Pointer(o.result))
 }
 
 // NewInstance loads the WebGPU library (once per process) and creates an instance
@@ -203,18 +224,76 @@ func (in *Instance) Close() {
 		return
 	}
 	C.sl_wgpuInstanceProcessEvents(in.h)
+	in.reap(nil, 0)
 	C.sl_wgpuInstanceRelease(in.h)
 	in.h = nil
+	// Calls still pending (their device was left open) get their callbacks when
+	// the instance is destroyed, which their staging buffers may delay: release
+	// those first, and free the results only after.
+	in.mu.Lock()
+	for _, o := range in.orphans {
+		o.staging.Release()
+	}
+	for _, o := range in.orphans {
+		C.free(unsafe.Pointer(o.result))
+	}
+	in.orphans = nil
+	in.mu.Unlock()
 	for _, s := range in.states {
 		C.sl_device_state_free(s)
 	}
 	in.states = nil
 }
 
-// wait blocks until future f completes, the context ends, or timeout passes.
+// await waits for future f, whose callback fills r, made on dev (nil for an
+// instance-level call) and, for a map, on staging. On success the caller keeps
+// r and staging. On failure (the context ended, or the wait failed) the callback
+// may still fire later: r and staging then belong to the instance, which frees
+// them once it has, and the caller must not touch them again.
+func (in *Instance) await(ctx context.Context, f C.WGPUFuture, r *C.sl_result, dev *Device, staging *Buffer, what string) error {
+	if err := in.wait(ctx, f, what); err != nil {
+		in.mu.Lock()
+		in.orphans = append(in.orphans, &orphan{future: f, result: r, dev: dev, staging: staging})
+		in.mu.Unlock()
+		return err
+	}
+	in.reap(nil, 0)
+	return nil
+}
+
+// reap frees the orphans whose callbacks have fired, first polling each pending
+// one of dev (or of any device when dev is nil) for up to timeout so that a
+// completed call's callback fires (WaitAnyOnly callbacks fire only in a wait).
+func (in *Instance) reap(dev *Device, timeout time.Duration) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if len(in.orphans) == 0 {
+		return
+	}
+	kept := in.orphans[:0]
+	for _, o := range in.orphans {
+		if C.sl_result_done(o.result) == 0 && (dev == nil || o.dev == dev) && in.h != nil {
+			C.sl_wait(in.h, o.future, C.uint64_t(timeout))
+		}
+		if C.sl_result_done(o.result) != 0 {
+			o.free()
+			continue
+		}
+		kept = append(kept, o)
+	}
+	clear(in.orphans[len(kept):])
+	in.orphans = kept
+}
+
+// wait blocks until future f completes or the context ends. A context that has
+// already ended returns before polling, so the future may well be complete yet
+// its callback not fired: callers hand its state to await's orphans.
 func (in *Instance) wait(ctx context.Context, f C.WGPUFuture, what string) error {
 	const slice = uint64(200 * time.Millisecond)
 	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("waiting for %s: %w", what, err)
+		}
 		switch st := C.sl_wait(in.h, f, C.uint64_t(slice)); st {
 		case 1: // Success
 			return nil
@@ -241,11 +320,11 @@ func (in *Instance) requestAdapter(backend Backend, power PowerPreference, fallb
 		opts.forceFallbackAdapter = 1
 	}
 	r := newResult()
-	defer C.free(unsafe.Pointer(r))
 	f := C.sl_request_adapter(in.h, &opts, r)
-	if err := in.wait(context.Background(), f, "adapter"); err != nil {
+	if err := in.await(context.Background(), f, r, nil, nil, "adapter"); err != nil {
 		return nil, err
 	}
+	defer C.free(unsafe.Pointer(r))
 	if r.status != 1 || r.object == nil {
 		return nil, fmt.Errorf("no %s adapter: %s", backend, C.GoString(&r.message[0]))
 	}

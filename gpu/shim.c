@@ -162,13 +162,19 @@ static void on_lost(WGPUDevice const* d, WGPUDeviceLostReason reason, WGPUString
   pthread_mutex_unlock(&s->mu);
 }
 
+// The release store pairs with the acquire load in sl_result_done: a thread that
+// sees done also sees the fields written before it.
+static void sl_mark_done(sl_result* r) { __atomic_store_n(&r->done, 1, __ATOMIC_RELEASE); }
+
+int sl_result_done(sl_result* r) { return __atomic_load_n(&r->done, __ATOMIC_ACQUIRE); }
+
 static void on_adapter(WGPURequestAdapterStatus st, WGPUAdapter a, WGPUStringView msg, void* u1, void* u2) {
   (void)u2;
   sl_result* r = u1;
   r->status = st;
   r->object = a;
   copy_view(r->message, sizeof r->message, msg);
-  r->done = 1;
+  sl_mark_done(r);
 }
 
 static void on_device(WGPURequestDeviceStatus st, WGPUDevice d, WGPUStringView msg, void* u1, void* u2) {
@@ -177,7 +183,7 @@ static void on_device(WGPURequestDeviceStatus st, WGPUDevice d, WGPUStringView m
   r->status = st;
   r->object = d;
   copy_view(r->message, sizeof r->message, msg);
-  r->done = 1;
+  sl_mark_done(r);
 }
 
 static void on_pop(WGPUPopErrorScopeStatus st, WGPUErrorType type, WGPUStringView msg, void* u1, void* u2) {
@@ -186,7 +192,7 @@ static void on_pop(WGPUPopErrorScopeStatus st, WGPUErrorType type, WGPUStringVie
   r->status = st;
   r->type = type;
   copy_view(r->message, sizeof r->message, msg);
-  r->done = 1;
+  sl_mark_done(r);
 }
 
 static void on_map(WGPUMapAsyncStatus st, WGPUStringView msg, void* u1, void* u2) {
@@ -194,14 +200,15 @@ static void on_map(WGPUMapAsyncStatus st, WGPUStringView msg, void* u1, void* u2
   sl_result* r = u1;
   r->status = st;
   copy_view(r->message, sizeof r->message, msg);
-  r->done = 1;
+  sl_mark_done(r);
 }
 
-static void on_done(WGPUQueueWorkDoneStatus st, void* u1, void* u2) {
+static void on_done(WGPUQueueWorkDoneStatus st, WGPUStringView msg, void* u1, void* u2) {
   (void)u2;
   sl_result* r = u1;
   r->status = st;
-  r->done = 1;
+  copy_view(r->message, sizeof r->message, msg);
+  sl_mark_done(r);
 }
 
 enum { MODE_WAIT_ANY_ONLY = 1, MODE_ALLOW_SPONTANEOUS = 3 };

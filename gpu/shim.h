@@ -93,6 +93,11 @@ typedef struct sl_result {
   char message[4096];
 } sl_result;
 
+// Whether r's callback has fired (an atomic load: callbacks may run on whichever
+// thread calls wgpuInstanceWaitAny). A result struct may be freed only after this
+// returns non-zero, or after the instance that owns the call has been destroyed.
+int sl_result_done(sl_result* r);
+
 // Errors and loss reported by a device outside any error scope. The callbacks may
 // run on Dawn's threads, so the fields are guarded by a mutex inside the C file.
 typedef struct sl_device_state sl_device_state;

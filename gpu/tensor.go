@@ -3,6 +3,7 @@ package gpu
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 )
@@ -33,12 +34,18 @@ func (t DType) Bytes(n int) uint64 {
 	return uint64(n) * 4
 }
 
-// Tensor is a view of a row-major array in a GPU buffer.
+// Tensor is a row-major array in a GPU buffer. A tensor made by Device.NewTensor
+// owns its buffer; every other one (made by Sub or Rows, or a struct literal over
+// another tensor's Buf) is a view, and releasing a view leaves the buffer alone.
 type Tensor struct {
 	Buf    *Buffer
 	Offset uint64 // bytes; a multiple of 4
 	Shape  []int
 	DType  DType
+
+	// owner says Release frees Buf. Only NewTensor sets it, so views written as
+	// struct literals in other packages can never free their parent's buffer.
+	owner bool
 }
 
 // Len is the number of elements.
@@ -86,14 +93,50 @@ func (d *Device) NewTensor(dtype DType, label string, shape ...int) (*Tensor, er
 		return nil, err
 	}
 	t.Buf = b
+	t.owner = true
 	return t, nil
 }
 
-// Release frees the tensor's buffer.
+// Release frees the tensor's buffer if the tensor owns it (it came from
+// NewTensor); releasing a view does nothing. Releasing twice is harmless.
 func (t *Tensor) Release() {
-	if t != nil {
+	if t != nil && t.owner {
 		t.Buf.Release()
 	}
+}
+
+// Sub is a view of t's elements from offset on, shaped shape; it must lie inside
+// t, and for BF16 start on an even element (views start on whole u32 words).
+func (t *Tensor) Sub(offset int, shape ...int) (*Tensor, error) {
+	v := &Tensor{Buf: t.Buf, Shape: append([]int(nil), shape...), DType: t.DType}
+	for _, s := range shape {
+		if s < 0 {
+			return nil, fmt.Errorf("view of shape %v: negative dimension", shape)
+		}
+	}
+	if offset < 0 || offset+v.Len() > t.Len() {
+		return nil, fmt.Errorf("view of %d elements at %d overruns the %v tensor", v.Len(), offset, t.Shape)
+	}
+	if t.DType == BF16 && offset%2 != 0 {
+		return nil, fmt.Errorf("bf16 view at odd element %d: views start on whole u32 words", offset)
+	}
+	v.Offset = t.Offset + t.DType.Bytes(offset)
+	return v, nil
+}
+
+// Rows is a view of rows [r0, r0+n) of t along its first dimension.
+func (t *Tensor) Rows(r0, n int) (*Tensor, error) {
+	if len(t.Shape) == 0 {
+		return nil, errors.New("rows of a scalar tensor")
+	}
+	if r0 < 0 || n < 0 || r0+n > t.Shape[0] {
+		return nil, fmt.Errorf("rows [%d, %d) of a tensor of shape %v", r0, r0+n, t.Shape)
+	}
+	rowLen := 1
+	for _, s := range t.Shape[1:] {
+		rowLen *= s
+	}
+	return t.Sub(r0*rowLen, append([]int{n}, t.Shape[1:]...)...)
 }
 
 // Upload writes data (len must equal Len) into the tensor, converting to bf16

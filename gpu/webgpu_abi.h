@@ -176,8 +176,10 @@ typedef void (*WGPUPopErrorScopeCallback)(WGPUPopErrorScopeStatus status, WGPUEr
                                           WGPUStringView message, void* userdata1, void* userdata2);
 typedef void (*WGPUBufferMapCallback)(WGPUMapAsyncStatus status, WGPUStringView message,
                                       void* userdata1, void* userdata2);
-typedef void (*WGPUQueueWorkDoneCallback)(WGPUQueueWorkDoneStatus status, void* userdata1,
-                                          void* userdata2);
+// The message argument came with webgpu-headers #528 (2025); without it Dawn's
+// userdata1 lands in the wrong register and the callback writes into Dawn's memory.
+typedef void (*WGPUQueueWorkDoneCallback)(WGPUQueueWorkDoneStatus status, WGPUStringView message,
+                                          void* userdata1, void* userdata2);
 
 // All callback-info structs with a mode share this layout.
 #define SL_CALLBACK_INFO(Name, Fn)      \
