@@ -64,6 +64,9 @@ type Hooks struct {
 	// SaveNow, when it returns true after a step, writes a checkpoint then
 	// (the window's `s`).
 	SaveNow func() bool
+	// Pause is called after every step and blocks while the user holds the
+	// run paused (the window's `p`); it returns when resumed or when ctx ends.
+	Pause func(ctx context.Context)
 }
 
 // Result sums up a finished run.
@@ -433,6 +436,9 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		intervalTokens += stepTokens
 		if r.hooks.Step != nil {
 			r.hooks.Step(step, total, epoch)
+		}
+		if r.hooks.Pause != nil {
+			r.hooks.Pause(ctx)
 		}
 		interrupted := ctx.Err() != nil
 		evalNow := r.eval != nil && ((r.cfg.EvalEvery > 0 && step%r.cfg.EvalEvery == 0) || step == total)
