@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/internal/atomicfile"
 )
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -29,6 +29,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runBenchGemm(ctx, args[1:], stdout, stderr)
 	case "step":
 		return runBenchStep(ctx, args[1:], stdout, stderr)
+	case "report":
+		return runBenchReport(ctx, args[1:], stdout, stderr)
 	}
 	return fmt.Errorf("unknown benchmark %q (want gemm or step)", args[0])
 }
@@ -36,18 +38,23 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // gemmShape is M x N x K.
 type gemmShape struct{ M, N, K int }
 
+// maxGemmDim bounds each dimension of a benchmarked GEMM. Far beyond any
+// model's (LLaMA's largest is the 128K vocabulary); it keeps products of
+// dimensions well inside int64 and turns a typo into an error, not a hang.
+const maxGemmDim = 1 << 20
+
 func parseShapes(s string) ([]gemmShape, error) {
 	var out []gemmShape
 	for _, part := range strings.Split(s, ",") {
 		dims := strings.Split(strings.TrimSpace(part), "x")
 		if len(dims) != 3 {
-			return nil, fmt.Errorf("shape %q: want MxNxK", part)
+			return nil, fmt.Errorf("--shapes %q: shape %q: want MxNxK, e.g. 4096x4096x4096", s, part)
 		}
 		var v [3]int
 		for i, d := range dims {
 			n, err := strconv.Atoi(d)
-			if err != nil || n <= 0 {
-				return nil, fmt.Errorf("shape %q: %q is not a positive integer", part, d)
+			if err != nil || n <= 0 || n > maxGemmDim {
+				return nil, fmt.Errorf("--shapes %q: shape %q: %q is not an integer from 1 to %d", s, part, d, maxGemmDim)
 			}
 			v[i] = n
 		}
@@ -127,11 +134,14 @@ func runBenchGemm(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	bf16 := fs.Bool("bf16", false, "store B as bf16 (two per u32), as frozen weights are")
 	gatherFlag := fs.String("gather", "", "also time the gathered GEMM keeping these fractions: m (token rows), n (output channels), k (input channels), e.g. m=0.75,n=0.25")
 	tileFlag := fs.String("tile", "auto", "tile: auto, large (128x128, 8x8/thread), medium (64x64, 4x4) or small (32x32, 2x2)")
-	reps := fs.Int("reps", 0, "timed repetitions per variant (0: enough for about a second, 3 to 50)")
+	reps := fs.Int("reps", 0, fmt.Sprintf("timed repetitions per variant (0: enough for about a second, 3 to 50; at most %d)", maxReps))
 	jsonOut := fs.String("json", "bench-gemm.json", "write results as JSON to this file (empty: don't)")
 	var df deviceFlags
 	df.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseCommand(fs, args); err != nil {
+		return err
+	}
+	if err := checkRange("reps", *reps, 0, maxReps, "a repetition count (0: automatic)"); err != nil {
 		return err
 	}
 	shapes, err := parseShapes(*shapesFlag)
@@ -150,15 +160,24 @@ func runBenchGemm(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	if _, err := df.options(); err != nil {
+		return err
+	}
+	if err := checkOutputPath("json", *jsonOut); err != nil {
+		return err
+	}
 	dev, closeDev, err := df.open()
 	if err != nil {
 		return err
 	}
-	defer closeDev()
+	defer closeUnlessInterrupted(ctx, closeDev)
 	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
 
 	var results []gemmResult
 	for _, s := range shapes {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		rs, err := benchOneShape(ctx, dev, s, aTrans, bTrans, *bf16, gather, tile, *reps)
 		if err != nil {
 			return fmt.Errorf("%dx%dx%d: %w", s.M, s.N, s.K, err)
@@ -197,14 +216,15 @@ func runBenchGemm(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	return nil
 }
 
-// writeJSON writes a benchmark report and says where.
+// writeJSON writes a benchmark report atomically (an interrupted run never
+// leaves a truncated report where a complete one was) and says where.
 func writeJSON(path string, report any, stdout io.Writer) error {
 	raw, err := json.MarshalIndent(report, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(path, append(raw, '\n'), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, append(raw, '\n')); err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s\n", path)
 	return nil
@@ -234,9 +254,19 @@ func benchOneShape(ctx context.Context, dev *gpu.Device, s gemmShape, aTrans, bT
 		}
 		v := make([]float32, rows*cols)
 		for i := range v {
+			// Filling a 4096^2 operand takes a good part of a second on
+			// a slow CPU: check for an interrupt every million values.
+			if i%(1<<20) == 0 && ctx.Err() != nil {
+				t.Release()
+				return nil, ctx.Err()
+			}
 			v[i] = float32(rng.NormFloat64())
 		}
-		return t, t.Upload(v)
+		if err := t.Upload(v); err != nil {
+			t.Release()
+			return nil, err
+		}
+		return t, nil
 	}
 	aRows, aCols := s.M, s.K
 	if aTrans {
@@ -345,8 +375,19 @@ func finish(r *gemmResult) {
 	r.TFLOPS = r.UsefulFLOPs / (r.MedianMS * 1e-3) / 1e12
 }
 
+// maxReps bounds --reps; more repetitions only narrow the median further.
+const maxReps = 1000
+
+// batchTime is about how long one submission of timed repetitions runs: short
+// enough that the context is checked often, long enough that the host round
+// trip between submissions does not show in wall-clock timings.
+const batchTime = 500 * time.Millisecond
+
 // timeGemm warms up, picks a repetition count and returns the median time per
 // GEMM, from GPU timestamps around each repetition when the adapter has them.
+// Repetitions are submitted in batches of about batchTime, checking ctx before
+// each, so an interrupt stops the benchmark between batches (and Device.Sync
+// returns within its polling interval during one).
 func timeGemm(ctx context.Context, dev *gpu.Device, g gpu.GemmArgs, reps int) (gemmResult, error) {
 	rec := dev.NewRecorder()
 	defer rec.Release()
@@ -360,31 +401,44 @@ func timeGemm(ctx context.Context, dev *gpu.Device, g gpu.GemmArgs, reps int) (g
 	if err := dev.Sync(ctx); err != nil {
 		return gemmResult{}, err
 	}
-	once := time.Since(warm)
+	once := max(time.Since(warm), time.Microsecond)
 	if reps <= 0 {
-		reps = min(50, max(3, int(time.Second/max(once, time.Microsecond))))
+		reps = min(50, max(3, int(time.Second/once)))
 	}
+	batch := min(reps, max(1, int(batchTime/once)))
 	rec.Timed = dev.HasTimestamps
-	start := time.Now()
-	for range reps {
-		if err := gpu.Gemm(rec, g); err != nil {
+	var wall time.Duration
+	var times []time.Duration
+	for done := 0; done < reps; {
+		if err := ctx.Err(); err != nil {
 			return gemmResult{}, err
 		}
-		rec.EndPass()
+		n := min(batch, reps-done)
+		start := time.Now()
+		for range n {
+			if err := gpu.Gemm(rec, g); err != nil {
+				return gemmResult{}, err
+			}
+			rec.EndPass()
+		}
+		if err := rec.Submit(); err != nil {
+			return gemmResult{}, err
+		}
+		if err := dev.Sync(ctx); err != nil {
+			return gemmResult{}, err
+		}
+		wall += time.Since(start)
+		if dev.HasTimestamps {
+			t, err := rec.PassTimes(ctx)
+			if err != nil {
+				return gemmResult{}, err
+			}
+			times = append(times, t...)
+		}
+		done += n
 	}
-	if err := rec.Submit(); err != nil {
-		return gemmResult{}, err
-	}
-	if err := dev.Sync(ctx); err != nil {
-		return gemmResult{}, err
-	}
-	wall := time.Since(start)
 	res := gemmResult{Reps: reps}
 	if dev.HasTimestamps {
-		times, err := rec.PassTimes(ctx)
-		if err != nil {
-			return gemmResult{}, err
-		}
 		slices.Sort(times)
 		res.MedianMS = float64(times[len(times)/2]) / 1e6
 		res.Timing = "gpu timestamps"

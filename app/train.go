@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
+	"github.com/sparselora/sparselora/plot"
 	"github.com/sparselora/sparselora/train"
 )
 
@@ -87,6 +89,9 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	view := newTrainView(stdout, stderr)
 	res, err := train.Run(ctx, dev, cfg, view.hooks())
 	view.finish()
+	if res != nil {
+		writePlots(cfg.Out, stdout, stderr)
+	}
 	if errors.Is(err, train.ErrInterrupted) {
 		fmt.Fprintf(stdout, "interrupted after step %d; checkpoint %s\n", res.Steps, res.LastCheckpnt)
 		return fmt.Errorf("%w: %w", err, ctx.Err())
@@ -256,4 +261,18 @@ func (v *trainView) finish() {
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// writePlots draws the run's charts and summary.md; a failure is reported but
+// does not fail the run, whose adapter is already written.
+func writePlots(dir string, stdout, stderr io.Writer) {
+	recs, err := plot.ReadMetrics(filepath.Join(dir, train.MetricsFileName))
+	if err == nil && len(recs) > 0 {
+		_, err = plot.WriteRun(dir, recs)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "warning: plots of %s: %v\n", dir, err)
+		return
+	}
+	fmt.Fprintf(stdout, "plots and summary.md: %s\n", dir)
 }

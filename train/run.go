@@ -12,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sparselora/sparselora/data"
+	"github.com/sparselora/sparselora/evaluate"
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/internal/atomicfile"
 	"github.com/sparselora/sparselora/lora"
@@ -73,7 +74,7 @@ type Hooks struct {
 type Result struct {
 	Steps        int
 	FinalLoss    float64
-	Eval         *LossResult
+	Eval         *evaluate.LossResult
 	Wall         time.Duration
 	Tokens       int
 	TokensPerS   float64
@@ -111,7 +112,7 @@ type run struct {
 	trainer  *Trainer
 	loader   *data.Loader
 	evalData *data.Dataset
-	eval     *Evaluator
+	eval     *evaluate.Evaluator
 	schedule lora.Schedule
 	sparsity *predictor.SparsityConfig
 	selector model.ChannelSelector
@@ -234,7 +235,7 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	}
 	r.cleanup = append(r.cleanup, r.trainer.Release)
 	if r.evalData != nil {
-		if r.eval, err = NewEvaluator(r.m, cfg.BatchSize, seq); err != nil {
+		if r.eval, err = evaluate.NewEvaluator(r.m, cfg.BatchSize, seq); err != nil {
 			return nil, err
 		}
 		r.cleanup = append(r.cleanup, r.eval.Release)

@@ -1,4 +1,8 @@
-package train
+// Package evaluate measures a model on a data set: the loss over the scored
+// tokens (the training loss's masking) and perplexity, and exact match of
+// greedy completions against the examples' answers, with the answer
+// extracted as the SparseLoRA paper's evaluations (LLM-Adapters) do.
+package evaluate
 
 import (
 	"context"
@@ -17,9 +21,10 @@ type LossResult struct {
 	Targets          int
 }
 
-// Evaluator scores data sets in a workspace of its own, so evaluating during
-// training leaves the training pass untouched. It runs dense (no
-// SparseLoRA): evaluation measures the model, not the training speed-up.
+// Evaluator scores the loss of data sets in a workspace of its own, so
+// evaluating during training leaves the training pass untouched. It runs
+// dense (no SparseLoRA): evaluation measures the model, not the training
+// speed-up.
 type Evaluator struct {
 	m    *model.Model
 	ws   *model.Workspace
