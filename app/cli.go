@@ -23,6 +23,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"train", "fine-tune a LoRA adapter (SparseLoRA) on a JSONL data set", runTrain},
+		{"generate", "generate text with a model and an optional adapter (prompt, file or interactive chat)", runGenerate},
+		{"eval", "measure loss/perplexity or exact-match accuracy on a JSONL data set", runEval},
 		{"devices", "list WebGPU adapters with backend, driver, features and limits", runDevices},
 		{"bench", "benchmark GEMMs (bench gemm) and training steps (bench step)", runBench},
 		{"inspect", "show a checkpoint's architecture, size and training memory", runInspect},
@@ -152,7 +154,9 @@ type deviceFlags struct {
 
 func (f *deviceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.backend, "backend", "", "WebGPU backend: vulkan, metal, d3d12 (default: any)")
-	fs.StringVar(&f.adapter, "adapter", "", "adapter index or a part of its name (see `sparselora devices`)")
+	// --gpu, not --adapter: "adapter" means the LoRA adapter in the commands
+	// that train and use one.
+	fs.StringVar(&f.adapter, "gpu", "", "WebGPU adapter: its index or a part of its name (see `sparselora devices`)")
 	fs.StringVar(&f.power, "power", "high", "power preference when several GPUs are present: high or low")
 	fs.StringVar(&f.toggles, "toggles", "", "comma-separated Dawn toggles to enable (e.g. disable_robustness)")
 }

@@ -1,0 +1,108 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/sparselora/sparselora/data"
+	"github.com/sparselora/sparselora/evaluate"
+	"github.com/sparselora/sparselora/infer"
+	"github.com/sparselora/sparselora/internal/atomicfile"
+)
+
+func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("eval", "eval --model DIR [--adapter DIR] --data FILE.jsonl [--metric loss|exact-match] [flags]", stdout, stderr)
+	modelDir := fs.String("model", "", "Hugging Face model directory")
+	adapterDir := fs.String("adapter", "", "PEFT LoRA adapter directory (e.g. a train --out)")
+	dataPath := fs.String("data", "", "evaluation data, JSONL (the train formats)")
+	metric := fs.String("metric", "loss", "loss (mean cross-entropy and perplexity over scored tokens) or exact-match (greedy completions vs answers)")
+	batch := fs.Int("batch-size", 4, "sequences per forward pass (loss)")
+	maxNew := fs.Int("max-new-tokens", 64, "most tokens generated per example (exact-match)")
+	maxSeqLen := fs.Int("max-seq-len", 2048, "truncate examples to this many tokens")
+	out := fs.String("out", "", "write per-example results as JSONL (exact-match)")
+	bf16 := fs.Bool("bf16", false, "keep weights as bf16 on the GPU")
+	var df deviceFlags
+	df.register(fs)
+	if err := parseCommand(fs, args); err != nil {
+		return err
+	}
+	switch {
+	case *modelDir == "":
+		return errors.New("--model: a model directory is required")
+	case *dataPath == "":
+		return errors.New("--data: a JSONL file is required")
+	case *metric != "loss" && *metric != "exact-match":
+		return fmt.Errorf("--metric %q: want loss or exact-match", *metric)
+	case *batch <= 0 || *batch > 4096:
+		return fmt.Errorf("--batch-size %d: want 1..4096", *batch)
+	case *maxNew <= 0 || *maxNew > 1<<20:
+		return fmt.Errorf("--max-new-tokens %d: want 1..1048576", *maxNew)
+	case *maxSeqLen < 2:
+		return fmt.Errorf("--max-seq-len %d: want at least 2", *maxSeqLen)
+	case *out != "" && *metric != "exact-match":
+		return errors.New("--out: per-example results come with --metric exact-match")
+	}
+	if *out != "" {
+		// Fail before the work, not after it.
+		if err := atomicfile.WriteFile(*out, nil); err != nil {
+			return fmt.Errorf("--out: %w", err)
+		}
+	}
+	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, stdout)
+	if err != nil {
+		return err
+	}
+	defer lm.close()
+	ds, err := data.LoadContext(ctx, *dataPath, lm.tok, data.Options{MaxSeqLen: *maxSeqLen, VocabSize: lm.m.Config.VocabSize})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "data: %s: %d examples (%s), %d scored tokens\n", ds.Path, len(ds.Examples), ds.Format, ds.ScoredTokens)
+	if *metric == "loss" {
+		ev, err := evaluate.NewEvaluator(lm.m, *batch, ds.MaxLen)
+		if err != nil {
+			return err
+		}
+		defer ev.Release()
+		res, err := ev.Loss(ctx, ds)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "loss %.4f  perplexity %.3f  (%d scored tokens)\n", res.Loss, res.Perplexity, res.Targets)
+		return nil
+	}
+	sess, err := infer.NewSession(lm.m, lm.tok, *modelDir, ds.MaxLen+*maxNew)
+	if err != nil {
+		return err
+	}
+	defer sess.Release()
+	progress := isTerminal(stdout)
+	sum, results, err := evaluate.ExactMatch(ctx, sess, ds, *maxNew, func(r evaluate.Result) {
+		if progress {
+			fmt.Fprintf(stdout, "\rline %d: %t   ", r.Line, r.Correct)
+		}
+	})
+	if progress {
+		fmt.Fprint(stdout, "\r\033[K")
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "exact match: %d / %d = %.1f %% (95 %% CI %.1f-%.1f %%)\n", sum.Correct, sum.N, 100*sum.Accuracy, 100*sum.Lo, 100*sum.Hi)
+	if *out != "" {
+		return atomicfile.Write(*out, func(w io.Writer) error {
+			enc := json.NewEncoder(w)
+			enc.SetEscapeHTML(false)
+			for _, r := range results {
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	return nil
+}
