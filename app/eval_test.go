@@ -60,9 +60,10 @@ func TestTrainEvalGenerateWithTokenizer(t *testing.T) {
 		map[string]string{"prompt": "ab=", "completion": "x", "answer": "x"})
 	out := filepath.Join(dir, "run")
 	code, stdout, stderr := run(t, "train", "--model", modelDir, "--data", trainFile, "--out", out, "--max-steps", "40",
-		"--batch-size", "4", "--lr", "2e-2", "--rank", "8", "--sparsity", "dense", "--log-every", "20", "--no-window")
-	if code != 0 {
-		t.Fatalf("train: exit %d\n%s\n%s", code, stdout, stderr)
+		"--batch-size", "4", "--lr", "2e-2", "--rank", "8", "--sparsity", "dense", "--log-every", "20", "--no-window",
+		"--eval-data", evalFile, "--eval-metric", "exact-match", "--eval-max-new-tokens", "2")
+	if code != 0 || !strings.Contains(stdout, "exact match 2/2") {
+		t.Fatalf("train: exit %d (want exact match 2/2 at the end)\n%s\n%s", code, stdout, stderr)
 	}
 
 	code, stdout, stderr = run(t, "eval", "--model", modelDir, "--adapter", out, "--data", evalFile)

@@ -54,6 +54,8 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.StringVar(&c.SVDCacheDir, "svd-cache", c.SVDCacheDir, "folder of the SVD estimator cache (default: the user cache folder)")
 	fs.StringVar(&c.EvalData, "eval-data", c.EvalData, "evaluation data, JSONL (same formats)")
 	fs.IntVar(&c.EvalEvery, "eval-every", c.EvalEvery, "evaluate every N steps (0: at the end)")
+	fs.StringVar(&c.EvalMetric, "eval-metric", c.EvalMetric, "loss or exact-match (greedy completions vs the examples' answers)")
+	fs.IntVar(&c.EvalMaxNewTokens, "eval-max-new-tokens", c.EvalMaxNewTokens, "most tokens generated per example with --eval-metric exact-match")
 	fs.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "write a checkpoint every N steps (0: only on interrupt)")
 	fs.IntVar(&c.Keep, "keep", c.Keep, "checkpoints kept")
 	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the newest checkpoint in --out")
@@ -102,6 +104,9 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "done: %d steps in %s, %.0f tokens/s; final loss %.4f", res.Steps, res.Wall.Round(time.Second), res.TokensPerS, res.FinalLoss)
 	if res.Eval != nil {
 		fmt.Fprintf(stdout, ", eval loss %.4f (perplexity %.2f)", res.Eval.Loss, res.Eval.Perplexity)
+	}
+	if em := res.ExactMatch; em != nil {
+		fmt.Fprintf(stdout, ", exact match %d/%d = %.1f %% (95 %% CI %.1f-%.1f %%)", em.Correct, em.N, 100*em.Accuracy, 100*em.Lo, 100*em.Hi)
 	}
 	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\nadapter: %s\n", res.FLOPsRatio, res.AdapterDir)
 	return nil
@@ -240,9 +245,12 @@ func (v *trainView) log(r train.Record) {
 	if r.EvalLoss != nil {
 		line += fmt.Sprintf("  eval loss %.4f", *r.EvalLoss)
 	}
+	if r.EvalAccuracy != nil {
+		line += fmt.Sprintf("  exact match %.1f %%", 100**r.EvalAccuracy)
+	}
 	if v.bar != nil {
 		v.bar.Describe(fmt.Sprintf("loss %.4f lr %.2g %.0f tok/s", r.Loss, r.LR, r.TokensPerS))
-		if r.EvalLoss == nil {
+		if r.EvalLoss == nil && r.EvalAccuracy == nil {
 			return
 		}
 	}

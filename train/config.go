@@ -45,6 +45,10 @@ type Config struct {
 
 	EvalData  string `yaml:"eval-data,omitempty"`
 	EvalEvery int    `yaml:"eval-every"`
+	// EvalMetric is loss or exact-match (greedy completions of up to
+	// EvalMaxNewTokens tokens against the examples' answers).
+	EvalMetric       string `yaml:"eval-metric"`
+	EvalMaxNewTokens int    `yaml:"eval-max-new-tokens"`
 
 	SaveEvery int  `yaml:"save-every"`
 	Keep      int  `yaml:"keep"`
@@ -58,7 +62,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{Rank: 16, Alpha: 32, Targets: "q,k,v,o,gate,up,down", BatchSize: 4, GradAccum: 1, Epochs: 1,
 		LR: 2e-4, Schedule: "linear", WeightDecay: 0, MaxGradNorm: 1, Seed: 42, MaxSeqLen: 2048,
-		Sparsity: "auto", SaveEvery: 0, Keep: 2, LogEvery: 10}
+		Sparsity: "auto", SaveEvery: 0, Keep: 2, LogEvery: 10, EvalMetric: "loss", EvalMaxNewTokens: 64}
 }
 
 // Validate checks every field, naming the flag of the first bad one.
@@ -108,6 +112,10 @@ func (c *Config) Validate() error {
 		return bad("keep", c.Keep, "want at least 1 checkpoint kept")
 	case c.LogEvery < 1:
 		return bad("log-every", c.LogEvery, "want at least 1")
+	case c.EvalMetric != "loss" && c.EvalMetric != "exact-match":
+		return bad("eval-metric", c.EvalMetric, "want loss or exact-match")
+	case c.EvalMaxNewTokens < 1 || c.EvalMaxNewTokens > 1<<20:
+		return bad("eval-max-new-tokens", c.EvalMaxNewTokens, "want 1..1048576")
 	case c.Sparsity == "":
 		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/sparselora/sparselora/data"
 	"github.com/sparselora/sparselora/evaluate"
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/infer"
 	"github.com/sparselora/sparselora/internal/atomicfile"
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
@@ -75,6 +76,7 @@ type Result struct {
 	Steps        int
 	FinalLoss    float64
 	Eval         *evaluate.LossResult
+	ExactMatch   *evaluate.Summary
 	Wall         time.Duration
 	Tokens       int
 	TokensPerS   float64
@@ -113,6 +115,9 @@ type run struct {
 	loader   *data.Loader
 	evalData *data.Dataset
 	eval     *evaluate.Evaluator
+	// session generates for exact-match evaluation (nil with the loss
+	// metric).
+	session  *infer.Session
 	schedule lora.Schedule
 	sparsity *predictor.SparsityConfig
 	selector model.ChannelSelector
@@ -145,12 +150,14 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	}
 	// The tokenizer is needed by every format but pre-tokenized ids.
 	var tok data.Tokenizer
+	var tk *tokenizer.Tokenizer
 	if _, statErr := os.Stat(filepath.Join(cfg.Model, "tokenizer.json")); statErr == nil {
-		t, err := tokenizer.Load(cfg.Model)
-		if err != nil {
+		if tk, err = tokenizer.Load(cfg.Model); err != nil {
 			return nil, err
 		}
-		tok = t
+		tok = tk
+	} else if cfg.EvalData != "" && cfg.EvalMetric == "exact-match" {
+		return nil, fmt.Errorf("--eval-metric exact-match: %s has no tokenizer.json to decode completions with", cfg.Model)
 	}
 	dopts := data.Options{MaxSeqLen: cfg.MaxSeqLen, SkipBadLines: cfg.SkipBadLines, VocabSize: mcfg.VocabSize}
 	train, err := data.LoadContext(ctx, cfg.Data, tok, dopts)
@@ -234,7 +241,13 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 		return nil, err
 	}
 	r.cleanup = append(r.cleanup, r.trainer.Release)
-	if r.evalData != nil {
+	switch {
+	case r.evalData != nil && cfg.EvalMetric == "exact-match":
+		if r.session, err = infer.NewSession(r.m, tk, cfg.Model, seq+cfg.EvalMaxNewTokens); err != nil {
+			return nil, err
+		}
+		r.cleanup = append(r.cleanup, r.session.Release)
+	case r.evalData != nil:
 		if r.eval, err = evaluate.NewEvaluator(r.m, cfg.BatchSize, seq); err != nil {
 			return nil, err
 		}
@@ -442,7 +455,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			r.hooks.Pause(ctx)
 		}
 		interrupted := ctx.Err() != nil
-		evalNow := r.eval != nil && ((r.cfg.EvalEvery > 0 && step%r.cfg.EvalEvery == 0) || step == total)
+		evalNow := r.evalData != nil && ((r.cfg.EvalEvery > 0 && step%r.cfg.EvalEvery == 0) || step == total)
 		saveNow := (r.cfg.SaveEvery > 0 && step%r.cfg.SaveEvery == 0) || interrupted ||
 			(r.hooks.SaveNow != nil && r.hooks.SaveNow())
 		if step%r.cfg.LogEvery != 0 && step != total && !evalNow && !saveNow {
@@ -465,12 +478,9 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			FLOPsRatio: a / d, Sparse: sparse}
 		rec.KeptMLP, rec.KeptAttn = keptFractions(r.sparsity, r.m.Config, sparse)
 		if evalNow {
-			ev, err := r.eval.Loss(readCtx, r.evalData)
-			if err != nil {
+			if err := r.evaluate(readCtx, &rec, res); err != nil {
 				return nil, fmt.Errorf("evaluation at step %d: %w", step, err)
 			}
-			rec.EvalLoss, rec.EvalPerplexity = &ev.Loss, &ev.Perplexity
-			res.Eval = &ev
 		}
 		if err := r.metrics.write(rec); err != nil {
 			return nil, err
@@ -506,6 +516,27 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("saving the adapter: %w", err)
 	}
 	return res, nil
+}
+
+// evaluate measures the evaluation data with the run's metric into rec and
+// res.
+func (r *run) evaluate(ctx context.Context, rec *Record, res *Result) error {
+	if r.session != nil {
+		sum, _, err := evaluate.ExactMatch(ctx, r.session, r.evalData, r.cfg.EvalMaxNewTokens, nil)
+		if err != nil {
+			return err
+		}
+		rec.EvalAccuracy = &sum.Accuracy
+		res.ExactMatch = &sum
+		return nil
+	}
+	ev, err := r.eval.Loss(ctx, r.evalData)
+	if err != nil {
+		return err
+	}
+	rec.EvalLoss, rec.EvalPerplexity = &ev.Loss, &ev.Perplexity
+	res.Eval = &ev
+	return nil
 }
 
 func (r *run) checkpoint(ctx context.Context, step int, epoch float64) (string, error) {
