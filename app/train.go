@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
+	"github.com/sparselora/sparselora/app/window"
 	"github.com/sparselora/sparselora/plot"
 	"github.com/sparselora/sparselora/train"
 )
@@ -33,6 +34,9 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.StringVar(&c.Data, "data", c.Data, "training data, JSONL: text | prompt+completion | messages | instruction+output | input_ids")
 	fs.StringVar(&c.Out, "out", c.Out, "run directory (adapter, metrics, checkpoints)")
 	fs.StringVar(&c.AdapterInit, "adapter-init", c.AdapterInit, "start from this PEFT adapter (its rank, alpha and targets) instead of a fresh one")
+	fs.StringVar(&c.Tokenizer, "tokenizer", c.Tokenizer, "directory of tokenizer.json when --model has none (default: --model)")
+	fs.BoolVar(&c.Full, "full", c.Full, "train every weight (full-parameter) instead of LoRA; --out receives an HF checkpoint")
+	fs.StringVar(&c.InitConfig, "init-config", c.InitConfig, "with --full: start from random weights of this config.json (initializer_range) instead of --model")
 	fs.IntVar(&c.Rank, "rank", c.Rank, "LoRA rank r")
 	fs.Float64Var(&c.Alpha, "alpha", c.Alpha, "LoRA alpha (scale alpha/r)")
 	fs.StringVar(&c.Targets, "targets", c.Targets, "LoRA target modules: q,k,v,o,gate,up,down (or q_proj,...), or all")
@@ -82,14 +86,26 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	_ = noWindow // the window is not built yet: every run is headless
 	dev, closeDev, err := df.open()
 	if err != nil {
 		return err
 	}
 	defer closeDev()
+	// The window's q cancels this context when the command was not started
+	// through window.Serve (under Serve it cancels the command's).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	view := newTrainView(stdout, stderr)
-	res, err := train.Run(ctx, dev, cfg, view.hooks())
+	hooks := view.hooks()
+	if !*noWindow {
+		if win, winHooks, err := openTrainWindow(ctx, cfg.Out, cancel); err != nil {
+			fmt.Fprintf(stderr, "sparselora train: %v: training headless\n", err)
+		} else {
+			defer win.Close()
+			hooks = chainHooks(hooks, winHooks)
+		}
+	}
+	res, err := train.Run(ctx, dev, cfg, hooks)
 	view.finish()
 	if res != nil {
 		writePlots(cfg.Out, stdout, stderr)
@@ -110,6 +126,69 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\nadapter: %s\n", res.FLOPsRatio, res.AdapterDir)
 	return nil
+}
+
+// openTrainWindow opens the live-metrics window of a run writing into
+// runDir, when there is a display to show it on.
+func openTrainWindow(ctx context.Context, runDir string, stop func()) (*window.Window, train.Hooks, error) {
+	if err := window.CheckDisplay(); err != nil {
+		return nil, train.Hooks{}, err
+	}
+	monitor := window.NewMonitor(runDir)
+	win, err := window.Open(ctx, monitor, window.Options{Title: "sparselora train: " + runDir, Stop: stop})
+	if err != nil {
+		return nil, train.Hooks{}, err
+	}
+	return win, monitor.Hooks(), nil
+}
+
+// chainHooks returns hooks that call a's then b's; SaveNow asks both (so
+// neither loses a request) and saves when either asks.
+func chainHooks(a, b train.Hooks) train.Hooks {
+	return train.Hooks{
+		Start:      chain1(a.Start, b.Start),
+		SVD:        chain2(a.SVD, b.SVD),
+		Note:       chain1(a.Note, b.Note),
+		Step:       chain3(a.Step, b.Step),
+		Log:        chain1(a.Log, b.Log),
+		Checkpoint: chain1(a.Checkpoint, b.Checkpoint),
+		Pause:      chain1(a.Pause, b.Pause),
+		SaveNow: func() bool {
+			saveA := a.SaveNow != nil && a.SaveNow()
+			saveB := b.SaveNow != nil && b.SaveNow()
+			return saveA || saveB
+		},
+	}
+}
+
+func chain1[T any](a, b func(T)) func(T) {
+	if a == nil {
+		return b
+	}
+	if b == nil {
+		return a
+	}
+	return func(x T) { a(x); b(x) }
+}
+
+func chain2[T, U any](a, b func(T, U)) func(T, U) {
+	if a == nil {
+		return b
+	}
+	if b == nil {
+		return a
+	}
+	return func(x T, y U) { a(x, y); b(x, y) }
+}
+
+func chain3[T, U, V any](a, b func(T, U, V)) func(T, U, V) {
+	if a == nil {
+		return b
+	}
+	if b == nil {
+		return a
+	}
+	return func(x T, y U, z V) { a(x, y, z); b(x, y, z) }
 }
 
 // applyConfigFile sets every flag named by a key of a YAML file, unless the

@@ -215,7 +215,7 @@ func dispatchElementwise(rec *Recorder, op elementwiseOp, params elementwisePara
 	if srcBinding.Buffer == nil {
 		// The layout still has binding 2; the device's never-written placeholder
 		// fills it without aliasing dst.
-		placeholder, err := rec.dev.placeholder()
+		placeholder, err := rec.dev.Placeholder()
 		if err != nil {
 			return fmt.Errorf("gpu.%s: %w", op, err)
 		}

@@ -219,7 +219,7 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 	if alpha == 0 {
 		alpha = 1
 	}
-	placeholder, err := d.placeholder()
+	placeholder, err := d.Placeholder()
 	if err != nil {
 		return err
 	}
@@ -244,7 +244,13 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		binary.LittleEndian.PutUint32(params[4*i:], v)
 	}
 	bindings := []Binding{viewA, viewB, viewC, bm, bnl, bkl, bc}
+	work := &GemmWork{M: g.M, N: g.N, K: g.K, Rows: g.GatherAM, Cols: g.GatherBN, Inner: g.GatherK}
+	if work.Rows == nil {
+		work.Rows = g.ScatterCM
+	}
+	defer func() { rec.gemm = nil }()
 	if g.GatherAM == nil && g.ScatterCM == nil && g.GatherBN == nil {
+		rec.gemm = work
 		gx := uint32((g.N + tile.BN - 1) / tile.BN)
 		gy := uint32((g.M + tile.BM - 1) / tile.BM)
 		return rec.Dispatch(k, params, bindings, gx, gy, 1)
@@ -258,7 +264,17 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 	if err != nil {
 		return err
 	}
+	rec.gemm = work
 	return rec.DispatchIndirect(k, params, bindings, grid)
+}
+
+// GemmWork describes a recorded GEMM's size: M x N x K, where an index list
+// replaces a size its count (read on the GPU, at most the bound) is the real
+// one. Rows is the list of op(A)'s or C's rows, Cols of op(B)'s columns, Inner
+// of the K index.
+type GemmWork struct {
+	M, N, K           int
+	Rows, Cols, Inner *IndexList
 }
 
 // gemmGrid records the kernel that writes a gathered GEMM's workgroup grid into
@@ -283,8 +299,11 @@ func gemmGrid(rec *Recorder, m, n int, tile Tile, rows Binding, offRows uint32, 
 	return grid, nil
 }
 
-// placeholder is a small buffer bound to kernel bindings a variant does not use.
-func (d *Device) placeholder() (*Buffer, error) {
+// Placeholder is a small buffer, never written, bound to the kernel bindings
+// that a kernel variant does not use (a layout needs every binding filled, and
+// repeating another operand's buffer would alias a writable binding). The
+// device owns it.
+func (d *Device) Placeholder() (*Buffer, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.unused == nil {

@@ -14,6 +14,9 @@ import (
 type Param struct {
 	Name        string // for error messages, e.g. "layers.3.q_proj.lora_A"
 	Value, Grad *gpu.Tensor
+	// NoDecay exempts the parameter from weight decay, as the transformers
+	// Trainer exempts biases and norm weights.
+	NoDecay bool
 }
 
 // AdamWConfig holds the hyper-parameters of torch.optim.AdamW and the max_norm
@@ -250,6 +253,9 @@ func (o *Optimizer) Step(rec *gpu.Recorder, lr float64) error {
 		gradBinding, gradBase := p.Grad.View()
 		stateBinding, stateBase := o.state[i].View()
 		params := base
+		if p.NoDecay {
+			params.decay = 1
+		}
 		params.n = uint32(p.Value.Len())
 		params.paramBase, params.gradBase, params.stateBase = paramBase, gradBase, stateBase
 		params.statsBase = statsBase

@@ -72,15 +72,6 @@ type MergeReport struct {
 	Warnings []string
 }
 
-// checkpointCompanions are the files of an HF model directory that are copied
-// unchanged beside the merged weights when present, so the output loads with
-// its tokenizer and generation defaults.
-var checkpointCompanions = []string{
-	"generation_config.json",
-	"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-	"added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
-}
-
 // Merge folds the LoRA adapter in adapterDir (PEFT format) into the model in
 // modelDir (HF format) and writes the result to outDir as an HF checkpoint:
 // config.json (its dtype fields updated when opts.Dtype converts), the
@@ -450,21 +441,11 @@ func copyCompanions(modelDir, outDir string, dtype safetensors.Dtype) ([]string,
 	if err := atomicfile.WriteFile(filepath.Join(outDir, model.ConfigFileName), config); err != nil {
 		return nil, err
 	}
-	copied := []string{model.ConfigFileName}
-	for _, name := range checkpointCompanions {
-		data, err := os.ReadFile(filepath.Join(modelDir, name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("lora: merge: %w", err)
-		}
-		if err := atomicfile.WriteFile(filepath.Join(outDir, name), data); err != nil {
-			return nil, err
-		}
-		copied = append(copied, name)
+	copied, err := model.CopyCompanions(modelDir, outDir)
+	if err != nil {
+		return nil, fmt.Errorf("lora: merge: %w", err)
 	}
-	return copied, nil
+	return append([]string{model.ConfigFileName}, copied...), nil
 }
 
 // setConfigDtype sets config.json's "dtype" (transformers 5) and

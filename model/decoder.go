@@ -24,6 +24,14 @@ type Model struct {
 	Norm   *gpu.Tensor // final RMSNorm weight
 	Head   *gpu.Tensor // [vocab, hidden]; the embedding table when tied
 	Rope   *RopeTable
+	// Sources are the checkpoint files Load read the weights from, as they
+	// were when it opened them; nil for models built in memory. The SVD cache
+	// keys on them instead of hashing every weight, so code that changes the
+	// frozen weights after loading must set it to nil.
+	Sources []SourceFile
+	// Grads, when set, makes Backward accumulate the gradients of the
+	// embedding, norms and LM head too (full-parameter training).
+	Grads *WeightGrads
 }
 
 // Release frees the model's GPU memory.
@@ -84,7 +92,8 @@ type Workspace struct {
 	normed    *gpu.Tensor // final norm output
 	rstdF     *gpu.Tensor
 	ids, mask *gpu.Tensor
-	targets   *gpu.Tensor
+	// targets are the LM head's: the target of the i-th scored token at i.
+	targets *gpu.Tensor
 	// nTargets is the count the loss of the next passes divides by: the
 	// batch's own targets after Load, the whole step's after UseStaged.
 	nTargets int
@@ -109,6 +118,15 @@ type Workspace struct {
 	// Selector, when set, makes layers it selects channels for run their
 	// frozen projections sparsely on context tokens (SparseLoRA); nil is dense.
 	Selector ChannelSelector
+	// HeadGrad, when set ([vocab, hidden] f32), receives the LM head's weight
+	// gradient over the scored tokens, added to what it holds (for training
+	// the head; LoRA training leaves it nil and the head frozen).
+	HeadGrad *gpu.Tensor
+	// Trace, when set, is called as the passes record: with a decoder layer's
+	// index before that layer's dispatches, and with -1 before those outside
+	// the layers (embedding, final norm, LM head), so that a benchmark can
+	// attribute the work it counts.
+	Trace func(layer int)
 	// NoContextGradQKVO drops the activation gradient through the frozen
 	// q/k/v/o projections on context tokens of sparse layers, as the reference
 	// implementation does (a compatibility flag, off by default).
@@ -150,7 +168,7 @@ func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
 		a.xn2, a.rstd2 = alloc("xn2", T, c.HiddenSize), alloc("rstd2", T)
 		a.g, a.u, a.h = alloc("gate", T, c.IntermediateSize), alloc("up", T, c.IntermediateSize), alloc("h", T, c.IntermediateSize)
 		for p, ad := range m.Layers[i].Adapters {
-			if ad != nil {
+			if ad != nil && ad.Rank() > 0 {
 				a.xa[p] = alloc("adapter x A^T", T, ad.Rank())
 				maxRank = max(maxRank, ad.Rank())
 			}
@@ -245,6 +263,15 @@ func (w *Workspace) prepare(m *Model, b Batch) (*batchInputs, error) {
 		}
 	}
 	in.realCount, in.contextCount, in.scoredCount = int(real[0]), int(context[0]), int(scored[0])
+	// The LM head runs on the scored tokens only, in list order.
+	headTargets := make([]uint32, T)
+	for i := range headTargets {
+		headTargets[i] = NoTarget
+	}
+	for i, row := range scored[1 : 1+in.scoredCount] {
+		headTargets[i] = in.targets[row]
+	}
+	in.targets = headTargets
 	return in, nil
 }
 
@@ -356,7 +383,7 @@ func (m *Model) attentionShape(w *Workspace) AttentionShape {
 // adapter on projection p and returns its xa.
 func (l *Layer) adapterState(p Projection, a *layerActivations) (*gpu.Tensor, error) {
 	ad := l.Adapters[p]
-	if ad == nil {
+	if ad == nil || ad.Rank() == 0 {
 		return nil, nil
 	}
 	if xa := a.xa[p]; xa != nil && xa.Shape[1] == ad.Rank() {
@@ -370,12 +397,47 @@ func (w *Workspace) dxaScratch(rank int) *gpu.Tensor {
 	return &gpu.Tensor{Buf: w.dxa.Buf, Offset: w.dxa.Offset, Shape: []int{w.Rows * w.Seq, rank}, DType: gpu.F32}
 }
 
-// project runs a frozen projection plus its adapter: y (+)= x W^T (+ b) + adapter(x).
-func (l *Layer) project(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, tokens int, accumulate bool) error {
-	if err := l.Proj[p].Forward(rec, x, y, tokens, accumulate); err != nil {
-		return fmt.Errorf("%s: %w", p, err)
+// rowsOfSet are the token rows of a GPU list with a host-known count.
+func rowsOfSet(list *gpu.IndexList, count int) RowSet { return RowSet{List: list, Count: count} }
+
+// realRows are the batch's real tokens: all rows when there is no padding (plain
+// GEMMs), else the Real list, so that padding costs no GEMM work.
+func (w *Workspace) realRows() RowSet {
+	if T := w.Rows * w.Seq; w.Tokens.RealCount == T {
+		return RowSet{Count: T}
 	}
-	return l.adapterForward(rec, p, x, y, a, tokens)
+	return rowsOfSet(&w.Tokens.Real, w.Tokens.RealCount)
+}
+
+// scoredRows are the tokens the LM head runs on.
+func (w *Workspace) scoredRows() RowSet { return rowsOfSet(&w.Tokens.Scored, w.Tokens.ScoredCount) }
+
+// projectionPart is one set of token rows a frozen projection runs on and the
+// channels it keeps there (nil: all).
+type projectionPart struct {
+	rows RowSet
+	keep *gpu.IndexList
+}
+
+// parts splits the real tokens for a frozen projection whose context tokens
+// keep the channels keep (nil: a dense layer). Scored tokens run dense unless
+// the selector runs them sparse too (skip_output_tokens: false); padding is in
+// no part (SPEC 4.5).
+func (w *Workspace) parts(keep *gpu.IndexList) []projectionPart {
+	if keep == nil || w.Selector != nil && w.Selector.SparseScoredTokens() {
+		return []projectionPart{{w.realRows(), keep}}
+	}
+	return []projectionPart{
+		{w.scoredRows(), nil},
+		{rowsOfSet(&w.Tokens.Context, w.Tokens.ContextCount), keep},
+	}
+}
+
+// writesEverything reports whether parts write every element of their output
+// (one dense part over all rows), so that overwriting needs no clearing first:
+// otherwise the rows and channels they skip must read 0.
+func writesEverything(parts []projectionPart) bool {
+	return len(parts) == 1 && !parts[0].rows.Gathered() && parts[0].keep == nil
 }
 
 // adapterForward adds the adapter's output on projection p, if any.
@@ -385,71 +447,58 @@ func (l *Layer) adapterForward(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor
 		return err
 	}
 	if ad := l.Adapters[p]; ad != nil {
-		if err := ad.Forward(rec, x, y, rowsOf(xa, 0, tokens, ad.Rank()), tokens); err != nil {
+		if xa != nil {
+			xa = rowsOf(xa, 0, tokens, ad.Rank())
+		}
+		if err := ad.Forward(rec, x, y, xa, tokens); err != nil {
 			return fmt.Errorf("%s adapter: %w", p, err)
 		}
 	}
 	return nil
 }
 
-// projectBackward adds the input gradient of a projection and its adapter to dx
-// (overwriting dx first unless accumulate) and the adapter's parameter gradients.
-func (l *Layer) projectBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, accumulate bool) error {
-	T := w.Rows * w.Seq
-	if err := l.Proj[p].BackwardInput(rec, dy, dx, T, accumulate); err != nil {
-		return fmt.Errorf("%s: %w", p, err)
+// trace reports the part of the model whose dispatches follow (see Trace).
+func (w *Workspace) trace(layer int) {
+	if w.Trace != nil {
+		w.Trace(layer)
 	}
-	return l.adapterBackward(rec, p, x, dy, dx, w, a)
 }
 
 func clearTensor(rec *gpu.Recorder, t *gpu.Tensor) { rec.Clear(t.Buf, t.Offset, t.Bytes()) }
 
 // projectKeepOutputs runs a projection that produces output channels (q, k, v,
-// gate, up): densely when keep is nil, else on the kept channels for context
-// tokens, all channels for scored tokens, and nothing for padding; the other
-// outputs are 0 before the bias and the adapter are added.
+// gate, up) over the parts of the batch (see parts): the kept channels for
+// context tokens of sparse layers, all channels otherwise, nothing for
+// padding; what a part skips is 0 before the bias and the adapter are added.
 func (l *Layer) projectKeepOutputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList) error {
-	T := w.Rows * w.Seq
-	if keep == nil {
-		return l.project(rec, p, x, y, a, T, false)
+	parts := w.parts(keep)
+	if !writesEverything(parts) {
+		clearTensor(rec, y)
 	}
-	proj := l.Proj[p]
-	clearTensor(rec, y)
-	if n := w.Tokens.ScoredCount; n > 0 {
-		if err := proj.ForwardKeepOutputs(rec, x, y, w.Tokens.Scored, n, nil); err != nil {
+	for _, part := range parts {
+		if part.rows.Count == 0 {
+			continue
+		}
+		if err := l.Proj[p].ForwardKeepOutputs(rec, x, y, part.rows, part.keep, false); err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	if n := w.Tokens.ContextCount; n > 0 {
-		if err := proj.ForwardKeepOutputs(rec, x, y, w.Tokens.Context, n, keep); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
-	}
-	return l.addBiasAndAdapter(rec, p, x, y, a, T)
+	return l.addBiasAndAdapter(rec, p, x, y, a, w.Rows*w.Seq)
 }
 
 // projectKeepInputs adds a projection that reads input channels (o, down) into
-// y: densely when keep is nil, else reading only the kept channels for context
-// tokens.
+// y over the parts of the batch: reading only the kept channels for context
+// tokens of sparse layers.
 func (l *Layer) projectKeepInputs(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList) error {
-	T := w.Rows * w.Seq
-	if keep == nil {
-		return l.project(rec, p, x, y, a, T, true)
-	}
-	proj := l.Proj[p]
-	for _, part := range []struct {
-		rows gpu.IndexList
-		n    int
-		keep *gpu.IndexList
-	}{{w.Tokens.Scored, w.Tokens.ScoredCount, nil}, {w.Tokens.Context, w.Tokens.ContextCount, keep}} {
-		if part.n == 0 {
+	for _, part := range w.parts(keep) {
+		if part.rows.Count == 0 {
 			continue
 		}
-		if err := proj.ForwardKeepInputs(rec, x, y, part.rows, part.n, part.keep, true); err != nil {
+		if err := l.Proj[p].ForwardKeepInputs(rec, x, y, part.rows, part.keep, true); err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	return l.addBiasAndAdapter(rec, p, x, y, a, T)
+	return l.addBiasAndAdapter(rec, p, x, y, a, w.Rows*w.Seq)
 }
 
 // addBiasAndAdapter adds the frozen bias (on every channel: like the adapter,
@@ -464,23 +513,20 @@ func (l *Layer) addBiasAndAdapter(rec *gpu.Recorder, p Projection, x, y *gpu.Ten
 }
 
 // backwardKeptOutputs adds to dx (overwriting it first unless accumulate) the
-// input gradient of an output-channel projection, through the kept channels
-// only for context tokens ("sparse but present"), and the adapter's part.
-func (l *Layer) backwardKeptOutputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList, accumulate, skipContext bool) error {
-	if keep == nil {
-		return l.projectBackward(rec, p, x, dy, dx, w, a, accumulate)
-	}
-	if !accumulate {
+// input gradient of an output-channel projection over the parts of the batch,
+// through the kept channels only for context tokens of sparse layers ("sparse
+// but present"; skipSparse drops that part), and the adapter's part.
+func (l *Layer) backwardKeptOutputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList, accumulate, skipSparse bool) error {
+	parts := w.parts(keep)
+	if !accumulate && !writesEverything(parts) {
 		clearTensor(rec, dx)
 	}
-	proj := l.Proj[p]
-	if n := w.Tokens.ScoredCount; n > 0 {
-		if err := proj.BackwardKeptOutputs(rec, dy, dx, w.Tokens.Scored, n, nil, true); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
+	for _, part := range parts {
+		if part.rows.Count == 0 || skipSparse && part.keep != nil {
+			continue
 		}
-	}
-	if n := w.Tokens.ContextCount; n > 0 && !skipContext {
-		if err := proj.BackwardKeptOutputs(rec, dy, dx, w.Tokens.Context, n, keep, true); err != nil {
+		// Parts hold disjoint rows, and each writes whole rows of dx.
+		if err := l.Proj[p].BackwardKeptOutputs(rec, dy, dx, part.rows, part.keep, accumulate); err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
@@ -488,20 +534,18 @@ func (l *Layer) backwardKeptOutputs(rec *gpu.Recorder, p Projection, x, dy, dx *
 }
 
 // backwardKeptInputs overwrites dx with the input gradient of an input-channel
-// projection: only the kept channels for context tokens, and the adapter's part.
-func (l *Layer) backwardKeptInputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList, skipContext bool) error {
-	if keep == nil {
-		return l.projectBackward(rec, p, x, dy, dx, w, a, false)
+// projection over the parts of the batch: only the kept channels for context
+// tokens of sparse layers (skipSparse drops that part), and the adapter's part.
+func (l *Layer) backwardKeptInputs(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.Tensor, w *Workspace, a *layerActivations, keep *gpu.IndexList, skipSparse bool) error {
+	parts := w.parts(keep)
+	if !writesEverything(parts) {
+		clearTensor(rec, dx)
 	}
-	clearTensor(rec, dx)
-	proj := l.Proj[p]
-	if n := w.Tokens.ScoredCount; n > 0 {
-		if err := proj.BackwardKeptInputs(rec, dy, dx, w.Tokens.Scored, n, nil); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
+	for _, part := range parts {
+		if part.rows.Count == 0 || skipSparse && part.keep != nil {
+			continue
 		}
-	}
-	if n := w.Tokens.ContextCount; n > 0 && !skipContext {
-		if err := proj.BackwardKeptInputs(rec, dy, dx, w.Tokens.Context, n, keep); err != nil {
+		if err := l.Proj[p].BackwardKeptInputs(rec, dy, dx, part.rows, part.keep); err != nil {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
@@ -514,7 +558,11 @@ func (l *Layer) adapterBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.
 		return err
 	}
 	if ad := l.Adapters[p]; ad != nil {
-		if err := ad.Backward(rec, x, xa, dy, dx, w.dxaScratch(ad.Rank()), w.Rows*w.Seq); err != nil {
+		var dxa *gpu.Tensor
+		if xa != nil {
+			dxa = w.dxaScratch(ad.Rank())
+		}
+		if err := ad.Backward(rec, x, xa, dy, dx, dxa, w.Rows*w.Seq); err != nil {
 			return fmt.Errorf("%s adapter: %w", p, err)
 		}
 	}
@@ -526,7 +574,7 @@ func (m *Model) Forward(rec *gpu.Recorder, w *Workspace) error {
 	if err := m.Trunk(rec, w); err != nil {
 		return err
 	}
-	return w.head.Forward(rec, w.normed, m.Head, w.targets, w.nTargets, w.Loss)
+	return w.head.Forward(rec, w.normed, w.scoredRows(), m.Head, w.targets, w.nTargets, w.Loss)
 }
 
 // Logits records the logits of every position ([rows*seq, vocab]) from the
@@ -550,6 +598,7 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
 	T := w.Rows * w.Seq
 	H, I := c.HiddenSize, c.IntermediateSize
 	eps := float32(c.RMSNormEps)
+	w.trace(-1)
 	if err := EmbeddingForward(rec, m.Embed, w.ids, w.layers[0].x, T, H); err != nil {
 		return fmt.Errorf("embedding: %w", err)
 	}
@@ -559,10 +608,12 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
 		if i+1 < len(m.Layers) {
 			next = w.layers[i+1].x
 		}
+		w.trace(i)
 		if err := m.layerForward(rec, w, i, l, a, next, T, H, I, eps); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
+	w.trace(-1)
 	if err := RMSNormForward(rec, w.final, m.Norm, w.normed, w.rstdF, T, H, eps); err != nil {
 		return fmt.Errorf("final norm: %w", err)
 	}
@@ -633,16 +684,36 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 	c := m.Config
 	T := w.Rows * w.Seq
 	H, I := c.HiddenSize, c.IntermediateSize
-	// dRes holds the gradient of the residual stream between layers.
-	if err := w.head.Backward(rec, w.normed, m.Head, w.targets, w.nTargets, w.dXn); err != nil {
+	// dRes holds the gradient of the residual stream between layers. Only the
+	// scored rows have a loss term: the head writes their gradient, and the
+	// others are 0.
+	w.trace(-1)
+	clearTensor(rec, w.dXn)
+	headGrad := w.HeadGrad
+	if m.Grads != nil {
+		headGrad = m.Grads.Head
+	}
+	if err := w.head.Backward(rec, w.normed, w.scoredRows(), m.Head, w.targets, w.nTargets, w.dXn, headGrad); err != nil {
 		return err
 	}
 	if err := RMSNormBackward(rec, w.final, m.Norm, w.rstdF, w.dXn, w.dRes, T, H, false); err != nil {
 		return fmt.Errorf("final norm backward: %w", err)
 	}
+	if g := m.Grads; g != nil {
+		if err := normWeightGrad(rec, g.Norm, w.dXn, w.final, w.rstdF, T, H); err != nil {
+			return fmt.Errorf("final norm: %w", err)
+		}
+	}
 	for i := len(m.Layers) - 1; i >= 0; i-- {
+		w.trace(i)
 		if err := m.layerBackward(rec, w, m.Layers[i], &w.layers[i], T, H, I); err != nil {
 			return fmt.Errorf("layer %d backward: %w", i, err)
+		}
+	}
+	// dRes now holds the gradient of the embeddings' output.
+	if g := m.Grads; g != nil && g.Embed != nil {
+		if err := EmbeddingBackward(rec, g.Embed, w.dRes, w.ids, w.mask, T, H); err != nil {
+			return fmt.Errorf("embedding gradient: %w", err)
 		}
 	}
 	return nil
@@ -665,6 +736,10 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 		return err
 	}
 	rec.Copy(w.dMid.Buf, w.dMid.Offset, w.dRes.Buf, w.dRes.Offset, w.dRes.Bytes())
+	inputNormGrad, postNormGrad := m.Grads.layerNormGrads(layerIndex(m, l))
+	if err := normWeightGrad(rec, postNormGrad, w.dXn, a.mid, a.rstd2, T, H); err != nil {
+		return err
+	}
 	if err := RMSNormBackward(rec, a.mid, l.PostNorm, a.rstd2, w.dXn, w.dMid, T, H, true); err != nil {
 		return err
 	}
@@ -692,71 +767,13 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 		}
 	}
 	rec.Copy(w.dRes.Buf, w.dRes.Offset, w.dMid.Buf, w.dMid.Offset, w.dMid.Bytes())
+	if err := normWeightGrad(rec, inputNormGrad, w.dXn, a.x, a.rstd1, T, H); err != nil {
+		return err
+	}
 	return RMSNormBackward(rec, a.x, l.InputNorm, a.rstd1, w.dXn, w.dRes, T, H, true)
 }
 
 // rowsOf is a view of rows [r0, r0+n) of a row-major [*, width] f32 tensor.
 func rowsOf(t *gpu.Tensor, r0, n, width int) *gpu.Tensor {
 	return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*r0*width), Shape: []int{n, width}, DType: gpu.F32}
-}
-
-// decodeStep records the forward pass of the single token at position pos of a
-// one-sequence workspace whose rows before pos hold the keys and values of the
-// earlier tokens (the KV cache): every projection, norm and MLP runs on that
-// one row, and attention reads the cached keys and values.
-func (m *Model) decodeStep(rec *gpu.Recorder, w *Workspace, pos int) error {
-	c := m.Config
-	H, I := c.HiddenSize, c.IntermediateSize
-	qDim, kvDim := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
-	eps := float32(c.RMSNormEps)
-	if err := EmbeddingForward(rec, m.Embed, rowsOf(w.ids, pos, 1, 1), rowsOf(w.layers[0].x, pos, 1, H), 1, H); err != nil {
-		return fmt.Errorf("embedding: %w", err)
-	}
-	for i, l := range m.Layers {
-		a := &w.layers[i]
-		next := w.final
-		if i+1 < len(m.Layers) {
-			next = w.layers[i+1].x
-		}
-		x, xn1, mid, xn2 := rowsOf(a.x, pos, 1, H), rowsOf(a.xn1, pos, 1, H), rowsOf(a.mid, pos, 1, H), rowsOf(a.xn2, pos, 1, H)
-		q, k, v := rowsOf(a.q, pos, 1, qDim), rowsOf(a.k, pos, 1, kvDim), rowsOf(a.v, pos, 1, kvDim)
-		g, u, h := rowsOf(a.g, pos, 1, I), rowsOf(a.u, pos, 1, I), rowsOf(a.h, pos, 1, I)
-		out := rowsOf(next, pos, 1, H)
-		row := &layerActivations{}
-		for p, xa := range a.xa {
-			if xa != nil {
-				row.xa[p] = rowsOf(xa, pos, 1, xa.Shape[1])
-			}
-		}
-		steps := []func() error{
-			func() error { return RMSNormForward(rec, x, l.InputNorm, xn1, rowsOf(a.rstd1, pos, 1, 1), 1, H, eps) },
-			func() error { return l.project(rec, ProjQ, xn1, q, row, 1, false) },
-			func() error { return l.project(rec, ProjK, xn1, k, row, 1, false) },
-			func() error { return l.project(rec, ProjV, xn1, v, row, 1, false) },
-			func() error { return RopeForwardAt(rec, m.Rope, q, 1, pos, c.NumAttentionHeads, c.HeadDim) },
-			func() error { return RopeForwardAt(rec, m.Rope, k, 1, pos, c.NumKeyValueHeads, c.HeadDim) },
-			// Causality keeps row pos from seeing the rows after it, whatever they hold.
-			func() error {
-				return AttentionForward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse)
-			},
-			func() error {
-				rec.Copy(mid.Buf, mid.Offset, x.Buf, x.Offset, x.Bytes())
-				return l.project(rec, ProjO, rowsOf(a.attn, pos, 1, qDim), mid, row, 1, true)
-			},
-			func() error { return RMSNormForward(rec, mid, l.PostNorm, xn2, rowsOf(a.rstd2, pos, 1, 1), 1, H, eps) },
-			func() error { return l.project(rec, ProjGate, xn2, g, row, 1, false) },
-			func() error { return l.project(rec, ProjUp, xn2, u, row, 1, false) },
-			func() error { return SwiGLUForward(rec, g, u, h, I) },
-			func() error {
-				rec.Copy(out.Buf, out.Offset, mid.Buf, mid.Offset, mid.Bytes())
-				return l.project(rec, ProjDown, h, out, row, 1, true)
-			},
-		}
-		for _, step := range steps {
-			if err := step(); err != nil {
-				return fmt.Errorf("layer %d: %w", i, err)
-			}
-		}
-	}
-	return RMSNormForward(rec, rowsOf(w.final, pos, 1, H), m.Norm, rowsOf(w.normed, pos, 1, H), rowsOf(w.rstdF, pos, 1, 1), 1, H, eps)
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/sparselora/sparselora/model"
 )
 
-// paperTables is /work/shared/paper-sparsity-tables.json: the paper's Table 12
+// paperTables is testdata/paper-sparsity-tables.json (a copy of the shared file): the paper's Table 12
 // as the shipped YAML files must reproduce it.
 type paperTables struct {
 	Configs map[string]struct {

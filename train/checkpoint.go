@@ -38,18 +38,19 @@ type trainerState struct {
 	Fingerprint string `json:"fingerprint"`
 }
 
-// saveCheckpoint writes out/checkpoint-<step> atomically: into a temporary
+// saveCheckpoint writes out/checkpoint-<step> atomically (the trained
+// parameters through save, the optimizer moments and the trainer state): into a temporary
 // directory first, renamed when complete, so a crash or a second Ctrl-C never
 // leaves a partial checkpoint under the final name. Older checkpoints beyond
 // keep are removed.
-func saveCheckpoint(ctx context.Context, out string, st trainerState, adapters *lora.Set, opt *lora.Optimizer, keep int) (string, error) {
+func saveCheckpoint(ctx context.Context, out string, st trainerState, save func(dir string) error, opt *lora.Optimizer, keep int) (string, error) {
 	final := filepath.Join(out, fmt.Sprintf("%s%d", checkpointPrefix, st.Step))
 	tmp, err := os.MkdirTemp(out, "."+filepath.Base(final)+".tmp-")
 	if err != nil {
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
-	if err := adapters.Save(tmp); err != nil {
+	if err := save(tmp); err != nil {
 		return "", err
 	}
 	moments := map[string]safetensors.Tensor{}

@@ -16,6 +16,13 @@ type Config struct {
 	Data        string `yaml:"data"`
 	Out         string `yaml:"out"`
 	AdapterInit string `yaml:"adapter-init,omitempty"`
+	// Tokenizer is a directory with tokenizer.json when --model has none
+	// (or with --init-config).
+	Tokenizer string `yaml:"tokenizer,omitempty"`
+	// Full trains every weight instead of LoRA adapters; InitConfig starts
+	// it from random weights of that config.json instead of --model.
+	Full       bool   `yaml:"full"`
+	InitConfig string `yaml:"init-config,omitempty"`
 
 	Rank    int     `yaml:"rank"`
 	Alpha   float64 `yaml:"alpha"`
@@ -72,15 +79,23 @@ func (c *Config) Validate() error {
 	}
 	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 	switch {
-	case c.Model == "":
-		return errors.New("--model: a model directory is required")
+	case c.Model == "" && c.InitConfig == "":
+		return errors.New("--model: a model directory is required (or --full --init-config config.json)")
+	case c.InitConfig != "" && !c.Full:
+		return errors.New("--init-config: random initial weights are for full-parameter training (--full)")
+	case c.Full && c.AdapterInit != "":
+		return errors.New("--full and --adapter-init: full-parameter training has no adapter")
+	case c.Full && c.BF16:
+		return errors.New("--full and --bf16: trained weights must be f32 (small updates vanish in bf16)")
+	case c.Full && c.Sparsity != "auto" && c.Sparsity != "dense":
+		return fmt.Errorf("--full and --sparsity %s: SparseLoRA sparsifies frozen weights; full-parameter training runs dense", c.Sparsity)
 	case c.Data == "":
 		return errors.New("--data: a JSONL file is required")
 	case c.Out == "":
 		return errors.New("--out: a run directory is required")
-	case c.AdapterInit == "" && (c.Rank <= 0 || c.Rank > 4096):
+	case !c.Full && c.AdapterInit == "" && (c.Rank <= 0 || c.Rank > 4096):
 		return bad("rank", c.Rank, "want 1..4096")
-	case c.AdapterInit == "" && (!finite(c.Alpha) || c.Alpha == 0):
+	case !c.Full && c.AdapterInit == "" && (!finite(c.Alpha) || c.Alpha == 0):
 		return bad("alpha", c.Alpha, "want a finite, non-zero number")
 	case c.BatchSize <= 0 || c.BatchSize > 4096:
 		return bad("batch-size", c.BatchSize, "want 1..4096")
@@ -122,7 +137,7 @@ func (c *Config) Validate() error {
 	if _, err := lora.ParseScheduleKind(c.Schedule); err != nil {
 		return fmt.Errorf("--schedule: %w", err)
 	}
-	if c.AdapterInit == "" {
+	if !c.Full && c.AdapterInit == "" {
 		if _, err := lora.ParseTargets(c.Targets); err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -13,11 +14,13 @@ import (
 
 	"github.com/sparselora/sparselora/data"
 	"github.com/sparselora/sparselora/evaluate"
+	"github.com/sparselora/sparselora/full"
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/infer"
 	"github.com/sparselora/sparselora/internal/atomicfile"
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/model/safetensors"
 	"github.com/sparselora/sparselora/predictor"
 	"github.com/sparselora/sparselora/tokenizer"
 )
@@ -104,11 +107,20 @@ func Run(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (*Result
 
 // run is one training run's state.
 type run struct {
-	cfg      Config
-	hooks    Hooks
-	dev      *gpu.Device
-	m        *model.Model
+	cfg   Config
+	hooks Hooks
+	dev   *gpu.Device
+	m     *model.Model
+	// configJSON is the config the model came from (written with full
+	// checkpoints), read from configPath.
+	configJSON []byte
+	configPath string
+	tok        *tokenizer.Tokenizer
+	// adapters are the LoRA adapters (nil with --full); params are what the
+	// optimizer trains and save writes them into a directory.
 	adapters *lora.Set
+	params   Trainable
+	save     func(dir string) error
 	opt      *lora.Optimizer
 	ws       *model.Workspace
 	trainer  *Trainer
@@ -144,106 +156,41 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 		}
 	}()
 	r.plan.Adapter, r.plan.ModelDir = dev.Info, cfg.Model
-	mcfg, err := model.LoadConfig(filepath.Join(cfg.Model, model.ConfigFileName))
+	if cfg.InitConfig != "" {
+		r.plan.ModelDir = cfg.InitConfig + " (random weights)"
+	}
+	if r.configJSON, r.configPath, err = cfg.sourceConfig(); err != nil {
+		return nil, err
+	}
+	mcfg, err := model.ParseConfig(r.configJSON, r.configPath)
 	if err != nil {
 		return nil, err
 	}
-	// The tokenizer is needed by every format but pre-tokenized ids.
-	var tok data.Tokenizer
-	var tk *tokenizer.Tokenizer
-	if _, statErr := os.Stat(filepath.Join(cfg.Model, "tokenizer.json")); statErr == nil {
-		if tk, err = tokenizer.Load(cfg.Model); err != nil {
-			return nil, err
-		}
-		tok = tk
-	} else if cfg.EvalData != "" && cfg.EvalMetric == "exact-match" {
-		return nil, fmt.Errorf("--eval-metric exact-match: %s has no tokenizer.json to decode completions with", cfg.Model)
-	}
-	dopts := data.Options{MaxSeqLen: cfg.MaxSeqLen, SkipBadLines: cfg.SkipBadLines, VocabSize: mcfg.VocabSize}
-	train, err := data.LoadContext(ctx, cfg.Data, tok, dopts)
-	if err != nil {
+	if err := r.loadData(ctx, mcfg); err != nil {
 		return nil, err
 	}
-	r.plan.TrainData = train
-	seq := train.MaxLen
-	if cfg.EvalData != "" {
-		if r.evalData, err = data.LoadContext(ctx, cfg.EvalData, tok, dopts); err != nil {
-			return nil, err
-		}
-		r.plan.EvalData = r.evalData
-		seq = max(seq, r.evalData.MaxLen)
-	}
-	if seq > mcfg.MaxPositionEmbeddings {
-		return nil, fmt.Errorf("%s: examples of %d tokens exceed the model's max_position_embeddings %d (lower --max-seq-len)", cfg.Data, seq, mcfg.MaxPositionEmbeddings)
-	}
-	r.plan.Seq = seq
-	if r.loader, err = data.NewLoader(train, data.LoaderOptions{BatchSize: cfg.BatchSize, GradAccum: cfg.GradAccum,
-		Shuffle: !cfg.NoShuffle, Seed: cfg.Seed, Seq: seq}); err != nil {
-		return nil, err
-	}
-	r.plan.StepsPerEp = r.loader.StepsPerEpoch()
-	total := cfg.MaxSteps
-	if total == 0 {
-		total = cfg.Epochs * r.plan.StepsPerEp
-	}
-	r.plan.TotalSteps = total
-	warmup := cfg.WarmupSteps
-	if cfg.WarmupRatio > 0 {
-		// transformers: ceil(ratio * total steps).
-		warmup = int(math.Ceil(cfg.WarmupRatio * float64(total)))
-	}
-	kind, _ := lora.ParseScheduleKind(cfg.Schedule)
-	r.schedule = lora.Schedule{Kind: kind, WarmupSteps: warmup, TotalSteps: total, BaseRate: cfg.LR}
-
-	dtype := gpu.F32
-	if cfg.BF16 {
-		dtype = gpu.BF16
-	}
-	if r.m, r.plan.Warnings, err = model.LoadWithWarnings(dev, cfg.Model, dtype); err != nil {
-		return nil, err
-	}
-	r.cleanup = append(r.cleanup, r.m.Release)
-	r.plan.Config = r.m.Config
-	r.plan.Total = r.m.Config.ParameterCount()
-	r.plan.Memory = r.m.Config.EstimateMemory(dtype, cfg.BatchSize, seq)
-
 	resumeDir, st, err := r.resumePoint()
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case resumeDir != "":
-		r.adapters, err = lora.Load(r.m, resumeDir)
-	case cfg.AdapterInit != "":
-		r.adapters, err = lora.Load(r.m, cfg.AdapterInit)
-	default:
-		targets, _ := lora.ParseTargets(cfg.Targets)
-		r.adapters, err = lora.NewSet(r.m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, BaseModel: cfg.Model}, cfg.Seed)
-	}
-	if err != nil {
+	if err := r.loadModel(resumeDir); err != nil {
 		return nil, err
 	}
-	r.cleanup = append(r.cleanup, r.adapters.Release)
-	r.adapters.Attach(r.m)
-	for _, p := range r.adapters.Params() {
-		r.plan.Trainable += int64(p.Value.Len())
-	}
-	adamw := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm}
-	if r.opt, err = lora.NewOptimizer(dev, r.adapters.Params(), adamw); err != nil {
+	if err := r.setUpParameters(resumeDir); err != nil {
 		return nil, err
 	}
-	r.cleanup = append(r.cleanup, r.opt.Release)
+	seq := r.plan.Seq
 	if r.ws, err = r.m.NewWorkspace(cfg.BatchSize, seq); err != nil {
 		return nil, err
 	}
 	r.cleanup = append(r.cleanup, r.ws.Release)
-	if r.trainer, err = NewTrainer(r.m, r.adapters, r.opt, r.ws); err != nil {
+	if r.trainer, err = NewTrainer(r.m, r.params, r.opt, r.ws); err != nil {
 		return nil, err
 	}
 	r.cleanup = append(r.cleanup, r.trainer.Release)
 	switch {
 	case r.evalData != nil && cfg.EvalMetric == "exact-match":
-		if r.session, err = infer.NewSession(r.m, tk, cfg.Model, seq+cfg.EvalMaxNewTokens); err != nil {
+		if r.session, err = infer.NewSession(r.m, r.tok, cfg.tokenizerDir(), seq+cfg.EvalMaxNewTokens); err != nil {
 			return nil, err
 		}
 		r.cleanup = append(r.cleanup, r.session.Release)
@@ -256,7 +203,7 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	if err := r.resolveSparsity(); err != nil {
 		return nil, err
 	}
-	r.fprint = r.fingerprint(seq, total, warmup)
+	r.fprint = r.fingerprint(seq, r.plan.TotalSteps, r.schedule.WarmupSteps)
 	if resumeDir != "" {
 		if st.Fingerprint != r.fprint {
 			return nil, fmt.Errorf("%s was written by a run with other settings (%s); resuming with these (%s) would not reproduce it: use the run's %s", resumeDir, st.Fingerprint, r.fprint, ConfigFileName)
@@ -290,6 +237,180 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	return r, nil
 }
 
+// sourceConfig reads the config.json the run starts from: --init-config, or
+// the model directory's.
+func (c Config) sourceConfig() ([]byte, string, error) {
+	path := c.InitConfig
+	if path == "" {
+		path = filepath.Join(c.Model, model.ConfigFileName)
+	}
+	raw, err := os.ReadFile(path)
+	return raw, path, err
+}
+
+// tokenizerDir is where the tokenizer comes from: --tokenizer, else --model.
+func (c Config) tokenizerDir() string {
+	if c.Tokenizer != "" {
+		return c.Tokenizer
+	}
+	return c.Model
+}
+
+// loadData reads the tokenizer (every format but pre-tokenized ids needs
+// it), the training and evaluation data, and sizes the run from them.
+func (r *run) loadData(ctx context.Context, mcfg *model.Config) error {
+	cfg := r.cfg
+	var tok data.Tokenizer
+	dir := cfg.tokenizerDir()
+	if _, statErr := os.Stat(filepath.Join(dir, "tokenizer.json")); dir != "" && statErr == nil {
+		var err error
+		if r.tok, err = tokenizer.Load(dir); err != nil {
+			return err
+		}
+		tok = r.tok
+	} else if cfg.EvalData != "" && cfg.EvalMetric == "exact-match" {
+		return fmt.Errorf("--eval-metric exact-match: no tokenizer.json in %q to decode completions with (see --tokenizer)", dir)
+	}
+	dopts := data.Options{MaxSeqLen: cfg.MaxSeqLen, SkipBadLines: cfg.SkipBadLines, VocabSize: mcfg.VocabSize}
+	train, err := data.LoadContext(ctx, cfg.Data, tok, dopts)
+	if err != nil {
+		return err
+	}
+	r.plan.TrainData = train
+	seq := train.MaxLen
+	if cfg.EvalData != "" {
+		if r.evalData, err = data.LoadContext(ctx, cfg.EvalData, tok, dopts); err != nil {
+			return err
+		}
+		r.plan.EvalData = r.evalData
+		seq = max(seq, r.evalData.MaxLen)
+	}
+	if seq > mcfg.MaxPositionEmbeddings {
+		return fmt.Errorf("%s: examples of %d tokens exceed the model's max_position_embeddings %d (lower --max-seq-len)", cfg.Data, seq, mcfg.MaxPositionEmbeddings)
+	}
+	r.plan.Seq = seq
+	if r.loader, err = data.NewLoader(train, data.LoaderOptions{BatchSize: cfg.BatchSize, GradAccum: cfg.GradAccum,
+		Shuffle: !cfg.NoShuffle, Seed: cfg.Seed, Seq: seq}); err != nil {
+		return err
+	}
+	r.plan.StepsPerEp = r.loader.StepsPerEpoch()
+	total := cfg.MaxSteps
+	if total == 0 {
+		total = cfg.Epochs * r.plan.StepsPerEp
+	}
+	r.plan.TotalSteps = total
+	warmup := cfg.WarmupSteps
+	if cfg.WarmupRatio > 0 {
+		// transformers: ceil(ratio * total steps).
+		warmup = int(math.Ceil(cfg.WarmupRatio * float64(total)))
+	}
+	kind, _ := lora.ParseScheduleKind(cfg.Schedule)
+	r.schedule = lora.Schedule{Kind: kind, WarmupSteps: warmup, TotalSteps: total, BaseRate: cfg.LR}
+	return nil
+}
+
+// loadModel loads the base model: from the newest checkpoint when resuming
+// full-parameter training, random (as transformers initialises) with
+// --init-config, else from --model.
+func (r *run) loadModel(resumeDir string) error {
+	cfg := r.cfg
+	dtype := gpu.F32
+	if cfg.BF16 {
+		dtype = gpu.BF16
+	}
+	var err error
+	switch {
+	case cfg.Full && resumeDir != "":
+		r.m, r.plan.Warnings, err = model.LoadWithWarnings(r.dev, resumeDir, dtype)
+	case cfg.InitConfig != "":
+		var mcfg *model.Config
+		if mcfg, err = model.ParseConfig(r.configJSON, r.configPath); err == nil {
+			if r.m, err = model.NewRandom(r.dev, mcfg, gpu.F32, mcfg.MaxPositionEmbeddings, cfg.Seed); err == nil {
+				err = full.InitRandom(r.m, initializerRange(r.configJSON), cfg.Seed)
+			}
+		}
+	default:
+		r.m, r.plan.Warnings, err = model.LoadWithWarnings(r.dev, cfg.Model, dtype)
+	}
+	if err != nil {
+		if r.m != nil {
+			r.m.Release()
+		}
+		return err
+	}
+	r.cleanup = append(r.cleanup, r.m.Release)
+	if cfg.Full {
+		// The weights change: the SVD cache must never key on the files.
+		r.m.Sources = nil
+	}
+	r.plan.Config = r.m.Config
+	r.plan.Total = r.m.Config.ParameterCount()
+	r.plan.Memory = r.m.Config.EstimateMemory(dtype, cfg.BatchSize, r.plan.Seq)
+	return nil
+}
+
+// initializerRange is config.json's initializer_range (transformers'
+// default 0.02).
+func initializerRange(configJSON []byte) float64 {
+	var c struct {
+		Range *float64 `json:"initializer_range"`
+	}
+	if json.Unmarshal(configJSON, &c) == nil && c.Range != nil {
+		return *c.Range
+	}
+	return 0.02
+}
+
+// setUpParameters makes the trainable parameters (LoRA adapters, or every
+// weight with --full) and their optimizer, and how to save them.
+func (r *run) setUpParameters(resumeDir string) error {
+	cfg := r.cfg
+	var params []lora.Param
+	if cfg.Full {
+		set, err := full.New(r.m)
+		if err != nil {
+			return err
+		}
+		r.cleanup = append(r.cleanup, set.Release)
+		r.params, params = set, set.Params()
+		r.save = func(dir string) error {
+			if err := r.m.Save(context.Background(), dir, r.configJSON, safetensors.F32); err != nil {
+				return err
+			}
+			_, err := model.CopyCompanions(cfg.tokenizerDir(), dir)
+			return err
+		}
+	} else {
+		var adapters *lora.Set
+		var err error
+		switch {
+		case resumeDir != "":
+			adapters, err = lora.Load(r.m, resumeDir)
+		case cfg.AdapterInit != "":
+			adapters, err = lora.Load(r.m, cfg.AdapterInit)
+		default:
+			targets, _ := lora.ParseTargets(cfg.Targets)
+			adapters, err = lora.NewSet(r.m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, BaseModel: cfg.Model}, cfg.Seed)
+		}
+		if err != nil {
+			return err
+		}
+		r.cleanup = append(r.cleanup, adapters.Release)
+		adapters.Attach(r.m)
+		r.adapters, r.params, params, r.save = adapters, adapters, adapters.Params(), adapters.Save
+	}
+	for _, p := range params {
+		r.plan.Trainable += int64(p.Value.Len())
+	}
+	adamw := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm}
+	var err error
+	if r.opt, err = lora.NewOptimizer(r.dev, params, adamw); err != nil {
+		return err
+	}
+	r.cleanup = append(r.cleanup, r.opt.Release)
+	return nil
+}
+
 // resumePoint finds the newest complete checkpoint when --resume is set.
 func (r *run) resumePoint() (string, trainerState, error) {
 	if !r.cfg.Resume {
@@ -314,13 +435,17 @@ func (r *run) resumePoint() (string, trainerState, error) {
 // with different ones is refused.
 func (r *run) fingerprint(seq, total, warmup int) string {
 	c := r.cfg
-	return fmt.Sprintf("data=%s examples=%d seq=%d batch=%d accum=%d steps=%d lr=%g schedule=%s warmup=%d wd=%g clip=%g shuffle=%t seed=%d sparsity=%s bf16=%t",
-		filepath.Base(c.Data), len(r.plan.TrainData.Examples), seq, c.BatchSize, c.GradAccum, total, c.LR, c.Schedule, warmup,
+	return fmt.Sprintf("full=%t data=%s examples=%d seq=%d batch=%d accum=%d steps=%d lr=%g schedule=%s warmup=%d wd=%g clip=%g shuffle=%t seed=%d sparsity=%s bf16=%t",
+		c.Full, filepath.Base(c.Data), len(r.plan.TrainData.Examples), seq, c.BatchSize, c.GradAccum, total, c.LR, c.Schedule, warmup,
 		c.WeightDecay, c.MaxGradNorm, !c.NoShuffle, c.Seed, c.Sparsity, c.BF16)
 }
 
 // resolveSparsity picks the run's sparsity table (nil: dense).
 func (r *run) resolveSparsity() error {
+	if r.cfg.Full {
+		r.plan.Sparsity, r.plan.SparseFrom = "dense (full-parameter training)", r.plan.TotalSteps
+		return nil
+	}
 	table, note, err := ResolveSparsity(r.cfg.Sparsity, r.m.Config)
 	if err != nil {
 		return err
@@ -372,6 +497,10 @@ func (r *run) setUpPredictor(ctx context.Context) error {
 // stepFLOPs is the analytic FLOP count of one optimizer step's micro-batches,
 // dense and as run.
 func (r *run) stepFLOPs(micro []data.Batch, sparse bool) (dense, actual float64, err error) {
+	if r.adapters == nil {
+		// Full-parameter training runs dense: the ratio is 1.
+		return 1, 1, nil
+	}
 	targets := make([]model.Projection, 0, 7)
 	targets = append(targets, r.adapters.Config.Targets...)
 	for _, b := range micro {
@@ -512,8 +641,8 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	if res.Interrupted {
 		return res, ErrInterrupted
 	}
-	if err := r.adapters.Save(r.cfg.Out); err != nil {
-		return nil, fmt.Errorf("saving the adapter: %w", err)
+	if err := r.save(r.cfg.Out); err != nil {
+		return nil, fmt.Errorf("saving the trained parameters: %w", err)
 	}
 	return res, nil
 }
@@ -542,7 +671,7 @@ func (r *run) evaluate(ctx context.Context, rec *Record, res *Result) error {
 func (r *run) checkpoint(ctx context.Context, step int, epoch float64) (string, error) {
 	st := trainerState{Step: step, TotalSteps: r.plan.TotalSteps, Epoch: epoch, Cursor: r.loader.Cursor(),
 		Tokens: r.tokens, Fingerprint: r.fprint}
-	dir, err := saveCheckpoint(ctx, r.cfg.Out, st, r.adapters, r.opt, r.cfg.Keep)
+	dir, err := saveCheckpoint(ctx, r.cfg.Out, st, r.save, r.opt, r.cfg.Keep)
 	if err != nil {
 		return "", fmt.Errorf("checkpoint at step %d: %w", step, err)
 	}

@@ -17,13 +17,20 @@ import (
 	"github.com/sparselora/sparselora/model"
 )
 
-// Trainer runs optimizer steps of a model's LoRA adapters in one workspace.
-// It does not own the model, adapters, optimizer or workspace.
+// Trainable is what a step trains: LoRA adapters (*lora.Set) or every
+// weight (*full.Set); the optimizer holds its parameters.
+type Trainable interface {
+	// ZeroGrad records zeroing the gradients, which start an accumulation.
+	ZeroGrad(rec *gpu.Recorder) error
+}
+
+// Trainer runs optimizer steps of a model's trainable parameters in one
+// workspace. It does not own the model, parameters, optimizer or workspace.
 type Trainer struct {
-	Model    *model.Model
-	Adapters *lora.Set
-	Opt      *lora.Optimizer
-	WS       *model.Workspace
+	Model  *model.Model
+	Params Trainable
+	Opt    *lora.Optimizer
+	WS     *model.Workspace
 
 	rec *gpu.Recorder
 	// lossSum accumulates on the GPU the loss of every step since the last
@@ -33,20 +40,20 @@ type Trainer struct {
 	unread int
 }
 
-// NewTrainer prepares steps over m's attached adapters in ws (sized for one
+// NewTrainer prepares steps over params (attached to m) in ws (sized for one
 // micro-batch).
-func NewTrainer(m *model.Model, adapters *lora.Set, opt *lora.Optimizer, ws *model.Workspace) (*Trainer, error) {
-	if m == nil || adapters == nil || opt == nil || ws == nil {
-		return nil, errors.New("train: NewTrainer needs a model, adapters, an optimizer and a workspace")
+func NewTrainer(m *model.Model, params Trainable, opt *lora.Optimizer, ws *model.Workspace) (*Trainer, error) {
+	if m == nil || params == nil || opt == nil || ws == nil {
+		return nil, errors.New("train: NewTrainer needs a model, trainable parameters, an optimizer and a workspace")
 	}
 	sum, err := m.Dev.NewTensor(gpu.F32, "loss sum", 1)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	return &Trainer{Model: m, Adapters: adapters, Opt: opt, WS: ws, rec: m.Dev.NewRecorder(), lossSum: sum}, nil
+	return &Trainer{Model: m, Params: params, Opt: opt, WS: ws, rec: m.Dev.NewRecorder(), lossSum: sum}, nil
 }
 
-// Release frees what the trainer allocated (not the model, adapters,
+// Release frees what the trainer allocated (not the model, parameters,
 // optimizer or workspace).
 func (t *Trainer) Release() {
 	t.rec.Release()
@@ -83,7 +90,7 @@ func (t *Trainer) Step(micro []model.Batch, lr float64, sel model.ChannelSelecto
 
 func (t *Trainer) record(micro int, lr float64) error {
 	rec, ws := t.rec, t.WS
-	if err := t.Adapters.ZeroGrad(rec); err != nil {
+	if err := t.Params.ZeroGrad(rec); err != nil {
 		return err
 	}
 	for i := range micro {
