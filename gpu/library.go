@@ -18,11 +18,11 @@ package gpu
 import "C"
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -52,7 +52,10 @@ func platformDir() string {
 
 // FindLibrary returns the path of the WebGPU library: $SPARSELORA_WEBGPU_LIB if set,
 // else .cache/dawn/<platform>/ in the working directory, the executable's directory
-// or any of their parents (where `make setup` puts it).
+// or any of their parents (where `make setup` puts it in a checkout), else
+// ../lib/sparselora/ beside the executable (`make install`), else the user's
+// cache folder, sparselora/dawn/<platform>/ (where `make setup` also copies it),
+// so an installed binary finds it from any working directory.
 func FindLibrary() (string, error) {
 	if p := os.Getenv(LibraryEnv); p != "" {
 		if _, err := os.Stat(p); err != nil {
@@ -80,9 +83,28 @@ func FindLibrary() (string, error) {
 			}
 		}
 	}
-	return "", errors.New("no WebGPU library found: run `make setup` in the sparselora " +
-		"checkout (it fetches Dawn into .cache/dawn/" + platformDir() + "/), or set " +
-		LibraryEnv + " to a webgpu.h shared library such as Dawn's libwebgpu_dawn or wgpu-native")
+	var dirs []string
+	if exe, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Join(filepath.Dir(exe), "..", "lib", "sparselora"))
+	}
+	if cache, err := os.UserCacheDir(); err == nil {
+		dirs = append(dirs, filepath.Join(cache, "sparselora", "dawn", platformDir()))
+	}
+	for _, dir := range dirs {
+		for _, name := range libraryNames() {
+			if p := filepath.Join(dir, name); fileExists(p) {
+				return filepath.Clean(p), nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no WebGPU library found in .cache/dawn/%s/ above the working directory or the executable, nor in %s: "+
+		"run `make setup` in the sparselora checkout (it fetches Dawn), or set %s to a webgpu.h shared library "+
+		"such as Dawn's libwebgpu_dawn or wgpu-native", platformDir(), strings.Join(dirs, " or "), LibraryEnv)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 var library struct {
