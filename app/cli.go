@@ -32,6 +32,7 @@ func commands() []command {
 		{"plot", "draw a training run's charts (PNG) and summary.md from its metrics.jsonl", runPlot},
 		{"merge", "fold a LoRA adapter into its base model and write an HF checkpoint", runMerge},
 		{"tokenize", "tokenize JSONL text/chat messages or decode ids with a model's tokenizer", runTokenize},
+		{"data", "generate the built-in task and pretraining corpus, or train a BPE tokenizer", runData},
 	}
 }
 
@@ -99,12 +100,20 @@ func newFlags(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
 // positional arguments (fs.Args() holds them); commands that take a fixed
 // number call parseCommand instead.
 func parseFlags(fs *flag.FlagSet, args []string) error {
+	// The flag package prints the usage for --help and after a parse error
+	// alike; the full flag list belongs on stdout for --help only, and an
+	// error gets a one-line hint on stderr instead.
+	usage := fs.Usage
+	fs.Usage = func() {}
+	defer func() { fs.Usage = usage }()
 	var positionals []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
+				usage()
 				return err
 			}
+			fmt.Fprintf(fs.Output(), "run `sparselora %s --help` for the flags\n", fs.Name())
 			return errUsage
 		}
 		rest := fs.Args()

@@ -58,12 +58,8 @@ func runConformance(ctx context.Context, args []string, stdout, stderr io.Writer
 	sparse := fs.Bool("sparse", false, "check one SparseLoRA step with the sparsity and rank of DIR/sparse_reference.json")
 	var df deviceFlags
 	df.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseCommand(fs, args, "DIR"); err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "conformance: want exactly one fixture directory")
-		return errUsage
 	}
 	dir := fs.Arg(0)
 	var checks []check

@@ -14,7 +14,7 @@ import (
 func runDevices(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("devices", "devices [--json]", stdout, stderr)
 	asJSON := fs.Bool("json", false, "print the adapters as JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseCommand(fs, args); err != nil {
 		return err
 	}
 	in, err := gpu.NewInstance()

@@ -5,29 +5,36 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
 )
 
 func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("inspect", "inspect [--batch B --seq T --bf16 --rank R --targets q,k,v,o,gate,up,down] DIR", stdout, stderr)
+	fs := newFlags("inspect", "inspect DIR [--batch B --seq T --bf16 --rank R --targets q,k,v,o,gate,up,down] (flags before or after DIR)", stdout, stderr)
 	batch := fs.Int("batch", 4, "sequences per batch for the memory estimate")
 	seq := fs.Int("seq", 512, "tokens per sequence for the memory estimate")
 	bf16 := fs.Bool("bf16", false, "estimate with frozen weights stored as bf16")
 	rank := fs.Int("rank", 16, "LoRA rank for the memory estimate")
 	targets := fs.String("targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "LoRA target modules")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseCommand(fs, args, "DIR"); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "inspect: want exactly one model directory")
-		return errUsage
+	for _, f := range []struct {
+		name  string
+		value int
+	}{{"batch", *batch}, {"seq", *seq}, {"rank", *rank}} {
+		if err := checkPositive(f.name, f.value); err != nil {
+			return err
+		}
 	}
-	if *batch <= 0 || *seq <= 0 || *rank <= 0 {
-		return fmt.Errorf("--batch, --seq and --rank must be positive")
+	targetList, err := lora.ParseTargets(*targets)
+	if err != nil {
+		return err
 	}
 	dir := fs.Arg(0)
 	cfg, err := model.LoadConfig(filepath.Join(dir, model.ConfigFileName))
@@ -39,8 +46,12 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer ckpt.Close()
-	if err := model.CheckCheckpoint(cfg, ckpt); err != nil {
+	warnings, err := model.VerifyCheckpoint(cfg, ckpt)
+	if err != nil {
 		return err
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "sparselora inspect: warning: %s\n", w)
 	}
 	dtypes := map[safetensors.Dtype]int{}
 	for _, name := range ckpt.Names() {
@@ -52,19 +63,11 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	for d, n := range dtypes {
 		stored = append(stored, fmt.Sprintf("%s (%d tensors)", d, n))
 	}
-	projections := map[string]model.Projection{}
-	for _, p := range model.Projections {
-		projections[p.String()] = p
-		projections[strings.TrimSuffix(p.String(), "_proj")] = p
-	}
+	slices.Sort(stored)
 	var loraParams int64
-	for _, t := range strings.Split(*targets, ",") {
-		p, ok := projections[strings.TrimSpace(t)]
-		if !ok {
-			return fmt.Errorf("--targets: unknown module %q", t)
-		}
+	for _, p := range targetList {
 		in, out := projectionShape(cfg, p)
-		loraParams += int64(*rank * (in + out))
+		loraParams += int64(*rank) * int64(in+out)
 	}
 	loraParams *= int64(cfg.NumHiddenLayers)
 	dtype := gpu.F32
@@ -87,6 +90,7 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "  total           %s\n", bytesString(mem.Weights+loraBytes+mem.Activations))
 	return nil
 }
+
 
 // projectionShape is (in, out) of a projection.
 func projectionShape(c *model.Config, p model.Projection) (int, int) {

@@ -1,15 +1,15 @@
 package lora
 
 import (
+	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/internal/atomicfile"
@@ -58,6 +58,9 @@ func (k Key) PEFTName() string {
 type Set struct {
 	Config   Config
 	Adapters map[Key]*LoRA
+	// Layers is PEFT's layers_to_transform when the adapter covers only
+	// some layers (nil: every layer), written back by Save.
+	Layers []int
 }
 
 // Keys lists the adapted projections in layer, then projection order.
@@ -191,6 +194,9 @@ func (s *Set) Save(dir string) error {
 	cfg := peftConfig{PeftType: "LORA", TaskType: "CAUSAL_LM", BaseModel: base, R: s.Config.Rank,
 		LoraAlpha: s.Config.Alpha, TargetModules: rawTargets, Bias: "none", UseRSLoRA: s.Config.RSLoRA,
 		InitLoraWeights: true, InferenceMode: true, RankPattern: map[string]any{}, AlphaPattern: map[string]any{}}
+	if len(s.Layers) > 0 {
+		cfg.LayersToTransform = s.Layers
+	}
 	raw, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
@@ -219,45 +225,20 @@ func (s *Set) Save(dir string) error {
 	return atomicfile.WriteFile(filepath.Join(dir, ConfigFileName), append(raw, '\n'))
 }
 
-// Load reads a PEFT LoRA adapter directory for model m. Which projections of
-// which layers are adapted comes from the weight file's keys, checked against
-// adapter_config.json; unsupported PEFT options are rejected by name.
+// Load reads a PEFT LoRA adapter directory for model m. adapter_config.json
+// decides which projections of which layers are adapted (target_modules,
+// layers_to_transform; see ParseAdapterConfig) and the weight file must hold
+// exactly those adapters, each with both lora_A and lora_B of the configured
+// rank and finite values; unsupported PEFT options are rejected by name.
 func Load(m *model.Model, dir string) (*Set, error) {
 	cfgPath := filepath.Join(dir, ConfigFileName)
 	raw, err := os.ReadFile(cfgPath)
 	if err != nil {
 		return nil, err
 	}
-	var pc peftConfig
-	if err := json.Unmarshal(raw, &pc); err != nil {
-		return nil, fmt.Errorf("%s: malformed JSON: %w", cfgPath, err)
-	}
-	bad := func(field, format string, args ...any) error {
-		return fmt.Errorf("%s: field %q: "+format, append([]any{cfgPath, field}, args...)...)
-	}
-	switch {
-	case pc.PeftType != "LORA":
-		return nil, bad("peft_type", "%q is not supported (want LORA)", pc.PeftType)
-	case pc.R <= 0:
-		return nil, bad("r", "must be positive, got %d", pc.R)
-	case pc.LoraAlpha == 0:
-		return nil, bad("lora_alpha", "must be non-zero")
-	case pc.UseDoRA:
-		return nil, bad("use_dora", "DoRA is not supported")
-	case pc.FanInFanOut:
-		return nil, bad("fan_in_fan_out", "must be false for LLaMA-family models")
-	case pc.Bias != "" && pc.Bias != "none":
-		return nil, bad("bias", "%q is not supported (want none)", pc.Bias)
-	case len(pc.RankPattern) > 0:
-		return nil, bad("rank_pattern", "per-module ranks are not supported")
-	case len(pc.AlphaPattern) > 0:
-		return nil, bad("alpha_pattern", "per-module alphas are not supported")
-	case len(pc.ModulesToSave) > 0:
-		return nil, bad("modules_to_save", "fully trained modules are not supported")
-	}
-	cfg := Config{Rank: pc.R, Alpha: pc.LoraAlpha, RSLoRA: pc.UseRSLoRA}
-	if pc.BaseModel != nil {
-		cfg.BaseModel = *pc.BaseModel
+	ac, err := ParseAdapterConfig(raw, cfgPath)
+	if err != nil {
+		return nil, err
 	}
 	weightsPath := filepath.Join(dir, WeightsFileName)
 	f, err := safetensors.Open(weightsPath)
@@ -265,35 +246,32 @@ func Load(m *model.Model, dir string) (*Set, error) {
 		return nil, err
 	}
 	defer f.Close()
+	pairs, err := ac.matchWeights(f.Names(), len(m.Layers), weightsPath)
+	if err != nil {
+		return nil, err
+	}
 
-	s := &Set{Config: cfg, Adapters: map[Key]*LoRA{}}
-	targets := map[model.Projection]bool{}
+	s := &Set{Config: ac.Config, Adapters: map[Key]*LoRA{}, Layers: ac.Layers}
 	ok := false
 	defer func() {
 		if !ok {
 			s.Release()
 		}
 	}()
-	for _, name := range f.Names() {
-		k, part, err := parsePEFTKey(name, len(m.Layers))
-		if err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", weightsPath, name, err)
-		}
-		if part != "lora_A" {
-			continue
-		}
-		targets[k.Proj] = true
+	keys := slices.SortedFunc(maps.Keys(pairs), func(a, b Key) int {
+		return cmp.Or(cmp.Compare(a.Layer, b.Layer), cmp.Compare(a.Proj, b.Proj))
+	})
+	for _, k := range keys {
 		proj := m.Layers[k.Layer].Proj[k.Proj]
+		a, err := readShaped(f, pairs[k].A, []int{ac.Rank, proj.In})
+		if err != nil {
+			return nil, err
+		}
+		b, err := readShaped(f, pairs[k].B, []int{proj.Out, ac.Rank})
+		if err != nil {
+			return nil, err
+		}
 		l, err := s.add(m.Dev, k, proj)
-		if err != nil {
-			return nil, err
-		}
-		bName := strings.TrimSuffix(name, "lora_A.weight") + "lora_B.weight"
-		a, err := readShaped(f, name, []int{cfg.Rank, proj.In})
-		if err != nil {
-			return nil, err
-		}
-		b, err := readShaped(f, bName, []int{proj.Out, cfg.Rank})
 		if err != nil {
 			return nil, err
 		}
@@ -301,18 +279,12 @@ func Load(m *model.Model, dir string) (*Set, error) {
 			return nil, fmt.Errorf("%s: %s: %w", weightsPath, k.PEFTName(), err)
 		}
 	}
-	if len(s.Adapters) == 0 {
-		return nil, fmt.Errorf("%s: no lora_A tensors", weightsPath)
-	}
-	for _, p := range model.Projections {
-		if targets[p] {
-			s.Config.Targets = append(s.Config.Targets, p)
-		}
-	}
 	ok = true
 	return s, nil
 }
 
+// readShaped reads an adapter tensor, checking its shape and that every value
+// is finite (a NaN in an adapter turns every output it touches into NaN).
 func readShaped(f *safetensors.File, name string, shape []int) ([]float32, error) {
 	info, err := f.Info(name)
 	if err != nil {
@@ -321,30 +293,14 @@ func readShaped(f *safetensors.File, name string, shape []int) ([]float32, error
 	if !slices.Equal(info.Shape, shape) {
 		return nil, fmt.Errorf("%s: tensor %s has shape %v, want %v", f.Path(), name, info.Shape, shape)
 	}
-	return f.ReadFloat32(name)
-}
-
-// parsePEFTKey splits base_model.model.model.layers.{i}.{module}.{proj}.lora_{A|B}[.default].weight.
-func parsePEFTKey(name string, layers int) (Key, string, error) {
-	rest, found := strings.CutPrefix(name, "base_model.model.model.layers.")
-	if !found {
-		return Key{}, "", errors.New("not a PEFT LoRA key of a decoder layer (want base_model.model.model.layers.N.…)")
+	values, err := f.ReadFloat32(name)
+	if err != nil {
+		return nil, err
 	}
-	parts := strings.Split(strings.TrimSuffix(strings.Replace(rest, ".default.", ".", 1), ".weight"), ".")
-	if len(parts) != 4 {
-		return Key{}, "", errors.New("unexpected PEFT key layout")
-	}
-	var layer int
-	if _, err := fmt.Sscanf(parts[0], "%d", &layer); err != nil || layer < 0 || layer >= layers {
-		return Key{}, "", fmt.Errorf("layer %q is not one of the model's %d layers", parts[0], layers)
-	}
-	for _, p := range model.Projections {
-		if parts[1] == p.Module() && parts[2] == p.String() {
-			if parts[3] != "lora_A" && parts[3] != "lora_B" {
-				return Key{}, "", fmt.Errorf("unknown LoRA part %q", parts[3])
-			}
-			return Key{layer, p}, parts[3], nil
+	for i, v := range values {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("%s: tensor %s: element %d is %v", f.Path(), name, i, v)
 		}
 	}
-	return Key{}, "", fmt.Errorf("unknown module %s.%s", parts[1], parts[2])
+	return values, nil
 }

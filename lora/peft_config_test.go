@@ -255,7 +255,9 @@ func TestLoadHonoursTargetModulesAndLayers(t *testing.T) {
 	defer m.Release()
 	last := len(m.Layers) - 1
 	lastLayer := fmt.Sprintf(".layers.%d.", last)
-	qv := func(name string) bool { return strings.Contains(name, ".q_proj.") || strings.Contains(name, ".v_proj.") }
+	qv := func(name string) bool {
+		return strings.Contains(name, ".q_proj.") || strings.Contains(name, ".v_proj.")
+	}
 
 	dir := writeAdapter(t, func(n string) bool { return qv(n) && strings.Contains(n, lastLayer) }, func(c map[string]any) {
 		c["target_modules"] = []any{"q_proj", "v_proj"}
@@ -266,10 +268,23 @@ func TestLoadHonoursTargetModulesAndLayers(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := s.Keys()
+	// Saved and loaded again, the adapter keeps its layers.
+	saved := t.TempDir()
+	if err := s.Save(saved); err != nil {
+		t.Fatal(err)
+	}
 	s.Release()
 	if want := []Key{{last, model.ProjQ}, {last, model.ProjV}}; !slices.Equal(keys, want) {
 		t.Errorf("adapted %v, want %v", keys, want)
 	}
+	again, err := Load(m, saved)
+	if err != nil {
+		t.Fatalf("reloading a saved adapter of some layers: %v", err)
+	}
+	if got := again.Keys(); !slices.Equal(got, keys) {
+		t.Errorf("reloaded %v, want %v", got, keys)
+	}
+	again.Release()
 
 	for _, c := range []struct {
 		name string
@@ -280,7 +295,10 @@ func TestLoadHonoursTargetModulesAndLayers(t *testing.T) {
 		{"weights beyond target_modules", func(string) bool { return true },
 			func(c map[string]any) { c["target_modules"] = []any{"q_proj", "v_proj"} }, "target_modules does not list"},
 		{"weights beyond layers_to_transform", qv,
-			func(c map[string]any) { c["target_modules"] = []any{"q_proj", "v_proj"}; c["layers_to_transform"] = last }, "layers_to_transform"},
+			func(c map[string]any) {
+				c["target_modules"] = []any{"q_proj", "v_proj"}
+				c["layers_to_transform"] = last
+			}, "layers_to_transform"},
 		{"lora_A without lora_B", func(n string) bool { return !strings.HasSuffix(n, "layers.0.mlp.up_proj.lora_B.weight") },
 			func(map[string]any) {}, "layers.0.mlp.up_proj.lora_A.weight has no matching lora_B"},
 		{"layers_to_transform beyond the model", func(string) bool { return true },

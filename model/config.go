@@ -454,8 +454,25 @@ func (c *Config) parseRopeFactor(rope jsonObject) error {
 	return nil
 }
 
-// Validate checks the sizes are consistent. ParseConfig calls it; call it
-// again after changing a Config by hand.
+// Upper bounds on a config's sizes. Each is far beyond any released
+// LLaMA-family model (the largest have 126 layers, hidden 16384, intermediate
+// 53248, a 152K vocabulary, 128 heads of 128 and 1M positions), so only a
+// corrupt or mistyped config.json reaches them, and it is rejected up front,
+// naming the field, instead of making the loader build millions of tensor
+// names or allocate terabytes.
+const (
+	MaxLayers              = 1024
+	MaxHiddenSize          = 1 << 16
+	MaxIntermediateSize    = 1 << 20
+	MaxVocabSize           = 1 << 22
+	MaxAttentionHeads      = 1024
+	MaxHeadDim             = 1 << 12
+	MaxPositionEmbeddings  = 1 << 21
+	maxProjectionDimension = 1 << 20 // heads x head_dim
+)
+
+// Validate checks the sizes are consistent and within the bounds above.
+// ParseConfig calls it; call it again after changing a Config by hand.
 func (c *Config) Validate() error {
 	fail := func(field, format string, args ...any) error {
 		source := c.Path
@@ -483,6 +500,28 @@ func (c *Config) Validate() error {
 		if size.value <= 0 {
 			return fail(size.field, "must be positive, got %d", size.value)
 		}
+	}
+	for _, size := range []struct {
+		field      string
+		value, max int
+	}{
+		{"vocab_size", c.VocabSize, MaxVocabSize},
+		{"hidden_size", c.HiddenSize, MaxHiddenSize},
+		{"intermediate_size", c.IntermediateSize, MaxIntermediateSize},
+		{"num_hidden_layers", c.NumHiddenLayers, MaxLayers},
+		{"num_attention_heads", c.NumAttentionHeads, MaxAttentionHeads},
+		{"head_dim", c.HeadDim, MaxHeadDim},
+		{"max_position_embeddings", c.MaxPositionEmbeddings, MaxPositionEmbeddings},
+	} {
+		if size.value > size.max {
+			return fail(size.field, "%d is beyond the supported maximum of %d (a corrupt or mistyped config?)", size.value, size.max)
+		}
+	}
+	if c.NumKeyValueHeads > c.NumAttentionHeads {
+		return fail("num_key_value_heads", "%d key/value heads exceed the %d attention heads", c.NumKeyValueHeads, c.NumAttentionHeads)
+	}
+	if q := c.NumAttentionHeads * c.HeadDim; q > maxProjectionDimension {
+		return fail("head_dim", "num_attention_heads %d x head_dim %d = %d query channels is beyond the supported maximum of %d", c.NumAttentionHeads, c.HeadDim, q, maxProjectionDimension)
 	}
 	if c.NumAttentionHeads%c.NumKeyValueHeads != 0 {
 		return fail("num_key_value_heads", "%d key/value heads do not divide %d attention heads evenly", c.NumKeyValueHeads, c.NumAttentionHeads)

@@ -2,7 +2,13 @@ package model
 
 import (
 	"fmt"
+	"maps"
+	"math"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/model/safetensors"
@@ -12,20 +18,47 @@ import (
 // sharded index) and uploads its weights to the device. Projection weights and
 // the embedding/LM head are stored as dtype (F32, or BF16 to halve memory);
 // norms and biases stay f32. Compute is f32 either way.
+//
+// The checkpoint is verified first (VerifyCheckpoint), and every weight is
+// checked for NaN and infinity as it is converted on the host. Load drops
+// VerifyCheckpoint's warnings; code that can show them calls
+// LoadWithWarnings.
 func Load(dev *gpu.Device, dir string, dtype gpu.DType) (*Model, error) {
-	cfg, err := LoadConfig(filepath.Join(dir, "config.json"))
+	m, _, err := LoadWithWarnings(dev, dir, dtype)
+	return m, err
+}
+
+// LoadWithWarnings is Load that also returns VerifyCheckpoint's warnings
+// (tensors the checkpoint holds that the model ignores), for the caller to
+// show: library code prints nothing.
+func LoadWithWarnings(dev *gpu.Device, dir string, dtype gpu.DType) (*Model, []string, error) {
+	cfg, err := LoadConfig(filepath.Join(dir, ConfigFileName))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ckpt, err := safetensors.OpenDir(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer ckpt.Close()
-	if err := CheckCheckpoint(cfg, ckpt); err != nil {
+	warnings, err := VerifyCheckpoint(cfg, ckpt)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := uploadWeights(dev, cfg, ckpt, dtype)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, warnings, nil
+}
+
+// uploadWeights creates the model's tensors from a verified checkpoint.
+func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, dtype gpu.DType) (*Model, error) {
+	var err error
+	m := &Model{Config: cfg, Dev: dev}
+	if m.Sources, err = sourceFiles(ckpt); err != nil {
 		return nil, err
 	}
-	m := &Model{Config: cfg, Dev: dev}
 	ok := false
 	defer func() {
 		if !ok {
@@ -39,6 +72,9 @@ func Load(dev *gpu.Device, dir string, dtype gpu.DType) (*Model, error) {
 		}
 		values, err := ckpt.ReadFloat32(name)
 		if err != nil {
+			return nil, err
+		}
+		if err := checkFinite(info, values); err != nil {
 			return nil, err
 		}
 		t, err := dev.NewTensor(dt, name, info.Shape...)
@@ -97,6 +133,110 @@ func Load(dev *gpu.Device, dir string, dtype gpu.DType) (*Model, error) {
 	}
 	ok = true
 	return m, nil
+}
+
+// checkFinite fails on the first NaN or infinity of a tensor's values, naming
+// the tensor, the file that holds it and the element: such a weight turns
+// every output it touches into NaN, which would otherwise surface only as a
+// NaN loss far from its cause.
+func checkFinite(info safetensors.TensorInfo, values []float32) error {
+	for i, v := range values {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return fmt.Errorf("model: %s: tensor %q: element %d (index %v of shape %v) is %v; the checkpoint is corrupt or was saved from a diverged run",
+				info.Path, info.Name, i, unflatten(i, info.Shape), info.Shape, v)
+		}
+	}
+	return nil
+}
+
+// unflatten turns a row-major flat index into per-dimension indices.
+func unflatten(i int, shape []int) []int {
+	idx := make([]int, len(shape))
+	for d := len(shape) - 1; d >= 0; d-- {
+		if shape[d] > 0 {
+			idx[d] = i % shape[d]
+			i /= shape[d]
+		}
+	}
+	return idx
+}
+
+// decoderLayerName matches the HF names of decoder-layer tensors.
+var decoderLayerName = regexp.MustCompile(`^model\.layers\.(\d+)\.`)
+
+// ignoredTensorSuffixes are buffers some exporters save that hold no
+// parameters (rotary inverse frequencies, recomputed from the config).
+var ignoredTensorSuffixes = []string{".rotary_emb.inv_freq"}
+
+// maxListedNames bounds the tensor names quoted in one warning.
+const maxListedNames = 5
+
+// VerifyCheckpoint runs every check Load makes before reading any weight.
+// Errors: the parameters the config implies exceed what the checkpoint holds
+// (a mismatched config, reported by its sizes), the checkpoint holds decoder
+// layers beyond num_hidden_layers (a config that would silently drop layers),
+// or CheckCheckpoint finds a tensor missing or misshapen. Warnings, for the
+// caller to show: lm_head.weight present although tie_word_embeddings is true
+// (ignored, as transformers ignores it), and other tensors the model does not
+// use, such as biases the config does not enable.
+func VerifyCheckpoint(cfg *Config, ckpt safetensors.Reader) (warnings []string, err error) {
+	names := ckpt.Names()
+	var held int64
+	for _, name := range names {
+		if info, err := ckpt.Info(name); err == nil {
+			held += info.NumElements()
+		}
+	}
+	if want := cfg.ParameterCount(); want > held {
+		return nil, fmt.Errorf("model: config %s implies %d parameters (num_hidden_layers %d, hidden_size %d, intermediate_size %d, vocab_size %d) but checkpoint %s holds only %d values: the config does not belong to this checkpoint",
+			cfg.Path, want, cfg.NumHiddenLayers, cfg.HiddenSize, cfg.IntermediateSize, cfg.VocabSize, ckpt.Path(), held)
+	}
+	extraLayers := map[int]string{} // layer -> its first tensor
+	for _, name := range names {
+		match := decoderLayerName.FindStringSubmatch(name)
+		if match == nil {
+			continue
+		}
+		layer, err := strconv.Atoi(match[1])
+		if err != nil || layer >= cfg.NumHiddenLayers {
+			if _, seen := extraLayers[layer]; !seen {
+				extraLayers[layer] = name
+			}
+		}
+	}
+	if len(extraLayers) > 0 {
+		layers := slices.Sorted(maps.Keys(extraLayers))
+		return nil, fmt.Errorf("model: checkpoint %s holds decoder layer %d (e.g. tensor %q), but config %s field \"num_hidden_layers\" is %d: the config would silently drop %d layer(s)",
+			ckpt.Path(), layers[0], extraLayers[layers[0]], cfg.Path, cfg.NumHiddenLayers, len(layers))
+	}
+	if err := CheckCheckpoint(cfg, ckpt); err != nil {
+		return nil, err
+	}
+
+	want := ExpectedTensors(cfg)
+	var unused []string
+	for _, name := range names {
+		if _, ok := want[name]; ok {
+			continue
+		}
+		if name == "lm_head.weight" && cfg.TieWordEmbeddings {
+			warnings = append(warnings, fmt.Sprintf("%s: tensor \"lm_head.weight\" is ignored: config %s sets tie_word_embeddings, so the LM head is model.embed_tokens.weight (as in transformers)", ckpt.Path(), cfg.Path))
+			continue
+		}
+		if !slices.ContainsFunc(ignoredTensorSuffixes, func(s string) bool { return strings.HasSuffix(name, s) }) {
+			unused = append(unused, name)
+		}
+	}
+	if len(unused) > 0 {
+		listed := unused[:min(len(unused), maxListedNames)]
+		more := ""
+		if len(unused) > len(listed) {
+			more = fmt.Sprintf(" and %d more", len(unused)-len(listed))
+		}
+		warnings = append(warnings, fmt.Sprintf("%s: %d tensor(s) the model of config %s does not use are ignored: %s%s",
+			ckpt.Path(), len(unused), cfg.Path, strings.Join(listed, ", "), more))
+	}
+	return warnings, nil
 }
 
 // hasBias says whether the checkpoint has a bias for projection p (Qwen2's

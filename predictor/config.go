@@ -452,6 +452,9 @@ func (p configParser) layerKey(e mappingEntry) (int, string, error) {
 	if err != nil || layer < 0 || parts[1] != strconv.Itoa(layer) {
 		return 0, "", p.errorAt(e.line, e.key, "malformed layer index %q: want a non-negative integer without sign or leading zeros", parts[1])
 	}
+	if layer >= model.MaxLayers {
+		return 0, "", p.errorAt(e.line, e.key, "layer index %d is beyond the supported maximum of %d layers", layer, model.MaxLayers)
+	}
 	if kind := parts[2]; kind != kindMLP && kind != kindAttention {
 		return 0, "", p.errorAt(e.line, e.key, "unknown kind %q: want %s or %s", kind, kindMLP, kindAttention)
 	}

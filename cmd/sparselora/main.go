@@ -5,14 +5,28 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
+	"runtime"
 
 	"github.com/sparselora/sparselora/app"
+	"github.com/sparselora/sparselora/app/window"
 )
 
+// The live-metrics window (GLFW; Cocoa on macOS) must run on the process's
+// main OS thread: keep the main goroutine there.
+func init() { runtime.LockOSThread() }
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	code := app.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	// Ctrl-C or SIGTERM stops the work at its next check; a second one quits
+	// at once. Either way the exit code is 130.
+	ctx, interrupted, stop := app.HandleInterrupts(os.Stderr)
+	// The CLI runs on another goroutine; this one lends the main thread to
+	// `train`'s window, if it opens one, and returns when the CLI does.
+	code := window.Serve(ctx, func(ctx context.Context) int {
+		return app.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	})
+	if interrupted() {
+		code = app.ExitInterrupted
+	}
 	stop()
 	os.Exit(code)
 }
