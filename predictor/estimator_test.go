@@ -172,6 +172,12 @@ func TestEstimateExactSVD(t *testing.T) {
 // decayingMatrix builds W = U diag(s) V^T [out, in] with s_i = 0.5^i and
 // random orthonormal U, V.
 func decayingMatrix(rng *rand.Rand, out, in int) []float32 {
+	return spectrumMatrix(rng, out, in, func(i int) float64 { return math.Pow(0.5, float64(i)) })
+}
+
+// spectrumMatrix builds W = U diag(s) V^T [out, in] with s_i = spectrum(i)
+// (i from 0) and random orthonormal U, V, in float64 on the host.
+func spectrumMatrix(rng *rand.Rand, out, in int, spectrum func(i int) float64) []float32 {
 	k := min(out, in)
 	orthonormal := func(rows int) *mat.Dense {
 		var qr mat.QR
@@ -183,7 +189,7 @@ func decayingMatrix(rng *rand.Rand, out, in int) []float32 {
 	u, v := orthonormal(out), orthonormal(in)
 	s := make([]float64, k)
 	for i := range s {
-		s[i] = math.Pow(0.5, float64(i))
+		s[i] = spectrum(i)
 	}
 	var us, w mat.Dense
 	us.Mul(u, mat.NewDiagDense(k, s))
@@ -339,6 +345,9 @@ func TestEstimateCache(t *testing.T) {
 	if first.FromCache() || calls != 3 {
 		t.Fatalf("first estimate: from cache %v, %d progress calls (want 3: 0/2, 1/2, 2/2)", first.FromCache(), calls)
 	}
+	if first.CacheKeyedBy() != CacheKeyContent {
+		t.Errorf("a model built in memory: cache keyed by %v, want the weights' content", first.CacheKeyedBy())
+	}
 	if _, err := os.Stat(first.CachePath()); err != nil || filepath.Dir(first.CachePath()) != dir {
 		t.Fatalf("cache file %q: %v", first.CachePath(), err)
 	}
@@ -439,6 +448,7 @@ func TestEstimateErrors(t *testing.T) {
 		{"missing layer", []Target{{3, model.ProjQ}}, 2, EstimateOptions{}, "layer 3"},
 		{"missing projection", []Target{{0, model.ProjQ}}, 2, EstimateOptions{}, "layers.0.self_attn.q_proj"},
 		{"negative oversampling", []Target{tgt}, 2, EstimateOptions{Oversampling: -1}, "oversampling"},
+		{"NaN tolerance", []Target{tgt}, 2, EstimateOptions{PowerTolerance: math.NaN()}, "tolerance"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.opts.NoCache = true
