@@ -56,6 +56,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.BoolVar(&c.SkipBadLines, "skip-bad-lines", c.SkipBadLines, "skip malformed data lines (counted) instead of failing")
 	fs.StringVar(&c.Sparsity, "sparsity", c.Sparsity, "SparseLoRA: auto, dense, a built-in table (e.g. llama3-8b-math10k) or a YAML file")
 	fs.StringVar(&c.SVDCacheDir, "svd-cache", c.SVDCacheDir, "folder of the SVD estimator cache (default: the user cache folder)")
+	fs.BoolVar(&c.VerifySVDCache, "verify-svd-cache", c.VerifySVDCache, "check a cached SVD against the weights' content (reads them all) instead of trusting the files' size, time and header")
 	fs.StringVar(&c.EvalData, "eval-data", c.EvalData, "evaluation data, JSONL (same formats)")
 	fs.IntVar(&c.EvalEvery, "eval-every", c.EvalEvery, "evaluate every N steps (0: at the end)")
 	fs.StringVar(&c.EvalMetric, "eval-metric", c.EvalMetric, "loss or exact-match (greedy completions vs the examples' answers)")

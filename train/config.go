@@ -49,6 +49,9 @@ type Config struct {
 	// Sparsity is auto, dense, a built-in table name or a YAML file.
 	Sparsity    string `yaml:"sparsity"`
 	SVDCacheDir string `yaml:"svd-cache,omitempty"`
+	// VerifySVDCache checks a cached SVD's weight hash against the weights
+	// (reads them all) instead of trusting the files' size, time and header.
+	VerifySVDCache bool `yaml:"verify-svd-cache"`
 
 	EvalData  string `yaml:"eval-data,omitempty"`
 	EvalEvery int    `yaml:"eval-every"`

@@ -472,16 +472,16 @@ func (r *run) setUpPredictor(ctx context.Context) error {
 		rank = 8
 	}
 	est, err := predictor.Estimate(ctx, r.dev, r.m, predictor.SparseTargets(table), rank,
-		predictor.EstimateOptions{CacheDir: r.cfg.SVDCacheDir, Progress: r.hooks.SVD})
+		predictor.EstimateOptions{CacheDir: r.cfg.SVDCacheDir, VerifyContent: r.cfg.VerifySVDCache, Progress: r.hooks.SVD})
 	if err != nil {
 		return fmt.Errorf("SVD estimator: %w", err)
 	}
 	r.cleanup = append(r.cleanup, est.Release)
 	if r.hooks.Note != nil {
 		if est.FromCache() {
-			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): read from the cache %s", rank, est.CachePath()))
+			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): read from the cache %s (keyed by %s)", rank, est.CachePath(), est.CacheKeyedBy()))
 		} else {
-			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): computed, cached in %s", rank, est.CachePath()))
+			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): computed, cached in %s (keyed by %s)", rank, est.CachePath(), est.CacheKeyedBy()))
 		}
 	}
 	sel, err := predictor.NewSelector(r.dev, r.m.Config, table.Layers, predictor.EstimatorFactors(est),
