@@ -7,8 +7,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-
-	"github.com/sparselora/sparselora/gpu"
 )
 
 // Sampler picks the next token from a row of logits.
@@ -84,81 +82,85 @@ func (s Sampling) Next(logits []float32) int32 {
 	return int32(order[n-1])
 }
 
-// Generate continues prompt by n tokens with the model and its adapters. The
-// prompt runs through the full forward pass once (prefill); each new token
-// then runs through the layers alone, attending to the keys and values kept
-// from earlier positions (a KV cache in the workspace's activations).
+// GenerateOptions are the optional parts of GenerateStream.
+type GenerateOptions struct {
+	// Stop ends generation after any of these ids (end-of-sequence tokens) is
+	// generated; it is kept in the output, as Hugging Face does.
+	Stop []int32
+	// OnToken, when set, receives each new token as soon as it is chosen
+	// (streaming); an error from it ends generation and is returned.
+	OnToken func(int32) error
+	// ChunkRows is how many prompt tokens run through the model at once (0:
+	// the Generator's default).
+	ChunkRows int
+}
+
+// Generate continues prompt by n tokens with the model and its adapters and
+// returns the prompt followed by them. The prompt runs through the layers in
+// batched chunks once (prefill), keeping every position's keys and values in
+// a KV cache; each new token then costs one pass of that token alone over the
+// cache.
 func (m *Model) Generate(ctx context.Context, prompt []int32, n int, s Sampler) ([]int32, error) {
+	return m.GenerateStream(ctx, prompt, n, s, GenerateOptions{})
+}
+
+// GenerateStream is Generate with stop tokens and streaming: it returns the
+// prompt and up to n new tokens, fewer when a stop token comes first. On an
+// error it returns the tokens so far with it.
+func (m *Model) GenerateStream(ctx context.Context, prompt []int32, n int, s Sampler, opts GenerateOptions) ([]int32, error) {
 	if len(prompt) == 0 {
 		return nil, errors.New("generate: empty prompt")
 	}
 	if n <= 0 {
 		return slices.Clone(prompt), nil
 	}
-	seq := len(prompt) + n
-	if seq > m.Rope.Seq {
-		return nil, fmt.Errorf("generate: %d tokens exceed the model's %d positions", seq, m.Rope.Seq)
-	}
-	w, err := m.NewWorkspace(1, seq)
+	// The last new token is never fed back, so the cache needs one position less.
+	g, err := m.NewGenerator(len(prompt)+n-1, opts.ChunkRows)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("generate: %w", err)
 	}
-	defer w.Release()
-	V := m.Config.VocabSize
-	logits, err := m.Dev.NewTensor(gpu.F32, "generation logits", 1, V)
-	if err != nil {
-		return nil, err
-	}
-	defer logits.Release()
-	rec := m.Dev.NewRecorder()
-	defer rec.Release()
+	defer g.Release()
+	return g.Generate(ctx, prompt, n, s, opts)
+}
 
-	b := Batch{Rows: 1, Seq: seq, InputIDs: make([]int32, seq), Mask: make([]int32, seq), Labels: make([]int32, seq)}
-	copy(b.InputIDs, prompt)
-	for i := range b.Labels {
-		b.Labels[i] = IgnoreLabel
-		if i < len(prompt) {
-			b.Mask[i] = 1
-		}
-	}
-	if err := w.Load(m, b); err != nil {
-		return nil, err
-	}
-	if err := m.Trunk(rec, w); err != nil {
-		return nil, err
+// Generate empties the cache and continues prompt by up to n tokens, as
+// Model.GenerateStream (whose ChunkRows option it ignores). The cache must
+// hold len(prompt)+n-1 positions.
+func (g *Generator) Generate(ctx context.Context, prompt []int32, n int, s Sampler, opts GenerateOptions) ([]int32, error) {
+	if len(prompt) == 0 {
+		return nil, errors.New("generate: empty prompt")
 	}
 	tokens := slices.Clone(prompt)
-	for pos := len(prompt) - 1; ; pos++ {
-		if err := w.head.Logits(rec, rowsOf(w.normed, pos, 1, m.Config.HiddenSize), m.Head, logits); err != nil {
-			return tokens, err
-		}
-		if err := rec.Submit(); err != nil {
-			return tokens, err
-		}
-		values, err := logits.Download(ctx)
+	if n <= 0 {
+		return tokens, nil
+	}
+	if need := len(prompt) + n - 1; need > g.MaxSeq {
+		return nil, fmt.Errorf("generate: %d prompt tokens and %d new ones need %d cache positions, the generator holds %d", len(prompt), n, need, g.MaxSeq)
+	}
+	g.Reset()
+	V := g.m.Config.VocabSize
+	feed := prompt
+	for {
+		logits, err := g.Append(ctx, feed)
 		if err != nil {
-			return tokens, err
+			return tokens, fmt.Errorf("generate: %w", err)
 		}
-		next := s.Next(values)
+		next := s.Next(logits)
 		if next < 0 || int(next) >= V {
 			return tokens, fmt.Errorf("generate: sampler returned token %d outside the vocabulary", next)
 		}
 		tokens = append(tokens, next)
-		if len(tokens) == seq {
+		if opts.OnToken != nil {
+			if err := opts.OnToken(next); err != nil {
+				return tokens, err
+			}
+		}
+		if len(tokens)-len(prompt) == n || slices.Contains(opts.Stop, next) {
 			return tokens, nil
 		}
 		if err := ctx.Err(); err != nil {
 			return tokens, err
 		}
-		// The new token enters the cache at pos+1: its id and its mask bit.
-		if err := w.ids.Buf.Write(w.ids.Offset+uint64(4*(pos+1)), gpu.U32Bytes([]uint32{uint32(next)})); err != nil {
-			return tokens, err
-		}
-		if err := w.mask.Buf.Write(w.mask.Offset+uint64(4*(pos+1)), gpu.U32Bytes([]uint32{1})); err != nil {
-			return tokens, err
-		}
-		if err := m.decodeStep(rec, w, pos+1); err != nil {
-			return tokens, err
-		}
+		feed = []int32{next}
 	}
 }
