@@ -2,7 +2,7 @@
 GO ?= go
 BENCH_SHAPES ?= 1024x1024x1024,512x2752x1024
 
-.PHONY: setup build build-headless run test bench-gemm fuzz clean
+.PHONY: setup build build-headless run base-model install bench test bench-gemm fuzz clean
 
 setup:
 	@bash scripts/setup.sh
@@ -17,9 +17,25 @@ build: setup
 build-headless: setup
 	$(GO) build -tags nowindow -o bin/sparselora ./cmd/sparselora
 
-# The main job on the built-in default: list the adapters, then benchmark dense and
-# gathered GEMMs on the best one (sizes that finish in a minute on a CPU driver).
+# The main job on the built-in default: fine-tune the tiny base model (models/tiny) on the
+# built-in task with dense LoRA and with SparseLoRA, and print one table (sparselora demo).
 run: build
+	bin/sparselora demo
+
+# Rebuild models/tiny from nothing with sparselora itself: a generated corpus, a BPE
+# tokenizer trained on it, and full-parameter pretraining (tens of minutes on lavapipe).
+base-model: build
+	bash scripts/base-model.sh
+
+# The binary and the WebGPU library side by side under PREFIX: runs from any directory.
+PREFIX ?= /usr/local
+install: build
+	install -d $(PREFIX)/bin $(PREFIX)/lib/sparselora
+	install -m 755 bin/sparselora $(PREFIX)/bin/sparselora
+	install -m 644 .cache/dawn/*/*webgpu* $(PREFIX)/lib/sparselora/
+
+# GEMM timings on the best adapter (sizes that finish in a minute on a CPU driver).
+bench: build
 	bin/sparselora devices
 	bin/sparselora bench gemm --shapes $(BENCH_SHAPES) --gather m=0.75,n=0.25
 

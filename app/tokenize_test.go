@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/tokenizer"
+
+	"github.com/sparselora/sparselora/internal/fixtures"
 )
 
 // tokenizeFixture is tokenizer/testdata/<name>.json (made by HF tokenizers/transformers).
@@ -29,30 +31,6 @@ type tokenizeFixture struct {
 	} `json:"chat"`
 }
 
-// tokenizeTestDir returns the repository's .cache/tokenizers/<name> (fetched by `make setup`).
-func tokenizeTestDir(t *testing.T, name string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("repository root (go.mod) not found above the test's working directory")
-		}
-		dir = parent
-	}
-	tdir := filepath.Join(dir, ".cache", "tokenizers", name)
-	if _, err := os.Stat(filepath.Join(tdir, "tokenizer.json")); err != nil {
-		t.Fatalf("%s/tokenizer.json missing: run `make setup` to fetch the tokenizer files", tdir)
-	}
-	return tdir
-}
-
 func runTokenizeCLI(args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
 	code := Main(context.Background(), append([]string{"tokenize"}, args...), &out, &errOut)
@@ -61,8 +39,8 @@ func runTokenizeCLI(args ...string) (int, string, string) {
 
 func TestTokenizeCommandMatchesHF(t *testing.T) {
 	for _, name := range []string{"llama2", "qwen3"} {
-		dir := tokenizeTestDir(t, name)
-		data, err := os.ReadFile(filepath.Join("..", "tokenizer", "testdata", name+".json"))
+		dir := fixtures.Tokenizer(t, name)
+		data, err := os.ReadFile(filepath.Join(fixtures.Dir(t), "tokenizers", name+".json"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,7 +108,7 @@ func TestTokenizeCommandMatchesHF(t *testing.T) {
 }
 
 func TestTokenizeCommandBadInput(t *testing.T) {
-	dir := tokenizeTestDir(t, "qwen3")
+	dir := fixtures.Tokenizer(t, "qwen3")
 	file := filepath.Join(t.TempDir(), "bad.jsonl")
 	body := "{\"text\": \"ok\"}\n\n{\"text\": \"fine\", \"add_special_tokens\": false}\n{\"text\": 5}\n{\"text\": \"never reached\"}\n"
 	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {

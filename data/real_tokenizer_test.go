@@ -34,14 +34,7 @@ type tokenizerFixture struct {
 
 func loadReal(t *testing.T, name string) (*tokenizer.Tokenizer, *tokenizerFixture) {
 	t.Helper()
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(root, ".cache", "tokenizers", name)
-	if _, err := os.Stat(filepath.Join(dir, "tokenizer.json")); err != nil {
-		t.Fatalf("%s/tokenizer.json missing: run `make setup` to fetch the tokenizer files", dir)
-	}
+	dir := fixtures.Tokenizer(t, name)
 	tok, err := tokenizer.Load(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -31,6 +31,12 @@ if [ ! -f "$dest/$lib" ]; then
   mv "$tmp/package/$lib" "$dest/$lib"
   echo "setup: installed Dawn ($pkg) into $dest"
 fi
+# A copy in the user cache folder, where a binary run from anywhere looks for it.
+user_dest="${XDG_CACHE_HOME:-$HOME/.cache}/sparselora/dawn/$platform"
+if [ "$(uname -s)" = Darwin ]; then user_dest="$HOME/Library/Caches/sparselora/dawn/$platform"; fi
+if ! cmp -s "$dest/$lib" "$user_dest/$lib" 2>/dev/null; then
+  mkdir -p "$user_dest" && cp "$dest/$lib" "$user_dest/$lib"
+fi
 
 # Vulkan driver. Debian 12's Mesa 22 is rejected by Dawn (it falls back to a Null adapter),
 # so lavapipe comes from bookworm-backports when no vendor driver is present.

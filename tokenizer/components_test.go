@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/sparselora/sparselora/internal/fixtures"
 )
 
 // hfComponents is testdata/hf_components.json, written by testdata/hfgen/gen.js with Hugging
@@ -42,7 +44,7 @@ func TestTokenizerComponentsMatchHF(t *testing.T) {
 		body := []byte(spec.JSON)
 		if spec.File != nil {
 			name := filepath.Base(filepath.Dir(*spec.File))
-			if body, err = os.ReadFile(filepath.Join(tokenizerDir(t, name), "tokenizer.json")); err != nil {
+			if body, err = os.ReadFile(filepath.Join(fixtures.Tokenizer(t, name), "tokenizer.json")); err != nil {
 				t.Fatal(err)
 			}
 		}

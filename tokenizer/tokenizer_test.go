@@ -9,9 +9,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/sparselora/sparselora/internal/fixtures"
 )
 
-// fixture is one file of testdata/ (copied from the HF-made ../shared/fixtures/tokenizers).
+// fixture is one file of the HF-made tokenizer fixtures (testdata/fixtures/tokenizers).
 type fixture struct {
 	Tokenizer string `json:"tokenizer"`
 	Cases     []struct {
@@ -32,39 +34,16 @@ var fixtureNames = []string{"llama2", "llama3", "qwen3"}
 
 func loadFixture(t testing.TB, name string) *fixture {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join("testdata", name+".json"))
+	path := filepath.Join(fixtures.Dir(t), "tokenizers", name+".json")
+	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var f fixture
 	if err := json.Unmarshal(data, &f); err != nil {
-		t.Fatalf("testdata/%s.json: %v", name, err)
+		t.Fatalf("%s: %v", path, err)
 	}
 	return &f
-}
-
-// TokenizerDir returns .cache/tokenizers/<name> of the repository (fetched by `make setup`).
-func tokenizerDir(t testing.TB, name string) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("repository root (go.mod) not found above the test's working directory")
-		}
-		dir = parent
-	}
-	tdir := filepath.Join(dir, ".cache", "tokenizers", name)
-	if _, err := os.Stat(filepath.Join(tdir, "tokenizer.json")); err != nil {
-		t.Fatalf("%s/tokenizer.json missing: run `make setup` to fetch the tokenizer files", tdir)
-	}
-	return tdir
 }
 
 var (
@@ -79,7 +58,7 @@ func loadTokenizer(t testing.TB, name string) *Tokenizer {
 	if tok, ok := loaded[name]; ok {
 		return tok
 	}
-	tok, err := Load(tokenizerDir(t, name))
+	tok, err := Load(fixtures.Tokenizer(t, name))
 	if err != nil {
 		t.Fatal(err)
 	}
