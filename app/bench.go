@@ -17,11 +17,12 @@ import (
 )
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(stdout, "usage: sparselora bench gemm|step [flags]\n\n  gemm  dense and gathered GEMMs\n  step  one dense-LoRA and one SparseLoRA training step on random weights of a model's shapes\n\nRun `sparselora bench gemm --help` or `sparselora bench step --help` for the flags.")
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		if len(args) == 0 {
+			benchUsage(stderr)
 			return errUsage
 		}
+		benchUsage(stdout)
 		return nil
 	}
 	switch args[0] {
@@ -32,7 +33,18 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "report":
 		return runBenchReport(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("unknown benchmark %q (want gemm or step)", args[0])
+	fmt.Fprintf(stderr, "sparselora bench: unknown benchmark %q\n\n", args[0])
+	benchUsage(stderr)
+	return errUsage
+}
+
+// benchUsage lists the bench subcommands.
+func benchUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: sparselora bench <gemm|step|report> [flags]\n\n"+
+		"  gemm    dense and gathered GEMMs\n"+
+		"  step    one dense-LoRA and one SparseLoRA training step on random weights of a model's shapes\n"+
+		"  report  a markdown table and a bar chart of bench gemm / bench step JSON results\n\n"+
+		"Run `sparselora bench <subcommand> --help` for its flags.")
 }
 
 // gemmShape is M x N x K.

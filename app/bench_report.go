@@ -142,6 +142,9 @@ func readBenchReport(path string) ([]reportRow, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, fmt.Errorf("%s: not a benchmark report: the file is empty", path)
+	}
 	var rep benchReportJSON
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	if err := dec.Decode(&rep); err != nil {

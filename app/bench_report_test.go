@@ -180,6 +180,7 @@ func TestBenchReportRejectsBadFiles(t *testing.T) {
 		{write("nolayout.json", `{"adapter": {"device": "x"}, "results": [{"variant": "dense", "median_ms": 1, "tflops": 1}]}`), `results[0]: a bench gemm result needs "shape" and "layout"`},
 		{write("stepnolayers.json", `{"adapter": {"device": "x"}, "shape": "llama3-8b", "results": [{"variant": "dense LoRA", "median_ms": 1, "tflops": 1}]}`), `"layers"`},
 		{filepath.Join(dir, "missing.json"), "no such file"},
+		{write("zero.json", " \n"), "the file is empty"},
 	} {
 		code, _, errOut := run(t, "bench", "report", lavapipe, c.path)
 		if code != 1 || !strings.Contains(errOut, c.path+":") && !strings.Contains(errOut, c.path) || !strings.Contains(errOut, c.want) {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sparselora/sparselora/internal/atomicfile"
 	"github.com/sparselora/sparselora/synth"
 	"github.com/sparselora/sparselora/tokenizer"
 )
@@ -75,6 +76,28 @@ func runDataSynth(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return fmt.Errorf("--split: %w", err)
 	}
+	// synth.Options reads 0 as "the default"; on the command line 0 is a value, and wrong.
+	for _, c := range []struct {
+		flag      string
+		v, lo, hi int
+		what      string
+	}{
+		{"n", *n, 0, maxSynthExamples, "a number of examples"},
+		{"steps", *steps, 1, synth.MaxSteps, "a number of steps"},
+		{"distractors", *distractors, 0, synth.MaxDistractors, "a number of distractors"},
+		{"records", *records, 2, 1 << 20, "a number of records"},
+	} {
+		if err := checkRange(c.flag, c.v, c.lo, c.hi, c.what); err != nil {
+			return err
+		}
+	}
+	// The tokenizer is only for the report, but a wrong directory should fail before any output.
+	var tok *tokenizer.Tokenizer
+	if *tokDir != "" {
+		if tok, err = tokenizer.Load(*tokDir); err != nil {
+			return fmt.Errorf("--tokenizer: %w", err)
+		}
+	}
 	opts := synth.Options{Steps: *steps, Distractors: *distractors, Records: *records, AnswerOnly: *answerOnly}
 	examples, err := synth.Generate(ctx, fs.Arg(0), opts, *n, *seed, sp)
 	if err != nil {
@@ -88,10 +111,6 @@ func runDataSynth(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			fmt.Fprintf(stdout, "wrote %d %s examples of %s to %s\n", len(examples), sp, fs.Arg(0), *out)
 		}
 		return nil
-	}
-	tok, err := tokenizer.Load(*tokDir)
-	if err != nil {
-		return err
 	}
 	var promptTokens, completionTokens, maxTotal int
 	for _, ex := range examples {
@@ -127,6 +146,9 @@ func runDataCorpus(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(fs.Output(), "sparselora data corpus: missing --out FILE.jsonl (run with --help)")
 		return errUsage
 	}
+	if err := checkRange("n", *n, 0, maxSynthExamples, "a number of documents"); err != nil {
+		return err
+	}
 	docs, err := synth.Corpus(ctx, *n, *seed)
 	if err != nil {
 		return err
@@ -143,6 +165,10 @@ func runDataCorpus(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	return nil
 }
+
+// maxSynthExamples bounds --n: the generated set is held in memory, and a
+// mistyped count should fail at once rather than exhaust it.
+const maxSynthExamples = 10_000_000
 
 // stringList is a repeatable string flag.
 type stringList []string
@@ -180,6 +206,9 @@ func runDataTokenizer(ctx context.Context, args []string, stdout, stderr io.Writ
 		}
 		texts = append(texts, t...)
 	}
+	if len(texts) == 0 {
+		return fmt.Errorf("--corpus %s: no texts to train on", strings.Join(corpora, ", "))
+	}
 	opts := def
 	opts.VocabSize, opts.ModelMaxLength, opts.MinFrequency, opts.DigitsApart = *vocab, *maxLen, *minFreq, *digitsApart
 	trained, err := tokenizer.TrainBPE(ctx, texts, opts)
@@ -213,7 +242,8 @@ func readTrainingTexts(ctx context.Context, path string) ([]string, error) {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 64<<10), maxTokenizeLine)
 	var texts []string
-	for line := 1; sc.Scan(); line++ {
+	line := 1
+	for ; sc.Scan(); line++ {
 		if line%1024 == 0 {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -241,7 +271,7 @@ func readTrainingTexts(ctx context.Context, path string) ([]string, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, scanError(path, line, err, maxTokenizeLine)
 	}
 	return texts, nil
 }
@@ -252,22 +282,13 @@ func writeJSONLFile(path string, stdout io.Writer, write func(io.Writer) error) 
 	if path == "-" {
 		return write(stdout)
 	}
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return fmt.Errorf("--out %s: is a directory, want a file name", path)
+	}
 	if dir := filepath.Dir(path); dir != "." {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
+			return fmt.Errorf("--out %s: %w", path, err)
 		}
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := write(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicfile.Write(path, write)
 }

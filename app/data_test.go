@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -122,5 +123,57 @@ func TestDataUsageErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "x.jsonl")); err == nil {
 		t.Error("a failed synth left an output file")
+	}
+}
+
+// Wrong values fail before anything is written, and a written data set is
+// readable like any file the user makes (not owner-only like a temp file).
+func TestDataSynthChecksBeforeWriting(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "x.jsonl")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"synth", "lookup", "--records", "0", "--out", out}, "--records 0"},
+		{[]string{"synth", "arith", "--steps", "0", "--out", out}, "--steps 0"},
+		{[]string{"synth", "lookup", "--n", "-5", "--out", out}, "--n -5"},
+		{[]string{"synth", "lookup", "--n", "2000000000", "--out", out}, "--n 2000000000"},
+		{[]string{"synth", "lookup", "--n", "3", "--tokenizer", filepath.Join(dir, "none"), "--out", out}, "--tokenizer"},
+		{[]string{"synth", "lookup", "--n", "3", "--out", dir}, "is a directory"},
+		{[]string{"corpus", "--n", "-1", "--out", out}, "--n -1"},
+	} {
+		code, _, errOut := runDataCLI(c.args...)
+		if code != 1 || !strings.Contains(errOut, c.want) {
+			t.Errorf("data %v: exit %d, stderr %q; want exit 1 naming %q", c.args, code, errOut, c.want)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Fatalf("data %v: failed but wrote %s", c.args, out)
+		}
+	}
+	if code, _, errOut := runDataCLI("synth", "lookup", "--n", "3", "--out", out); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if st, err := os.Stat(out); err != nil || st.Mode().Perm()&0o044 != 0o044 {
+		t.Errorf("%s: mode %v (%v), want readable by group and others", out, st.Mode(), err)
+	}
+	empty := filepath.Join(dir, "empty.jsonl")
+	os.WriteFile(empty, nil, 0o644)
+	if code, _, errOut := runDataCLI("tokenizer", "--corpus", empty, "--out", filepath.Join(dir, "tok")); code != 1 || !strings.Contains(errOut, "no texts") {
+		t.Errorf("tokenizer on an empty corpus: exit %d, %q", code, errOut)
+	}
+}
+
+// The corpus reader names the line it stopped at, also for an overlong line
+// (the scanner's own message, "token too long", names neither).
+func TestReadTrainingTextsNamesTheLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "corpus.jsonl")
+	os.WriteFile(path, []byte("{\"text\": \"a\"}\n\n{\"text\": 5}\n"), 0o644)
+	if _, err := readTrainingTexts(context.Background(), path); err == nil || !strings.Contains(err.Error(), path+":3:") {
+		t.Errorf("bad line 3: got %v", err)
+	}
+	err := scanError(path, 7, bufio.ErrTooLong, 64<<20)
+	if err == nil || !strings.Contains(err.Error(), path+":7: line longer than 64 MiB") {
+		t.Errorf("overlong line: got %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/sparselora/sparselora/data"
 	"github.com/sparselora/sparselora/evaluate"
@@ -29,11 +30,13 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parseCommand(fs, args); err != nil {
 		return err
 	}
+	for _, f := range []struct{ name, value, what string }{{"model", *modelDir, "DIR"}, {"data", *dataPath, "FILE.jsonl"}} {
+		if f.value == "" {
+			fmt.Fprintf(stderr, "sparselora eval: missing --%s %s (run with --help)\n", f.name, f.what)
+			return errUsage
+		}
+	}
 	switch {
-	case *modelDir == "":
-		return errors.New("--model: a model directory is required")
-	case *dataPath == "":
-		return errors.New("--data: a JSONL file is required")
 	case *metric != "loss" && *metric != "exact-match":
 		return fmt.Errorf("--metric %q: want loss or exact-match", *metric)
 	case *batch <= 0 || *batch > 4096:
@@ -45,11 +48,15 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	case *out != "" && *metric != "exact-match":
 		return errors.New("--out: per-example results come with --metric exact-match")
 	}
-	if *out != "" {
-		// Fail before the work, not after it.
-		if err := atomicfile.WriteFile(*out, nil); err != nil {
-			return fmt.Errorf("--out: %w", err)
-		}
+	// Fail before loading the model, not after it; and leave an existing
+	// --out file alone until there are results to replace it with.
+	if err := checkOutputPath("out", *out); err != nil {
+		return err
+	}
+	if st, err := os.Stat(*dataPath); err != nil {
+		return fmt.Errorf("--data: %w", err)
+	} else if st.IsDir() {
+		return fmt.Errorf("--data %s: is a directory, want a JSONL file", *dataPath)
 	}
 	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, stdout)
 	if err != nil {
@@ -62,6 +69,9 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "data: %s: %d examples (%s), %d scored tokens\n", ds.Path, len(ds.Examples), ds.Format, ds.ScoredTokens)
 	if *metric == "loss" {
+		if maxPos := lm.m.Config.MaxPositionEmbeddings; maxPos > 0 && ds.MaxLen > maxPos {
+			return fmt.Errorf("%s: examples of %d tokens exceed the model's max_position_embeddings %d (lower --max-seq-len)", ds.Path, ds.MaxLen, maxPos)
+		}
 		ev, err := evaluate.NewEvaluator(lm.m, *batch, ds.MaxLen)
 		if err != nil {
 			return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -32,6 +33,9 @@ type loadedModel struct {
 // openModel loads DIR (weights as bf16 with bf16), the PEFT adapter in
 // adapterDir when given, and the tokenizer of adapterDir or else DIR.
 func openModel(df *deviceFlags, dir, adapterDir string, bf16 bool, stdout io.Writer) (*loadedModel, error) {
+	if err := checkAdapterDir(adapterDir); err != nil {
+		return nil, err
+	}
 	tokDir := dir
 	if adapterDir != "" {
 		if _, err := os.Stat(filepath.Join(adapterDir, "tokenizer.json")); err == nil {
@@ -76,6 +80,29 @@ func openModel(df *deviceFlags, dir, adapterDir string, bf16 bool, stdout io.Wri
 	return lm, nil
 }
 
+// checkAdapterDir explains the usual mix-ups of --adapter before loading
+// anything: a full checkpoint (train --full, merge) or a missing directory.
+// An empty dir (no adapter) passes.
+func checkAdapterDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	st, err := os.Stat(dir)
+	switch {
+	case err != nil:
+		return fmt.Errorf("--adapter: %w", err)
+	case !st.IsDir():
+		return fmt.Errorf("--adapter %s: is a file; want a PEFT adapter directory (adapter_config.json, adapter_model.safetensors)", dir)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "adapter_config.json")); err == nil {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); err == nil {
+		return fmt.Errorf("--adapter %s: a full model checkpoint (config.json), not a PEFT adapter: pass it as --model", dir)
+	}
+	return fmt.Errorf("--adapter %s: no adapter_config.json: not a PEFT adapter directory", dir)
+}
+
 func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("generate", "generate --model DIR [--adapter DIR] [--prompt TEXT | --data FILE.jsonl] [--chat] [flags]\n\n"+
 		"Without --prompt or --data, reads prompts from standard input: a chat session with --chat (or\n"+
@@ -96,17 +123,25 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err := parseCommand(fs, args); err != nil {
 		return err
 	}
+	promptGiven := false
+	fs.Visit(func(f *flag.Flag) { promptGiven = promptGiven || f.Name == "prompt" })
 	switch {
 	case *modelDir == "":
-		return errors.New("--model: a model directory is required")
+		fmt.Fprintln(stderr, "sparselora generate: missing --model DIR (run with --help)")
+		return errUsage
 	case *maxNew <= 0 || *maxNew > 1<<20:
 		return fmt.Errorf("--max-new-tokens %d: want 1..1048576", *maxNew)
 	case *temperature < 0 || *temperature > 100:
 		return fmt.Errorf("--temperature %g: want 0 (greedy) .. 100", *temperature)
 	case *topP <= 0 || *topP > 1:
 		return fmt.Errorf("--top-p %g: want 0 < p <= 1", *topP)
-	case *prompt != "" && *dataPath != "":
+	case promptGiven && *dataPath != "":
 		return errors.New("--prompt and --data: give one of them")
+	}
+	if *dataPath != "" {
+		if _, err := os.Stat(*dataPath); err != nil {
+			return fmt.Errorf("--data: %w", err)
+		}
 	}
 	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, stderr)
 	if err != nil {
@@ -118,6 +153,9 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer sess.Release()
+	if maxPos := lm.m.Config.MaxPositionEmbeddings; *maxNew >= maxPos {
+		fmt.Fprintf(stderr, "sparselora generate: note: the model has %d positions; completions stop there, before --max-new-tokens %d\n", maxPos, *maxNew)
+	}
 	opts := infer.Options{MaxNewTokens: *maxNew, OnText: func(s string) error {
 		_, err := io.WriteString(stdout, s)
 		return err
@@ -141,7 +179,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return c, err
 	}
 	switch {
-	case *prompt != "":
+	case promptGiven:
 		ids, err := encode(*prompt)
 		if err != nil {
 			return err
@@ -151,7 +189,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case *dataPath != "":
 		return generateFromFile(ctx, *dataPath, encode, sess, complete, stdout)
 	}
-	return generateInteractive(ctx, os.Stdin, *chat || lm.tok.HasChatTemplate(), encode, sess, opts, stdout, stderr)
+	return generateInteractive(ctx, os.Stdin, isTerminal(os.Stdin), *chat || lm.tok.HasChatTemplate(), encode, sess, opts, stdout, stderr)
 }
 
 // generateFromFile completes the prompt of each JSONL line.
@@ -163,8 +201,10 @@ func generateFromFile(ctx context.Context, path string, encode func(string) ([]i
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<16), 1<<26)
-	for line := 1; sc.Scan(); line++ {
+	sc.Buffer(make([]byte, 1<<16), maxPromptLine)
+	prompts := 0
+	line := 1
+	for ; sc.Scan(); line++ {
 		if strings.TrimSpace(sc.Text()) == "" {
 			continue
 		}
@@ -181,7 +221,10 @@ func generateFromFile(ctx context.Context, path string, encode func(string) ([]i
 		var ids []int32
 		switch {
 		case len(ex.Messages) > 0:
-			ids, err = sess.PromptChat(ex.Messages)
+			var msgs json.RawMessage
+			if msgs, err = promptMessages(ex.Messages); err == nil {
+				ids, err = sess.PromptChat(msgs)
+			}
 		case ex.Prompt != "":
 			ids, err = encode(ex.Prompt)
 		case ex.Instruction != "":
@@ -194,6 +237,7 @@ func generateFromFile(ctx context.Context, path string, encode func(string) ([]i
 		if err != nil {
 			return fmt.Errorf("%s:%d: %w", path, line, err)
 		}
+		prompts++
 		fmt.Fprintf(stdout, "### line %d\n", line)
 		if _, err := complete(ids); err != nil {
 			return fmt.Errorf("%s:%d: %w", path, line, err)
@@ -202,25 +246,63 @@ func generateFromFile(ctx context.Context, path string, encode func(string) ([]i
 			return err
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return scanError(path, line, err, maxPromptLine)
+	}
+	if prompts == 0 {
+		return fmt.Errorf("%s: no prompts (the file has no non-blank lines)", path)
+	}
+	return nil
+}
+
+// maxPromptLine bounds one line of generate --data.
+const maxPromptLine = 64 << 20
+
+// promptMessages is a conversation without its final assistant turn: the
+// prompt whose reply is generated, as eval's exact match does.
+func promptMessages(raw json.RawMessage) (json.RawMessage, error) {
+	var msgs []json.RawMessage
+	if err := json.Unmarshal(raw, &msgs); err != nil {
+		return nil, fmt.Errorf("\"messages\": want an array of {\"role\", \"content\"} objects: %w", err)
+	}
+	if len(msgs) == 0 {
+		return nil, errors.New("\"messages\": empty")
+	}
+	var last struct {
+		Role string `json:"role"`
+	}
+	if err := json.Unmarshal(msgs[len(msgs)-1], &last); err == nil && last.Role == "assistant" {
+		msgs = msgs[:len(msgs)-1]
+	}
+	if len(msgs) == 0 {
+		return nil, errors.New("\"messages\": only an assistant turn, no prompt")
+	}
+	return json.Marshal(msgs)
 }
 
 // generateInteractive reads prompts from in: a conversation kept across
 // turns with chat, one independent completion per line otherwise.
-func generateInteractive(ctx context.Context, in io.Reader, chat bool, encode func(string) ([]int32, error), sess *infer.Session,
+func generateInteractive(ctx context.Context, in io.Reader, showPrompts, chat bool, encode func(string) ([]int32, error), sess *infer.Session,
 	opts infer.Options, stdout, stderr io.Writer) error {
 	mode := "one completion per line"
 	if chat {
 		mode = "chat; /reset starts over"
 	}
-	fmt.Fprintf(stderr, "interactive (%s); end with Ctrl-D\n", mode)
+	// Prompts are for a person at a terminal; piped input gets completions only.
+	if showPrompts {
+		fmt.Fprintf(stderr, "interactive (%s); end with Ctrl-D\n", mode)
+	}
 	var history []map[string]string
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<16), 1<<24)
 	for {
-		fmt.Fprint(stderr, "> ")
+		if showPrompts {
+			fmt.Fprint(stderr, "> ")
+		}
 		if !sc.Scan() {
-			fmt.Fprintln(stderr)
+			if showPrompts {
+				fmt.Fprintln(stderr)
+			}
 			return sc.Err()
 		}
 		text := sc.Text()

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -17,21 +18,28 @@ import (
 func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("inspect", "inspect DIR [--batch B --seq T --bf16 --rank R --targets q,k,v,o,gate,up,down] (flags before or after DIR)", stdout, stderr)
 	batch := fs.Int("batch", 4, "sequences per batch for the memory estimate")
-	seq := fs.Int("seq", 512, "tokens per sequence for the memory estimate")
+	seq := fs.Int("seq", 512, "tokens per sequence for the memory estimate (at most the model's max_position_embeddings)")
 	bf16 := fs.Bool("bf16", false, "estimate with frozen weights stored as bf16")
 	rank := fs.Int("rank", 16, "LoRA rank for the memory estimate")
-	targets := fs.String("targets", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "LoRA target modules")
+	targets := fs.String("targets", "q,k,v,o,gate,up,down", "LoRA target modules: q,k,v,o,gate,up,down (or q_proj,...), or all")
 	if err := parseCommand(fs, args, "DIR"); err != nil {
 		return err
 	}
+	// Bounded like train's flags, so that the arithmetic of the estimate cannot
+	// overflow into a small, wrong figure.
 	for _, f := range []struct {
-		name  string
-		value int
-	}{{"batch", *batch}, {"seq", *seq}, {"rank", *rank}} {
+		name      string
+		value, hi int
+	}{{"batch", *batch, maxInspectBatch}, {"seq", *seq, maxInspectSeq}, {"rank", *rank, maxInspectRank}} {
 		if err := checkPositive(f.name, f.value); err != nil {
 			return err
 		}
+		if err := checkRange(f.name, f.value, 1, f.hi, "a value"); err != nil {
+			return err
+		}
 	}
+	seqGiven := false
+	fs.Visit(func(f *flag.Flag) { seqGiven = seqGiven || f.Name == "seq" })
 	targetList, err := lora.ParseTargets(*targets)
 	if err != nil {
 		return err
@@ -40,6 +48,12 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg, err := model.LoadConfig(filepath.Join(dir, model.ConfigFileName))
 	if err != nil {
 		return err
+	}
+	if maxPos := cfg.MaxPositionEmbeddings; maxPos > 0 && *seq > maxPos {
+		if seqGiven {
+			return fmt.Errorf("--seq %d: longer than the model's max_position_embeddings %d", *seq, maxPos)
+		}
+		*seq = maxPos // the default, 512, does not fit this model
 	}
 	ckpt, err := safetensors.OpenDir(dir)
 	if err != nil {
@@ -91,6 +105,13 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
+// Bounds of inspect's estimate flags: far above any real run (train takes
+// ranks up to 4096 and batches up to 4096), low enough that bytes fit in 64 bits.
+const (
+	maxInspectBatch = 1 << 16
+	maxInspectSeq   = 1 << 20
+	maxInspectRank  = 4096
+)
 
 // projectionShape is (in, out) of a projection.
 func projectionShape(c *model.Config, p model.Projection) (int, int) {

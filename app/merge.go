@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -28,6 +29,9 @@ func runMerge(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return errUsage
 		}
 	}
+	if err := checkAdapterDir(*adapterDir); err != nil {
+		return err
+	}
 	opts := lora.MergeOptions{Force: *force}
 	switch strings.ToLower(*dtype) {
 	case "":
@@ -45,6 +49,9 @@ func runMerge(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	opts.MaxShardBytes = maxBytes
 
 	report, err := lora.Merge(ctx, *modelDir, *adapterDir, *outDir, opts)
+	if errors.Is(err, lora.ErrOutDirNotEmpty) {
+		return fmt.Errorf("--out %s is not empty (add --force to replace it whole)", *outDir)
+	}
 	if err != nil {
 		return err
 	}

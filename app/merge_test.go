@@ -43,7 +43,7 @@ func TestMergeCommandWritesCheckpoint(t *testing.T) {
 
 	// Run again: refused without --force, replaced with it.
 	args := []string{"merge", "--model", filepath.Join(dir, "model"), "--adapter", filepath.Join(dir, "adapter_init"), "--out", out}
-	if code, _, stderr := run(t, args...); code != 1 || !strings.Contains(stderr, "not empty") {
+	if code, _, stderr := run(t, args...); code != 1 || !strings.Contains(stderr, "not empty") || !strings.Contains(stderr, "--force") {
 		t.Errorf("existing output: exit %d, %s", code, stderr)
 	}
 	if code, stdout, stderr := run(t, append(args, "--force")...); code != 0 {

@@ -79,17 +79,28 @@ func tokenizeStream(ctx context.Context, tok *tokenizer.Tokenizer, in io.Reader,
 		}
 	}
 	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return fmt.Errorf("%s:%d: line longer than %d MiB", name, line+1, maxTokenizeLine>>20)
-		}
-		return fmt.Errorf("%s:%d: %w", name, line+1, err)
+		return scanError(name, line+1, err, maxTokenizeLine)
 	}
 	return out.Flush()
+}
+
+// scanError names the JSONL line a bufio.Scanner stopped at, and says what
+// "token too long" means there.
+func scanError(name string, line int, err error, maxLine int) error {
+	if errors.Is(err, bufio.ErrTooLong) {
+		return fmt.Errorf("%s:%d: line longer than %d MiB", name, line, maxLine>>20)
+	}
+	return fmt.Errorf("%s:%d: %w", name, line, err)
 }
 
 func tokenizeLine(tok *tokenizer.Tokenizer, raw []byte) (any, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			// Valid JSON of another kind: say which, not which Go type it missed.
+			return nil, fmt.Errorf("not a JSON object: got a JSON %s", typeErr.Value)
+		}
 		return nil, fmt.Errorf("not a JSON object: %w", err)
 	}
 	boolField := func(key string, def bool) (bool, error) {

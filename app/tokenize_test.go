@@ -128,6 +128,8 @@ func TestTokenizeCommandBadInput(t *testing.T) {
 	}
 	for _, tc := range []struct{ line, want string }{
 		{`not json`, "not a JSON object"},
+		{`[1, 2]`, "not a JSON object: got a JSON array"},
+		{`"text"`, "not a JSON object: got a JSON string"},
 		{`{"text": "a", "ids": [1]}`, "exactly one of"},
 		{`{"ids": [-1]}`, "out of range"},
 		{`{"ids": [1], "add_special_tokens": true}`, `unexpected field "add_special_tokens"`},

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 )
 
 // chatMessage is one entry of a "messages" line; raw keeps every field (tool
@@ -84,6 +85,9 @@ func (p *parser) parseMessages(obj map[string]json.RawMessage) (*Example, error)
 	}
 	full, err := render(len(msgs), false)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkRendered(msgs, full); err != nil {
 		return nil, err
 	}
 	fullIDs := p.tok.Encode(full, false)
@@ -179,3 +183,23 @@ func commonPrefixLen(a, b []int) int {
 	}
 	return n
 }
+
+// checkRendered fails when the chat template left out a message of a role it
+// does not know: templates render only the roles they know, so a mistyped role
+// ("usr", "human") would otherwise vanish from the training text without a
+// word. Messages of the usual roles are the template's business (some drop
+// system prompts on purpose; Qwen3 rewrites earlier assistant turns).
+func checkRendered(msgs []chatMessage, rendered string) error {
+	for i, m := range msgs {
+		content := strings.TrimSpace(m.content)
+		if slices.Contains(knownRoles, m.role) || content == "" || strings.Contains(rendered, content) {
+			continue
+		}
+		return fmt.Errorf("messages[%d]: role %q: the chat template does not render this message; is the role mistyped? (usual roles: %s)",
+			i, m.role, strings.Join(knownRoles, ", "))
+	}
+	return nil
+}
+
+// knownRoles are the roles chat templates of HF models use.
+var knownRoles = []string{"system", "user", "assistant", "tool", "developer", "ipython", "function"}

@@ -101,6 +101,10 @@ func Merge(ctx context.Context, modelDir, adapterDir, outDir string, opts MergeO
 		if sameDir(d.dir, outDir) {
 			return MergeReport{}, fmt.Errorf("lora: merge: output directory %s is the %s directory", outDir, d.flag)
 		}
+		// Replacing the output removes it whole: never when it holds an input.
+		if containsDir(outDir, d.dir) {
+			return MergeReport{}, fmt.Errorf("lora: merge: output directory %s contains the %s directory %s", outDir, d.flag, d.dir)
+		}
 	}
 	if err := checkOutDir(outDir, opts.Force); err != nil {
 		return MergeReport{}, err
@@ -133,11 +137,11 @@ func Merge(ctx context.Context, modelDir, adapterDir, outDir string, opts MergeO
 
 	parent := filepath.Dir(filepath.Clean(outDir))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return MergeReport{}, fmt.Errorf("lora: merge: %w", err)
+		return MergeReport{}, fmt.Errorf("lora: merge: cannot create the output directory %s: %w", outDir, err)
 	}
 	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(filepath.Clean(outDir))+".tmp-*")
 	if err != nil {
-		return MergeReport{}, fmt.Errorf("lora: merge: %w", err)
+		return MergeReport{}, fmt.Errorf("lora: merge: cannot create the output directory %s in %s: %w", outDir, parent, err)
 	}
 	defer os.RemoveAll(tmp) // a no-op once the directory has been renamed
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -514,6 +518,10 @@ func setConfigDtype(config []byte, path, name string) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
+// ErrOutDirNotEmpty is returned by Merge when the output directory holds
+// files and MergeOptions.Force is not set.
+var ErrOutDirNotEmpty = errors.New("not empty (MergeOptions.Force replaces it)")
+
 // checkOutDir accepts a missing or empty output directory, and a non-empty
 // one only with force.
 func checkOutDir(dir string, force bool) error {
@@ -540,7 +548,7 @@ func checkOutDir(dir string, force bool) error {
 	} else if err != nil {
 		return fmt.Errorf("lora: merge: output directory %s: %w", dir, err)
 	}
-	return fmt.Errorf("lora: merge: output directory %s is not empty (use force to replace it)", dir)
+	return fmt.Errorf("lora: merge: output directory %s: %w", dir, ErrOutDirNotEmpty)
 }
 
 // publishDir renames the finished temporary directory to out. An existing out
@@ -573,6 +581,32 @@ func publishDir(tmp, out string, force bool) error {
 }
 
 // sameDir reports whether a and b name the same existing directory.
+// containsDir reports whether inner lies below outer (both existing
+// directories), following symbolic links.
+func containsDir(outer, inner string) bool {
+	outerSt, err := os.Stat(outer)
+	if err != nil {
+		return false
+	}
+	dir, err := filepath.Abs(inner)
+	if err != nil {
+		return false
+	}
+	if resolved, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = resolved
+	}
+	for {
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return false
+		}
+		dir = parent
+		if st, err := os.Stat(dir); err == nil && os.SameFile(st, outerSt) {
+			return true
+		}
+	}
+}
+
 func sameDir(a, b string) bool {
 	sa, errA := os.Stat(a)
 	sb, errB := os.Stat(b)

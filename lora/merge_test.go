@@ -657,3 +657,43 @@ func TestCompareNatural(t *testing.T) {
 		t.Errorf("got %v, want %v", names, want)
 	}
 }
+
+// --force replaces the output whole, so an output directory that holds the
+// model or the adapter must be refused even when forced: the inputs survive.
+func TestMergeRefusesOutputHoldingAnInput(t *testing.T) {
+	src := fixtures.HF(t, "llama-gqa")
+	parent := t.TempDir()
+	for _, name := range []string{"model", "adapter_init"} {
+		if err := os.CopyFS(filepath.Join(parent, "inputs", name), os.DirFS(filepath.Join(src, name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	modelDir := filepath.Join(parent, "inputs", "model")
+	adapterDir := filepath.Join(parent, "inputs", "adapter_init")
+	for _, out := range []string{parent, filepath.Join(parent, "inputs")} {
+		_, err := Merge(context.Background(), modelDir, adapterDir, out, MergeOptions{Force: true})
+		if err == nil || !strings.Contains(err.Error(), "contains the model directory") {
+			t.Errorf("--out %s: got %v, want a refusal naming the model directory", out, err)
+		}
+	}
+	for _, dir := range []string{modelDir, adapterDir} {
+		if _, err := os.Stat(filepath.Join(dir, "config.json")); err != nil && dir == modelDir {
+			t.Errorf("the model was touched: %v", err)
+		}
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("an input was removed: %v", err)
+		}
+	}
+	// An output that cannot be created (procfs takes no new directories, even
+	// from root) is named as such, not by its temporary name.
+	if st, err := os.Stat("/proc/self"); err == nil && st.IsDir() {
+		if _, err := Merge(context.Background(), modelDir, adapterDir, "/proc/sparselora-merged", MergeOptions{}); err == nil ||
+			!strings.Contains(err.Error(), "cannot create the output directory /proc/sparselora-merged") {
+			t.Errorf("unwritable output: got %v", err)
+		}
+	}
+	// A sibling output is fine.
+	if _, err := Merge(context.Background(), modelDir, adapterDir, filepath.Join(parent, "merged"), MergeOptions{}); err != nil {
+		t.Errorf("sibling output: %v", err)
+	}
+}

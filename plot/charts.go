@@ -138,6 +138,9 @@ func (f figure) draw(c draw.Canvas) {
 		if p != nil && math.IsInf(p.Y.Min, 1) {
 			p.Y.Min, p.Y.Max = 0, 1
 		}
+		if p != nil {
+			widenFlatRange(&p.Y)
+		}
 	}
 	// The panels paint their own backgrounds; the padding around them is
 	// painted here, so that a reused canvas keeps nothing of a former frame.
@@ -162,6 +165,18 @@ func (f figure) draw(c draw.Canvas) {
 	for i, p := range f.panels {
 		p.Draw(canvases[i][0])
 	}
+}
+
+// widenFlatRange gives an axis whose data are one value v (a constant learning
+// rate, say) a range around v. gonum widens such a range to v-1..v+1, which
+// for a value like 1e-3 is a -1..1 axis on which the line seems to sit at 0.
+func widenFlatRange(ax *gplot.Axis) {
+	v := ax.Min
+	if ax.Max != v || v == 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return
+	}
+	half := math.Abs(v) / 2
+	ax.Min, ax.Max = v-half, v+half
 }
 
 func buildFigure(kind Chart, recs []Record, opts Options) (figure, error) {
@@ -603,11 +618,25 @@ func (t niceTicks) Ticks(lo, hi float64) []gplot.Tick {
 		}
 		tick := gplot.Tick{Value: v}
 		if q := v / step; math.Abs(q-math.Round(q)) < 1e-6 {
-			tick.Label = strconv.FormatFloat(v, 'f', decimals, 64)
+			tick.Label = tickLabel(v, step, decimals)
 		}
 		ticks = append(ticks, tick)
 	}
 	return ticks
+}
+
+// maxFixedLabel is the longest tick label written in fixed notation; longer
+// ones (values like 1e12 or 3e-9) switch to exponent notation.
+const maxFixedLabel = 10
+
+// tickLabel writes a tick value at a step's precision.
+func tickLabel(v, step float64, decimals int) string {
+	label := strconv.FormatFloat(v, 'f', decimals, 64)
+	if len(label) <= maxFixedLabel || v == 0 {
+		return label
+	}
+	digits := int(math.Floor(math.Log10(math.Abs(v)))) - int(math.Floor(math.Log10(step))) + 1
+	return strconv.FormatFloat(v, 'g', min(max(digits, 1), 15), 64)
 }
 
 // logTicks labels 1, 2 and 5 times powers of ten on a log axis that spans a

@@ -185,14 +185,19 @@ func TestPlotTicks(t *testing.T) {
 	for _, c := range []struct {
 		lo, hi  float64
 		integer bool
-	}{{1, 40, true}, {0.5, 8.5, true}, {0, 2e-4, false}, {0.87, 2.16, false}, {-3, 1234, false}, {1, 2, true}} {
+	}{{1, 40, true}, {0.5, 8.5, true}, {0, 2e-4, false}, {0.87, 2.16, false}, {-3, 1234, false}, {1, 2, true},
+		// Extreme magnitudes (a diverged loss, a tiny learning rate): short labels.
+		{5e307, 1.5e308, false}, {1e11, 3e11, false}, {0, 3e-9, false}, {-2e-8, -1e-8, false}} {
 		var labeled []float64
 		for _, tk := range (niceTicks{integer: c.integer}).Ticks(c.lo, c.hi) {
-			if tk.Value < c.lo-1e-12 || tk.Value > c.hi+1e-12 {
+			if slack := 1e-12 * math.Max(1, math.Max(math.Abs(c.lo), math.Abs(c.hi))); tk.Value < c.lo-slack || tk.Value > c.hi+slack {
 				t.Errorf("%v: tick %g outside the range", c, tk.Value)
 			}
 			if tk.Label == "" {
 				continue
+			}
+			if len(tk.Label) > 12 {
+				t.Errorf("%v: label %q is too long to read", c, tk.Label)
 			}
 			v, err := strconv.ParseFloat(tk.Label, 64)
 			if err != nil || math.Abs(v-tk.Value) > 1e-9*math.Max(1, math.Abs(v)) {
@@ -403,6 +408,36 @@ func TestPlotDrawRepaintsTheWholeCanvas(t *testing.T) {
 			if !near(img.At(p.X, p.Y), color.White, 0) {
 				t.Errorf("%s: pixel %v is %v after drawing, want white", kind, p, img.At(p.X, p.Y))
 			}
+		}
+	}
+}
+
+// A constant series (a constant learning rate) must get an axis around its
+// value, not gonum's v-1..v+1, on which 1e-3 reads as 0.
+func TestPlotConstantSeriesAxis(t *testing.T) {
+	for _, lr := range []float64{1e-3, -2.5e-5, 3e4} {
+		recs := syntheticRun(6, 0, 1)
+		for i := range recs {
+			recs[i].LR = lr
+		}
+		fig, err := buildFigure(ChartLR, recs, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := vgimg.NewWith(vgimg.UseWH(pixels(500), pixels(300)), vgimg.UseDPI(DPI))
+		fig.draw(draw.New(c))
+		y := fig.panels[0].Y
+		if !(y.Min < lr && lr < y.Max) || y.Max-y.Min > 2*math.Abs(lr) || (lr > 0 && y.Min <= 0) {
+			t.Errorf("constant learning rate %g: y axis %g..%g, want a range around it of its magnitude", lr, y.Min, y.Max)
+		}
+		labeled := 0
+		for _, tick := range y.Tick.Marker.Ticks(y.Min, y.Max) {
+			if tick.Label != "" {
+				labeled++
+			}
+		}
+		if labeled < 2 {
+			t.Errorf("constant learning rate %g: %d labeled ticks on %g..%g, want at least 2", lr, labeled, y.Min, y.Max)
 		}
 	}
 }

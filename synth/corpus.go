@@ -24,7 +24,7 @@ func Corpus(ctx context.Context, n int, seed uint64) ([]Document, error) {
 	}
 	r := newRNG(seed)
 	kinds := []func(*rng) string{storyDocument, storyDocument, equationDocument, equationDocument, listDocument, listDocument, worldDocument}
-	out := make([]Document, 0, n)
+	out := make([]Document, 0, min(n, preallocLimit))
 	for i := 0; i < n; i++ {
 		if i%1024 == 0 {
 			if err := ctx.Err(); err != nil {

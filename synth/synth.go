@@ -168,8 +168,10 @@ func Generate(ctx context.Context, name string, opts Options, n int, seed uint64
 		return nil, fmt.Errorf("task %s: count %d is negative", name, n)
 	}
 	r := newRNG(seed)
-	seen := make(map[string]bool, n)
-	out := make([]Example, 0, n)
+	// Capacity grows with the results: a huge n must not allocate up front
+	// (and fail on memory before the first draw or a cancellation).
+	seen := make(map[string]bool, min(n, preallocLimit))
+	out := make([]Example, 0, min(n, preallocLimit))
 	maxDraws := 50*n + 10000
 	for draw := 0; len(out) < n; draw++ {
 		if draw == maxDraws {
@@ -189,6 +191,9 @@ func Generate(ctx context.Context, name string, opts Options, n int, seed uint64
 	}
 	return out, nil
 }
+
+// preallocLimit caps the capacity reserved for n results before any exist.
+const preallocLimit = 1 << 16
 
 // WriteJSONL writes one JSON object per line, with HTML characters unescaped (as Python's json).
 func WriteJSONL[T any](w io.Writer, items []T) error {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -450,5 +451,25 @@ func checkRecalls(t *testing.T, text string) {
 	}
 	if found == 0 {
 		t.Errorf("%q: no recall", text)
+	}
+}
+
+// A huge count must not reserve memory for every result before the first one
+// exists: with a cancelled context Generate and Corpus return at once.
+func TestHugeCountsDoNotAllocateUpFront(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	const huge = 1 << 40
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := Generate(cancelled, "lookup", DefaultOptions(), huge, 1, Train); err == nil {
+		t.Error("Generate: a cancelled context did not stop it")
+	}
+	if _, err := Corpus(cancelled, huge, 1); err == nil {
+		t.Error("Corpus: a cancelled context did not stop it")
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
+		t.Errorf("asking for %d results allocated %d MiB up front", huge, grew>>20)
 	}
 }

@@ -20,6 +20,11 @@ import (
 // dir/chat_template.jinja, which transformers 5 writes instead of a config field). dir may be a
 // model directory or a tokenizer-only directory.
 func Load(dir string) (*Tokenizer, error) {
+	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
+		// A path to a file where a directory belongs: say so, rather than
+		// "open DIR/tokenizer.json/tokenizer.json: not a directory".
+		return nil, fmt.Errorf("tokenizer: %s is a file; want the directory that holds tokenizer.json (here %s)", dir, filepath.Dir(dir))
+	}
 	path := filepath.Join(dir, "tokenizer.json")
 	data, err := os.ReadFile(path)
 	if err != nil {

@@ -182,6 +182,11 @@ func TestTokenizerLoadErrors(t *testing.T) {
 			t.Errorf("%s: got %v, want an error naming tokenizer.json and %q", body, err, want)
 		}
 	}
+	// The file itself given for its directory: named as a file, with the directory to pass.
+	file := filepath.Join(dir, "tokenizer.json")
+	if _, err := Load(file); err == nil || !strings.Contains(err.Error(), file+" is a file") || !strings.Contains(err.Error(), "(here "+dir+")") {
+		t.Errorf("Load(%s): got %v, want it named as a file", file, err)
+	}
 }
 
 func TestLossyUTF8(t *testing.T) {

@@ -106,6 +106,8 @@ func (o TrainOptions) validate() error {
 		return fmt.Errorf("eos token %q is not among the special tokens", o.EOS)
 	case o.ModelMaxLength < 0:
 		return fmt.Errorf("model_max_length %d is negative", o.ModelMaxLength)
+	case o.MinFrequency < 0:
+		return fmt.Errorf("minimum pair frequency %d is negative", o.MinFrequency)
 	}
 	return nil
 }

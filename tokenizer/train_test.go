@@ -292,6 +292,8 @@ func TestTrainingStopsAndChecks(t *testing.T) {
 		func(o *TrainOptions) { o.VocabSize = 259 },
 		func(o *TrainOptions) { o.BOS = "<s>" },
 		func(o *TrainOptions) { o.SpecialTokens = append(o.SpecialTokens, "<|bos|>") },
+		func(o *TrainOptions) { o.MinFrequency = -3 },
+		func(o *TrainOptions) { o.ModelMaxLength = -5 },
 	} {
 		o := DefaultTrainOptions()
 		bad(&o)

@@ -1,0 +1,50 @@
+package app
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sparselora/sparselora/internal/fixtures"
+)
+
+// The llama-gqa fixture has max_position_embeddings 128 (its config.json).
+func TestInspectBoundsTheEstimate(t *testing.T) {
+	dir := filepath.Join(fixtures.HF(t, "llama-gqa"), "model")
+	code, out, errOut := run(t, "inspect", dir)
+	if code != 0 || !strings.Contains(out, "batch 4 x 128 tokens") {
+		t.Errorf("default --seq 512 on a 128-position model: exit %d, want the estimate at 128 tokens\n%s%s", code, out, errOut)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--seq", "200"}, "max_position_embeddings 128"},
+		{[]string{"--batch", "9223372036854775807"}, "--batch"},
+		{[]string{"--batch", "3000000000", "--seq", "100"}, "--batch"},
+		{[]string{"--rank", "99999999999999"}, "--rank"},
+	} {
+		code, out, errOut := run(t, append([]string{"inspect", dir}, c.args...)...)
+		if code != 1 || !strings.Contains(errOut, c.want) {
+			t.Errorf("inspect %v: exit %d, stderr %q, want exit 1 naming %q\n%s", c.args, code, errOut, c.want, out)
+		}
+	}
+}
+
+// inspect estimates what train would run: the same default targets.
+func TestInspectTargetsDefaultIsTrains(t *testing.T) {
+	defaultOf := func(help string) string {
+		_, after, ok := strings.Cut(help, "-targets string")
+		if !ok {
+			return ""
+		}
+		_, after, _ = strings.Cut(after, `(default "`)
+		value, _, _ := strings.Cut(after, `"`)
+		return value
+	}
+	_, trainHelp, _ := run(t, "train", "--help")
+	_, inspectHelp, _ := run(t, "inspect", "--help")
+	if got, want := defaultOf(inspectHelp), defaultOf(trainHelp); got == "" || got != want {
+		t.Errorf("inspect --targets default %q, train's %q", got, want)
+	}
+}
