@@ -22,6 +22,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"demo", "the built-in default: fine-tune the tiny model dense and sparse on the built-in task, one table", runDemo},
 		{"train", "fine-tune a LoRA adapter (SparseLoRA) on a JSONL data set", runTrain},
 		{"generate", "generate text with a model and an optional adapter (prompt, file or interactive chat)", runGenerate},
 		{"eval", "measure loss/perplexity or exact-match accuracy on a JSONL data set", runEval},
@@ -39,7 +40,7 @@ func commands() []command {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: sparselora <command> [flags]\n\ncommands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w, "\nRun `sparselora <command> --help` for a command's flags.")
 }
@@ -49,11 +50,12 @@ var errUsage = errors.New("usage")
 
 // Main runs the CLI and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
-		if len(args) == 0 {
-			return 2
-		}
 		return 0
 	}
 	for _, c := range commands() {
@@ -165,7 +167,7 @@ func (f *deviceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.backend, "backend", "", "WebGPU backend: vulkan, metal, d3d12 (default: any)")
 	// --gpu, not --adapter: "adapter" means the LoRA adapter in the commands
 	// that train and use one.
-	fs.StringVar(&f.adapter, "gpu", "", "WebGPU adapter: its index or a part of its name (see `sparselora devices`)")
+	fs.StringVar(&f.adapter, "gpu", "", "WebGPU adapter: its index or a part of its name, as sparselora devices lists them")
 	fs.StringVar(&f.power, "power", "high", "power preference when several GPUs are present: high or low")
 	fs.StringVar(&f.toggles, "toggles", "", "comma-separated Dawn toggles to enable (e.g. disable_robustness)")
 }

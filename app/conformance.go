@@ -77,7 +77,7 @@ func runConformance(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHECK\tREL. ERROR\tTOLERANCE\tRESULT\t")
+	fmt.Fprintln(tw, "CHECK\tREL. ERROR\tTOLERANCE\tRESULT")
 	failed := 0
 	for _, c := range checks {
 		result := "ok"
@@ -88,7 +88,7 @@ func runConformance(ctx context.Context, args []string, stdout, stderr io.Writer
 		if c.note != "" {
 			result += " (" + c.note + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%.3g\t%.0e\t%s\t\n", c.name, c.err, c.tolerance, result)
+		fmt.Fprintf(tw, "%s\t%.3g\t%.0e\t%s\n", c.name, c.err, c.tolerance, result)
 	}
 	tw.Flush()
 	if failed > 0 {

@@ -61,7 +61,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.IntVar(&c.EvalEvery, "eval-every", c.EvalEvery, "evaluate every N steps (0: at the end)")
 	fs.StringVar(&c.EvalMetric, "eval-metric", c.EvalMetric, "loss or exact-match (greedy completions vs the examples' answers)")
 	fs.IntVar(&c.EvalMaxNewTokens, "eval-max-new-tokens", c.EvalMaxNewTokens, "most tokens generated per example with --eval-metric exact-match")
-	fs.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "write a checkpoint every N steps (0: only on interrupt)")
+	fs.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "write a checkpoint every N steps (0: none, except on interrupt); the trained parameters are always saved at the end")
 	fs.IntVar(&c.Keep, "keep", c.Keep, "checkpoints kept")
 	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the newest checkpoint in --out")
 	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "read the loss back and log every N steps")
@@ -125,7 +125,11 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if em := res.ExactMatch; em != nil {
 		fmt.Fprintf(stdout, ", exact match %d/%d = %.1f %% (95 %% CI %.1f-%.1f %%)", em.Correct, em.N, 100*em.Accuracy, 100*em.Lo, 100*em.Hi)
 	}
-	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\nadapter: %s\n", res.FLOPsRatio, res.AdapterDir)
+	what := "adapter (PEFT)"
+	if cfg.Full {
+		what = "model (HF checkpoint)"
+	}
+	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\n%s: %s\n", res.FLOPsRatio, what, res.AdapterDir)
 	return nil
 }
 
@@ -298,6 +302,9 @@ func (v *trainView) start(p train.Plan) {
 		fmt.Fprintf(w, "; %d bad lines skipped", d.Skipped)
 	}
 	fmt.Fprintln(w)
+	for _, e := range d.SkipErrors {
+		fmt.Fprintf(w, "  skipped: %v\n", e)
+	}
 	if e := p.EvalData; e != nil {
 		fmt.Fprintf(w, "eval data: %s: %d examples, %d scored tokens\n", e.Path, len(e.Examples), e.ScoredTokens)
 	}

@@ -50,6 +50,10 @@ func saveCheckpoint(ctx context.Context, out string, st trainerState, save func(
 		return "", err
 	}
 	defer os.RemoveAll(tmp)
+	// MkdirTemp makes it owner-only; a checkpoint is readable like the run's other files.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", err
+	}
 	if err := save(tmp); err != nil {
 		return "", err
 	}

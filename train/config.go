@@ -98,8 +98,8 @@ func (c *Config) Validate() error {
 		return errors.New("--out: a run directory is required")
 	case !c.Full && c.AdapterInit == "" && (c.Rank <= 0 || c.Rank > 4096):
 		return bad("rank", c.Rank, "want 1..4096")
-	case !c.Full && c.AdapterInit == "" && (!finite(c.Alpha) || c.Alpha == 0):
-		return bad("alpha", c.Alpha, "want a finite, non-zero number")
+	case !c.Full && c.AdapterInit == "" && (!finite(c.Alpha) || c.Alpha <= 0):
+		return bad("alpha", c.Alpha, "want a finite, positive number")
 	case c.BatchSize <= 0 || c.BatchSize > 4096:
 		return bad("batch-size", c.BatchSize, "want 1..4096")
 	case c.GradAccum <= 0 || c.GradAccum > 1<<16:

@@ -217,7 +217,7 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 		r.plan.StartStep, r.plan.ResumedFrom, r.tokens, r.startTokens = st.Step, resumeDir, st.Tokens, st.Tokens
 	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--out: %w", err)
 	}
 	resolved, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -599,6 +599,9 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 				return nil, fmt.Errorf("step %d: %w; the last checkpoint in %s is intact", step, err, r.cfg.Out)
 			}
 			return nil, err
+		}
+		if stats.GradNorm == 0 && r.hooks.Note != nil {
+			r.hooks.Note(fmt.Sprintf("warning: step %d: the gradient norm is 0 (loss %.4f): the model no longer learns; is the learning rate too high?", step, stats.Loss))
 		}
 		now := time.Now()
 		elapsed := now.Sub(intervalStart)

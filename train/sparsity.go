@@ -52,7 +52,13 @@ func ResolveSparsity(name string, cfg *model.Config) (*predictor.SparsityConfig,
 	table, err := predictor.OpenSparsityConfig(name)
 	if err != nil {
 		if _, statErr := os.Stat(name); statErr != nil && !strings.ContainsAny(name, "/.") {
-			return nil, "", fmt.Errorf("--sparsity %q: want auto, dense, a YAML file or one of %s", name, strings.Join(predictor.BuiltinSparsityConfigNames(), ", "))
+			var tables []string
+			for _, t := range predictor.BuiltinSparsityConfigNames() {
+				if t != "dense" {
+					tables = append(tables, t)
+				}
+			}
+			return nil, "", fmt.Errorf("--sparsity %q: want auto, dense, a YAML file or a table: %s", name, strings.Join(tables, ", "))
 		}
 		return nil, "", fmt.Errorf("--sparsity: %w", err)
 	}

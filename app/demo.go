@@ -1,0 +1,213 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sparselora/sparselora/data"
+	"github.com/sparselora/sparselora/evaluate"
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/infer"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/plot"
+	"github.com/sparselora/sparselora/synth"
+	"github.com/sparselora/sparselora/tokenizer"
+	"github.com/sparselora/sparselora/train"
+)
+
+const demoSynopsis = `demo [--model models/tiny] [--out runs/demo] [flags]
+
+The built-in default: fine-tunes the project's tiny base model on the built-in
+lookup task twice, with dense LoRA and with SparseLoRA (the model's
+sparsity.yaml), measures exact match on the held-out split before and after,
+and prints one table of accuracy, speed and FLOPs.`
+
+// demoVariant is one row of the demo's table.
+type demoVariant struct {
+	name       string
+	acc        evaluate.Summary
+	msPerStep  float64
+	tokensPerS float64
+	flops      float64
+}
+
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", demoSynopsis, stdout, stderr)
+	modelDir := fs.String("model", "models/tiny", "the base model (config.json, model.safetensors, tokenizer, sparsity.yaml)")
+	out := fs.String("out", filepath.Join("runs", "demo"), "where the data, the two runs and the table go")
+	task := fs.String("task", "lookup", "built-in task (see `sparselora data synth --help`)")
+	nTrain := fs.Int("train-examples", 1200, "training examples")
+	nEval := fs.Int("eval-examples", 150, "held-out examples for exact match")
+	steps := fs.Int("max-steps", 150, "optimizer steps of each fine-tuning run")
+	seed := fs.Uint64("seed", 1, "seed of the data and the adapters")
+	var df deviceFlags
+	df.register(fs)
+	if err := parseCommand(fs, args); err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"train-examples", *nTrain}, {"eval-examples", *nEval}, {"max-steps", *steps}} {
+		if c.v < 1 || c.v > 1_000_000 {
+			return fmt.Errorf("--%s %d: want 1..1000000", c.name, c.v)
+		}
+	}
+	sparsity := filepath.Join(*modelDir, "sparsity.yaml")
+	for _, f := range []string{"config.json", "model.safetensors", "tokenizer.json", "sparsity.yaml"} {
+		if _, err := os.Stat(filepath.Join(*modelDir, f)); err != nil {
+			return fmt.Errorf("--model %s: not the built-in model's directory (no %s); run from the repository root, or rebuild it with make base-model", *modelDir, f)
+		}
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+	trainFile, evalFile := filepath.Join(*out, "train.jsonl"), filepath.Join(*out, "eval.jsonl")
+	for _, f := range []struct {
+		path  string
+		n     int
+		split synth.Split
+	}{{trainFile, *nTrain, synth.Train}, {evalFile, *nEval, synth.Eval}} {
+		examples, err := synth.Generate(ctx, *task, synth.DefaultOptions(), f.n, *seed, f.split)
+		if err != nil {
+			return err
+		}
+		if err := writeJSONLFile(f.path, io.Discard, func(w io.Writer) error { return synth.WriteJSONL(w, examples) }); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "task %s: %d training and %d held-out examples in %s\n", *task, *nTrain, *nEval, *out)
+
+	dev, closeDev, err := df.open()
+	if err != nil {
+		return err
+	}
+	defer closeUnlessInterrupted(ctx, closeDev)
+	fmt.Fprintf(stdout, "adapter: %s (%s)\n", dev.Info.Name(), dev.Info.Backend)
+
+	start := time.Now()
+	base, err := demoBaseAccuracy(ctx, dev, *modelDir, evalFile)
+	if err != nil {
+		return fmt.Errorf("base model: %w", err)
+	}
+	fmt.Fprintf(stdout, "base model: exact match %s\n", accuracyText(base))
+	rows := []demoVariant{{name: "base model", acc: base}}
+	for _, v := range []struct{ name, sparsity string }{{"dense LoRA", "dense"}, {"SparseLoRA", sparsity}} {
+		cfg := train.DefaultConfig()
+		cfg.Model, cfg.Data, cfg.Out = *modelDir, trainFile, filepath.Join(*out, strings.ReplaceAll(strings.ToLower(v.name), " ", "-"))
+		cfg.Rank, cfg.Alpha, cfg.Targets = 8, 16, "q,k,v,o,gate,up,down"
+		cfg.BatchSize, cfg.MaxSteps, cfg.LR, cfg.WarmupSteps, cfg.Schedule = 8, *steps, 3e-3, 10, "linear"
+		cfg.Seed, cfg.LogEvery, cfg.Sparsity = *seed, 10, v.sparsity
+		cfg.EvalData, cfg.EvalMetric, cfg.EvalMaxNewTokens = evalFile, "exact-match", 4
+		cfg.SVDCacheDir = filepath.Join(*out, "svd-cache")
+		if err := os.RemoveAll(cfg.Out); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %d steps of batch %d ...\n", v.name, cfg.MaxSteps, cfg.BatchSize)
+		res, err := train.Run(ctx, dev, cfg, train.Hooks{})
+		if err != nil {
+			return fmt.Errorf("%s: %w", v.name, err)
+		}
+		if res.ExactMatch == nil {
+			return fmt.Errorf("%s: no evaluation", v.name)
+		}
+		row := demoVariant{name: v.name, acc: *res.ExactMatch, flops: res.FLOPsRatio}
+		row.msPerStep, row.tokensPerS = steadyThroughput(cfg.Out, v.sparsity != "dense")
+		fmt.Fprintf(stdout, "%s: exact match %s, %.0f ms/step\n", v.name, accuracyText(row.acc), row.msPerStep)
+		rows = append(rows, row)
+	}
+	table := demoTable(rows)
+	fmt.Fprintf(stdout, "\n%s\ntotal %s\n", table, time.Since(start).Round(time.Second))
+	return writeJSONLFile(filepath.Join(*out, "table.md"), io.Discard, func(w io.Writer) error {
+		_, err := io.WriteString(w, table)
+		return err
+	})
+}
+
+// demoBaseAccuracy measures the base model without an adapter.
+func demoBaseAccuracy(ctx context.Context, dev *gpu.Device, modelDir, evalFile string) (evaluate.Summary, error) {
+	tok, err := tokenizer.Load(modelDir)
+	if err != nil {
+		return evaluate.Summary{}, err
+	}
+	m, err := model.Load(dev, modelDir, gpu.F32)
+	if err != nil {
+		return evaluate.Summary{}, err
+	}
+	defer m.Release()
+	ds, err := data.LoadContext(ctx, evalFile, tok, data.Options{VocabSize: m.Config.VocabSize})
+	if err != nil {
+		return evaluate.Summary{}, err
+	}
+	sess, err := infer.NewSession(m, tok, modelDir, ds.MaxLen+4)
+	if err != nil {
+		return evaluate.Summary{}, err
+	}
+	defer sess.Release()
+	sum, _, err := evaluate.ExactMatch(ctx, sess, ds, 4, nil)
+	return sum, err
+}
+
+// steadyThroughput is the mean ms/step and tokens/s of a run's logged
+// intervals after the first (which compiles the kernels), counting for a
+// sparse run only intervals that ran sparse throughout.
+func steadyThroughput(runDir string, sparse bool) (msPerStep, tokensPerS float64) {
+	recs, err := plot.ReadMetrics(filepath.Join(runDir, train.MetricsFileName))
+	if err != nil {
+		return 0, 0
+	}
+	var ms, tps float64
+	n := 0
+	for i := 1; i < len(recs); i++ {
+		if sparse && !(recs[i].Sparse && recs[i-1].Sparse) {
+			continue
+		}
+		ms += recs[i].MSPerStep
+		tps += recs[i].TokensPerS
+		n++
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	return ms / float64(n), tps / float64(n)
+}
+
+func accuracyText(s evaluate.Summary) string {
+	return fmt.Sprintf("%.1f%% [%.1f, %.1f]", 100*s.Accuracy, 100*s.Lo, 100*s.Hi)
+}
+
+// demoTable is the markdown table of the demo's results.
+func demoTable(rows []demoVariant) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 0, 1, ' ', tabwriter.Debug)
+	fmt.Fprintln(tw, "| variant\t exact match (95% CI)\t ms/step\t tokens/s\t FLOPs vs dense (analytic)\t speed-up\t")
+	fmt.Fprintln(tw, "|---\t---\t---\t---\t---\t---\t")
+	var dense float64
+	for _, r := range rows {
+		if r.name == "base model" {
+			fmt.Fprintf(tw, "| %s\t %s\t -\t -\t -\t -\t\n", r.name, accuracyText(r.acc))
+			continue
+		}
+		speedup := "1.00x"
+		if dense == 0 {
+			dense = r.msPerStep
+		} else if r.msPerStep > 0 {
+			speedup = fmt.Sprintf("%.2fx", dense/r.msPerStep)
+		}
+		fmt.Fprintf(tw, "| %s\t %s\t %.0f\t %.0f\t %.3f\t %s\t\n", r.name, accuracyText(r.acc), r.msPerStep, r.tokensPerS, r.flops, speedup)
+	}
+	tw.Flush()
+	// tabwriter.Debug separates cells with '|'; the leading "| " and the
+	// padding make a markdown table whose columns line up in a terminal.
+	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight(l, " |") + " |"
+	}
+	return strings.Join(lines, "\n") + "\n"
+}
