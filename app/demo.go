@@ -24,9 +24,13 @@ import (
 const demoSynopsis = `demo [--model models/tiny] [--out runs/demo] [flags]
 
 The built-in default: fine-tunes the project's tiny base model on the built-in
-lookup task twice, with dense LoRA and with SparseLoRA (the model's
+task (arithmetic word problems) twice, with dense LoRA and with SparseLoRA (the model's
 sparsity.yaml), measures exact match on the held-out split before and after,
 and prints one table of accuracy, speed and FLOPs.`
+
+// demoMaxNewTokens covers the worked answer of the arith task (" 7 + 1 = 8.
+// The answer is 8.") and the lookup task's value.
+const demoMaxNewTokens = 20
 
 // demoVariant is one row of the demo's table.
 type demoVariant struct {
@@ -41,10 +45,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlags("demo", demoSynopsis, stdout, stderr)
 	modelDir := fs.String("model", "models/tiny", "the base model (config.json, model.safetensors, tokenizer, sparsity.yaml)")
 	out := fs.String("out", filepath.Join("runs", "demo"), "where the data, the two runs and the table go")
-	task := fs.String("task", "lookup", "built-in task (see `sparselora data synth --help`)")
+	task := fs.String("task", "arith", "built-in task: arith (word problems) or lookup")
+	problemSteps := fs.Int("problem-steps", 1, "arith: operations on the asked quantity")
+	distractors := fs.Int("distractors", 0, "arith: sentences about other people (context the answer does not need)")
 	nTrain := fs.Int("train-examples", 1200, "training examples")
 	nEval := fs.Int("eval-examples", 150, "held-out examples for exact match")
-	steps := fs.Int("max-steps", 150, "optimizer steps of each fine-tuning run")
+	steps := fs.Int("max-steps", 200, "optimizer steps of each fine-tuning run")
 	seed := fs.Uint64("seed", 1, "seed of the data and the adapters")
 	var df deviceFlags
 	df.register(fs)
@@ -74,7 +80,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		n     int
 		split synth.Split
 	}{{trainFile, *nTrain, synth.Train}, {evalFile, *nEval, synth.Eval}} {
-		examples, err := synth.Generate(ctx, *task, synth.DefaultOptions(), f.n, *seed, f.split)
+		opts := synth.DefaultOptions()
+		opts.Steps, opts.Distractors = *problemSteps, *distractors
+		examples, err := synth.Generate(ctx, *task, opts, f.n, *seed, f.split)
 		if err != nil {
 			return err
 		}
@@ -104,7 +112,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		cfg.Rank, cfg.Alpha, cfg.Targets = 8, 16, "q,k,v,o,gate,up,down"
 		cfg.BatchSize, cfg.MaxSteps, cfg.LR, cfg.WarmupSteps, cfg.Schedule = 8, *steps, 3e-3, 10, "linear"
 		cfg.Seed, cfg.LogEvery, cfg.Sparsity = *seed, 10, v.sparsity
-		cfg.EvalData, cfg.EvalMetric, cfg.EvalMaxNewTokens = evalFile, "exact-match", 4
+		cfg.EvalData, cfg.EvalMetric, cfg.EvalMaxNewTokens = evalFile, "exact-match", demoMaxNewTokens
 		cfg.SVDCacheDir = filepath.Join(*out, "svd-cache")
 		if err := os.RemoveAll(cfg.Out); err != nil {
 			return err
@@ -145,12 +153,12 @@ func demoBaseAccuracy(ctx context.Context, dev *gpu.Device, modelDir, evalFile s
 	if err != nil {
 		return evaluate.Summary{}, err
 	}
-	sess, err := infer.NewSession(m, tok, modelDir, ds.MaxLen+4)
+	sess, err := infer.NewSession(m, tok, modelDir, ds.MaxLen+demoMaxNewTokens)
 	if err != nil {
 		return evaluate.Summary{}, err
 	}
 	defer sess.Release()
-	sum, _, err := evaluate.ExactMatch(ctx, sess, ds, 4, nil)
+	sum, _, err := evaluate.ExactMatch(ctx, sess, ds, demoMaxNewTokens, nil)
 	return sum, err
 }
 
