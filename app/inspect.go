@@ -13,6 +13,7 @@ import (
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
+	"github.com/sparselora/sparselora/predictor"
 )
 
 func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -22,6 +23,7 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	bf16 := fs.Bool("bf16", false, "estimate with frozen weights stored as bf16")
 	rank := fs.Int("rank", 16, "LoRA rank for the memory estimate")
 	targets := fs.String("targets", "q,k,v,o,gate,up,down", "LoRA target modules: q,k,v,o,gate,up,down (or q_proj,...), or all")
+	singular := fs.Int("singular-values", 6, "show this many top singular values of q_proj and gate_proj in the first and last layers (0: none; matrices up to 16M elements)")
 	if err := parseCommand(fs, args, "DIR"); err != nil {
 		return err
 	}
@@ -102,7 +104,37 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "  LoRA + AdamW    %s (%d trainable parameters)\n", bytesString(loraBytes), loraParams)
 	fmt.Fprintf(stdout, "  activations     %s\n", bytesString(mem.Activations))
 	fmt.Fprintf(stdout, "  total           %s\n", bytesString(mem.Weights+loraBytes+mem.Activations))
+	if *singular > 0 {
+		printSpectra(stdout, cfg, ckpt, *singular)
+	}
 	return nil
+}
+
+// printSpectra shows the top singular values of a few projections: the
+// low-rank structure SparseLoRA's SVD estimator relies on (random weights
+// have a flat spectrum, trained ones fall off).
+func printSpectra(w io.Writer, cfg *model.Config, ckpt safetensors.Reader, k int) {
+	fmt.Fprintf(w, "top %d singular values (SVD estimator structure):\n", k)
+	for _, layer := range slices.Compact([]int{0, cfg.NumHiddenLayers - 1}) {
+		for _, p := range []model.Projection{model.ProjQ, model.ProjGate} {
+			name := fmt.Sprintf("model.layers.%d.%s.%s.weight", layer, p.Module(), p)
+			in, out := projectionShape(cfg, p)
+			values, err := ckpt.ReadFloat32(name)
+			var sv []float64
+			if err == nil {
+				sv, err = predictor.TopSingularValues(values, out, in, k)
+			}
+			if err != nil {
+				fmt.Fprintf(w, "  %-40s %v\n", name, err)
+				continue
+			}
+			text := make([]string, len(sv))
+			for i, v := range sv {
+				text[i] = fmt.Sprintf("%.3g", v)
+			}
+			fmt.Fprintf(w, "  %-40s %s\n", name, strings.Join(text, " "))
+		}
+	}
 }
 
 // Bounds of inspect's estimate flags: far above any real run (train takes

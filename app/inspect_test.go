@@ -2,6 +2,7 @@ package app
 
 import (
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -46,5 +47,26 @@ func TestInspectTargetsDefaultIsTrains(t *testing.T) {
 	_, inspectHelp, _ := run(t, "inspect", "--help")
 	if got, want := defaultOf(inspectHelp), defaultOf(trainHelp); got == "" || got != want {
 		t.Errorf("inspect --targets default %q, train's %q", got, want)
+	}
+}
+
+// TestInspectShowsSpectra checks that inspect prints the top singular values
+// and that the built-in model, trained by sparselora, has low-rank structure
+// the SVD estimator can use: its last layer's q_proj spectrum falls off.
+func TestInspectShowsSpectra(t *testing.T) {
+	code, out, errOut := run(t, "inspect", "--singular-values", "6", filepath.Join("..", "models", "tiny"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var first, sixth float64
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 7 && f[0] == "model.layers.2.self_attn.q_proj.weight" {
+			first, _ = strconv.ParseFloat(f[1], 64)
+			sixth, _ = strconv.ParseFloat(f[6], 64)
+		}
+	}
+	if !(sixth > 0 && first/sixth > 2) {
+		t.Errorf("q_proj of the last layer: sigma_1 %g, sigma_6 %g; want a spectrum that falls off (ratio > 2)\n%s", first, sixth, out)
 	}
 }
