@@ -2,10 +2,14 @@ package app
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -32,10 +36,12 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs := newFlags("bench step", "bench step --shape llama3-8b|llama2-7b|CONFIG.json [flags]", stdout, stderr)
 	shape := fs.String("shape", "llama3-8b", "model shape: llama2-7b, llama3-8b or a config.json")
 	layers := fs.Int("layers", 2, "decoder layers to build (random weights)")
-	first := fs.Int("first-layer", -1, "sparsity-table layer that the first built layer takes its sparsity from (-1: the first layer whose FFN and attention are both sparse)")
+	first := fs.Int("first-layer", -1, "sparsity-table layer that the first built layer takes its sparsity from (-1: 0 when the built layers cover the table, else the first layer whose FFN and attention are both sparse)")
 	batch := fs.Int("batch", 1, "sequences per batch")
 	seq := fs.Int("seq", 256, "tokens per sequence")
-	output := fs.Int("output-tokens", 64, "scored (output) tokens at the end of each sequence")
+	output := fs.Int("output-tokens", 64, "scored (output) tokens at the end of each sequence's real tokens")
+	padding := fs.Int("padding", 0, "padding positions (attention_mask 0) at the end of each sequence")
+	flopsOnly := fs.Bool("flops-only", false, "print the analytic FLOP table of the shape and exit, without a GPU or a model")
 	sparsityName := fs.String("sparsity", "llama3-8b-math10k", "sparsity table: a built-in name or a YAML file")
 	rank := fs.Int("rank", 32, "LoRA rank")
 	targetsFlag := fs.String("targets", "q,k,v,o", "LoRA target modules")
@@ -47,8 +53,8 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *layers <= 0 || *batch <= 0 || *seq <= 1 || *output <= 0 || *output >= *seq || *reps <= 0 || *rank <= 0 {
-		return fmt.Errorf("want --layers, --batch, --reps, --rank > 0 and 0 < --output-tokens < --seq")
+	if *layers <= 0 || *batch <= 0 || *seq <= 1 || *output <= 0 || *padding < 0 || *output+*padding >= *seq || *reps <= 0 || *rank <= 0 {
+		return fmt.Errorf("want --layers, --batch, --reps, --rank > 0, --padding >= 0 and 0 < --output-tokens < --seq - --padding")
 	}
 	cfg, err := model.BuiltinShape(*shape)
 	if err != nil && (strings.HasSuffix(*shape, ".json") || strings.ContainsRune(*shape, os.PathSeparator)) {
@@ -72,14 +78,31 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		dtype = gpu.BF16
 	}
 
+	b := benchBatch(*batch, *seq, *output, *padding, cfg.VocabSize)
+	stepShape, err := benchStepShape(b, cfg.VocabSize)
+	if err != nil {
+		return err
+	}
+	sparsity.SkipOutputTokens = table.SkipOutputTokens
+	flops, err := predictor.StepFLOPs(cfg, stepShape, predictor.LoRATargets{Rank: *rank, Targets: targets}, sparsity)
+	if err != nil {
+		return err
+	}
+	if *flopsOnly {
+		fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s, skip_output_tokens %v); batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
+			*shape, *layers, start, start+*layers-1, *sparsityName, table.SkipOutputTokens, *batch, *seq, *padding, *output, *rank, *targetsFlag)
+		fmt.Fprintf(stdout, "analytic FLOPs per step: dense %.1f GFLOP, sparse %.1f GFLOP, sparse/dense %.3f\n", flops.Dense/1e9, flops.Sparse/1e9, flops.Ratio)
+		return flops.Table(stdout)
+	}
+
 	dev, closeDev, err := df.open()
 	if err != nil {
 		return err
 	}
 	defer closeDev()
 	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
-	fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s), weights %s; batch %d x %d, %d output tokens; LoRA r=%d on %s\n",
-		*shape, *layers, start, start+*layers-1, *sparsityName, dtype, *batch, *seq, *output, *rank, *targetsFlag)
+	fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s), weights %s; batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
+		*shape, *layers, start, start+*layers-1, *sparsityName, dtype, *batch, *seq, *padding, *output, *rank, *targetsFlag)
 	setup := time.Now()
 	m, err := model.NewRandom(dev, cfg, dtype, *seq, 1)
 	if err != nil {
@@ -103,16 +126,6 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer ws.Release()
-	b := model.Batch{Rows: *batch, Seq: *seq}
-	for i := range T {
-		b.InputIDs = append(b.InputIDs, int32((i*7919+13)%cfg.VocabSize))
-		b.Mask = append(b.Mask, 1)
-		label := int32(-100)
-		if i%*seq >= *seq-*output {
-			label = b.InputIDs[i]
-		}
-		b.Labels = append(b.Labels, label)
-	}
 	if err := ws.Load(m, b); err != nil {
 		return err
 	}
@@ -133,7 +146,8 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 		defer est.Release()
-		sel, err := predictor.NewSelector(dev, cfg, sparsity.Layers, predictor.EstimatorFactors(est), T, *batch, predictor.SelectOptions{})
+		sel, err := predictor.NewSelector(dev, cfg, sparsity.Layers, predictor.EstimatorFactors(est), T, *batch,
+			predictor.SelectOptions{SparseScoredTokens: !table.SkipOutputTokens})
 		if err != nil {
 			return err
 		}
@@ -142,11 +156,9 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	fmt.Fprintf(stdout, "setup (random weights, SVD factors): %.1f s\n", time.Since(setup).Seconds())
 
-	flops, err := predictor.StepFLOPs(cfg, predictor.StepShape{Rows: *batch, Seq: *seq, RealTokens: T,
-		ContextTokens: ws.Tokens.ContextCount, ScoredTokens: ws.Tokens.ScoredCount},
-		predictor.LoRATargets{Rank: *rank, Targets: targets}, sparsity)
-	if err != nil {
-		return err
+	if ws.Tokens.RealCount != stepShape.RealTokens || ws.Tokens.ScoredCount != stepShape.ScoredTokens {
+		return fmt.Errorf("the workspace counts %d real and %d scored tokens, the FLOP model %d and %d",
+			ws.Tokens.RealCount, ws.Tokens.ScoredCount, stepShape.RealTokens, stepShape.ScoredTokens)
 	}
 	trainer, err := train.NewTrainer(m, adapters, opt, ws)
 	if err != nil {
@@ -159,26 +171,33 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 		return dev.Sync(ctx)
 	}
-	var results []stepResult
-	for _, v := range []struct {
+	variants := []struct {
 		name  string
 		sel   model.ChannelSelector
 		flops float64
-	}{{"dense LoRA", nil, flops.Dense}, {"SparseLoRA", selector, flops.Sparse}} {
+	}{{"dense LoRA", nil, flops.Dense}, {"SparseLoRA", selector, flops.Sparse}}
+	for _, v := range variants {
 		if err := step(v.sel); err != nil { // warm-up: pipelines compile here
 			return fmt.Errorf("%s: %w", v.name, err)
 		}
-		times := make([]time.Duration, *reps)
-		for i := range times {
+	}
+	// Repetitions alternate between the variants, so that a change in the
+	// machine's load hits both alike.
+	times := make([][]time.Duration, len(variants))
+	for range *reps {
+		for i, v := range variants {
 			start := time.Now()
 			if err := step(v.sel); err != nil {
 				return fmt.Errorf("%s: %w", v.name, err)
 			}
-			times[i] = time.Since(start)
+			times[i] = append(times[i], time.Since(start))
 		}
-		slices.Sort(times)
-		med := times[len(times)/2].Seconds()
-		r := stepResult{Variant: v.name, Reps: *reps, MedianMS: med * 1e3, TokensPerSec: float64(T) / med,
+	}
+	var results []stepResult
+	for i, v := range variants {
+		slices.Sort(times[i])
+		med := times[i][len(times[i])/2].Seconds()
+		r := stepResult{Variant: v.name, Reps: *reps, MedianMS: med * 1e3, TokensPerSec: float64(stepShape.RealTokens) / med,
 			FLOPs: v.flops, TFLOPS: v.flops / med / 1e12}
 		if len(results) > 0 {
 			r.Speedup = results[0].MedianMS / r.MedianMS
@@ -196,14 +215,33 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	tw.Flush()
 	fmt.Fprintf(stdout, "FLOPs sparse/dense: %.3f (wall-clock timing: submit to queue idle, median of %d)\n", flops.Ratio, *reps)
+	if len(results) == 2 && flops.Ratio > 0 {
+		fmt.Fprintf(stdout, "speed-up %.2fx = %.0f %% of the FLOP bound %.2fx (the gathered path's efficiency per useful FLOP relative to the dense path's)\n",
+			results[1].Speedup, 100*results[1].Speedup*flops.Ratio, 1/flops.Ratio)
+	}
 	if err := flops.Table(stdout); err != nil {
+		return err
+	}
+	// Count the work one step really records: every GEMM's sizes with the
+	// counts of its index lists read back, and the attention kernels' grids.
+	var counted [2]recordedFLOPs
+	for i, sel := range []model.ChannelSelector{nil, selector} {
+		if counted[i], err = countStep(ctx, m, ws, b, sel); err != nil {
+			return fmt.Errorf("counting the recorded work: %w", err)
+		}
+	}
+	if err := printCounted(stdout, flops, counted); err != nil {
+		return err
+	}
+	if err := printProfile(stdout, counted); err != nil {
 		return err
 	}
 	if *jsonOut != "" {
 		out := map[string]any{"adapter": dev.Info, "date": time.Now().UTC().Format(time.RFC3339), "shape": *shape,
 			"layers": *layers, "table_layers": []int{start, start + *layers - 1}, "sparsity": *sparsityName,
 			"batch": *batch, "seq": *seq, "output_tokens": *output, "lora_rank": *rank, "lora_targets": *targetsFlag,
-			"weights": dtype.String(), "flops_ratio": flops.Ratio, "results": results}
+			"weights": dtype.String(), "flops_ratio": flops.Ratio, "results": results, "padding": *padding,
+			"flops": flops, "recorded_flops": map[string]any{"dense": counted[0], "sparse": counted[1]}}
 		return writeJSON(*jsonOut, out, stdout)
 	}
 	return nil
@@ -213,6 +251,9 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 // the table renumbered for the built model (mode, rank and flags kept).
 func benchSparsity(table *predictor.SparsityConfig, first, n int) (*predictor.SparsityConfig, int) {
 	start := first
+	if start < 0 && len(table.Layers) > 0 && n > slices.Max(slices.Collect(maps.Keys(table.Layers))) {
+		start = 0 // the built model holds the whole table
+	}
 	if start < 0 {
 		start = 0
 		var both []int
@@ -240,4 +281,308 @@ func benchSparsity(table *predictor.SparsityConfig, first, n int) (*predictor.Sp
 		}
 	}
 	return &out, start
+}
+
+// benchBatch is the synthetic batch of bench step: rows of seq positions, the
+// last padding of them padding, and the output tokens just before the padding
+// labelled (their predecessors are the scored positions).
+func benchBatch(rows, seq, output, padding, vocab int) model.Batch {
+	b := model.Batch{Rows: rows, Seq: seq}
+	for i := range rows * seq {
+		pos := i % seq
+		real := pos < seq-padding
+		b.InputIDs = append(b.InputIDs, int32((i*7919+13)%vocab))
+		b.Mask = append(b.Mask, map[bool]int32{true: 1}[real])
+		label := int32(model.IgnoreLabel)
+		if real && pos >= seq-padding-output {
+			label = b.InputIDs[i]
+		}
+		b.Labels = append(b.Labels, label)
+	}
+	return b
+}
+
+// benchStepShape counts a batch's real, context and scored tokens as the
+// workspace does (SPEC 4), on the host.
+func benchStepShape(b model.Batch, vocab int) (predictor.StepShape, error) {
+	targets, _, err := model.Targets(b.Labels, b.Rows, b.Seq, vocab)
+	if err != nil {
+		return predictor.StepShape{}, err
+	}
+	shape := predictor.StepShape{Rows: b.Rows, Seq: b.Seq}
+	for i, m := range b.Mask {
+		if m == 0 {
+			continue
+		}
+		shape.RealTokens++
+		if targets[i] != model.NoTarget {
+			shape.ScoredTokens++
+		} else {
+			shape.ContextTokens++
+		}
+	}
+	return shape, nil
+}
+
+// recordedFLOPs is the matmul work one recorded forward and backward issues:
+// per decoder layer, and outside the layers (embedding, final norm, LM head).
+type recordedFLOPs struct {
+	Layers []float64 `json:"layers"`
+	Other  float64   `json:"other"`
+	Total  float64   `json:"total"`
+	// Profile is the GPU time of each kind of kernel (empty without
+	// timestamp queries).
+	Profile []kernelTime `json:"profile,omitempty"`
+}
+
+// kernelTime is the GPU time and counted work of one kind of kernel in a step.
+type kernelTime struct {
+	Kind       string  `json:"kind"`
+	Dispatches int     `json:"dispatches"`
+	MS         float64 `json:"ms"`
+	FLOPs      float64 `json:"flops"`
+}
+
+// thinGEMM is the largest inner or outer size of the adapters' and the
+// predictor's GEMMs (their rank), far below any model dimension.
+const thinGEMM = 64
+
+// kernelKind groups dispatches for the profile.
+func kernelKind(d gpu.Dispatch) string {
+	g := d.Gemm
+	switch {
+	case g != nil && (g.Cols != nil || g.Inner != nil):
+		return "GEMM, kept channels (sparse rows)"
+	case g != nil && g.Rows != nil:
+		return "GEMM, row list, all channels"
+	case g != nil && min(g.M, g.N, g.K) <= thinGEMM:
+		return "GEMM, thin (LoRA, predictor)"
+	case g != nil:
+		return "GEMM, dense"
+	case strings.HasPrefix(d.Kernel, "gemm_grid.wgsl"):
+		return "GEMM grid sizing"
+	case strings.HasPrefix(d.Kernel, "attention.wgsl"):
+		return "attention"
+	case strings.HasPrefix(d.Kernel, "sparse_select.wgsl"):
+		return "channel selection"
+	case strings.HasPrefix(d.Kernel, "cross_entropy.wgsl"):
+		return "cross-entropy"
+	}
+	return "other (norms, RoPE, SwiGLU, bias, embedding)"
+}
+
+var (
+	attentionPassConst = regexp.MustCompile(`PASS=(\d+)u`)
+	headDimConst       = regexp.MustCompile(`HEAD_DIM=(\d+)u`)
+)
+
+// countStep records one forward and backward of b (dense when sel is nil),
+// logging every dispatch with the model part it belongs to, runs it, and
+// counts its work: 2 m n k per GEMM, with the counts of its index lists read
+// back from the GPU (the real sizes of the gathered GEMMs, whose grids the GPU
+// sized), and for the attention kernels the causal pairs of the real tokens of
+// each sequence and query head in the grid (the kernels skip masked pairs):
+// 4, 6 and 8 head_dim FLOPs per pair for the forward, dq and dk/dv passes.
+func countStep(ctx context.Context, m *model.Model, ws *model.Workspace, b model.Batch, sel model.ChannelSelector) (recordedFLOPs, error) {
+	if err := ws.Load(m, b); err != nil {
+		return recordedFLOPs{}, err
+	}
+	type logged struct {
+		part int
+		d    gpu.Dispatch
+	}
+	var work []logged
+	part := -1
+	ws.Selector, ws.Trace = sel, func(layer int) { part = layer }
+	defer func() { ws.Selector, ws.Trace = nil, nil }()
+	rec := m.Dev.NewRecorder()
+	defer rec.Release()
+	// With timestamps, every dispatch gets a pass of its own, so pass i times
+	// dispatch i.
+	rec.Timed = m.Dev.HasTimestamps
+	rec.Log = func(d gpu.Dispatch) {
+		work = append(work, logged{part, d})
+		if rec.Timed {
+			rec.EndPass()
+		}
+	}
+	if err := m.Forward(rec, ws); err != nil {
+		return recordedFLOPs{}, err
+	}
+	if err := m.Backward(rec, ws); err != nil {
+		return recordedFLOPs{}, err
+	}
+	if err := rec.Submit(); err != nil {
+		return recordedFLOPs{}, err
+	}
+	if err := m.Dev.Sync(ctx); err != nil {
+		return recordedFLOPs{}, err
+	}
+
+	type listKey struct {
+		buf    *gpu.Buffer
+		offset int
+	}
+	counts := map[listKey]int{}
+	count := func(l *gpu.IndexList, bound int) (int, error) {
+		if l == nil {
+			return bound, nil
+		}
+		key := listKey{l.Buf, l.Offset}
+		n, ok := counts[key]
+		if !ok {
+			raw, err := l.Buf.Read(ctx, uint64(4*l.Offset), 4)
+			if err != nil {
+				return 0, err
+			}
+			n = int(binary.LittleEndian.Uint32(raw))
+			counts[key] = n
+		}
+		return min(n, bound), nil
+	}
+	// Causal pairs of one sequence and head, summed over the batch's rows.
+	var pairs float64
+	for r := range b.Rows {
+		var real float64
+		for _, mask := range b.Mask[r*b.Seq : (r+1)*b.Seq] {
+			if mask != 0 {
+				real++
+			}
+		}
+		pairs += real * (real + 1) / 2
+	}
+	var times []time.Duration
+	if rec.Timed {
+		var err error
+		if times, err = rec.PassTimes(ctx); err != nil {
+			return recordedFLOPs{}, err
+		}
+		if len(times) != len(work) {
+			return recordedFLOPs{}, fmt.Errorf("%d timed passes for %d dispatches", len(times), len(work))
+		}
+	}
+	kinds := map[string]*kernelTime{}
+	c := m.Config
+	out := recordedFLOPs{Layers: make([]float64, len(m.Layers))}
+	for i, w := range work {
+		var flops float64
+		switch {
+		case w.d.Gemm != nil:
+			g := w.d.Gemm
+			mm, err := count(g.Rows, g.M)
+			if err != nil {
+				return out, err
+			}
+			nn, err := count(g.Cols, g.N)
+			if err != nil {
+				return out, err
+			}
+			kk, err := count(g.Inner, g.K)
+			if err != nil {
+				return out, err
+			}
+			flops = gpu.GemmFLOPs(mm, nn, kk)
+		case strings.HasPrefix(w.d.Kernel, "attention.wgsl"):
+			pass, dim := attentionPassConst.FindStringSubmatch(w.d.Kernel), headDimConst.FindStringSubmatch(w.d.Kernel)
+			if pass == nil || dim == nil || w.d.Indirect != nil {
+				return out, fmt.Errorf("attention dispatch %s: no PASS or HEAD_DIM, or an indirect grid", w.d.Kernel)
+			}
+			hd, _ := strconv.Atoi(dim[1])
+			heads := float64(w.d.Groups[1]) // query heads, or kv heads for dk/dv
+			perPair := map[string]float64{"0": 4, "1": 6, "2": 8}[pass[1]]
+			if pass[1] == "2" {
+				heads *= float64(c.NumAttentionHeads / c.NumKeyValueHeads)
+			}
+			flops = perPair * float64(hd) * heads * pairs * float64(w.d.Groups[2]) / float64(b.Rows)
+		}
+		if w.part >= 0 {
+			out.Layers[w.part] += flops
+		} else {
+			out.Other += flops
+		}
+		out.Total += flops
+		if times != nil {
+			kind := kernelKind(w.d)
+			k := kinds[kind]
+			if k == nil {
+				k = &kernelTime{Kind: kind}
+				kinds[kind] = k
+			}
+			k.Dispatches++
+			k.MS += times[i].Seconds() * 1e3
+			k.FLOPs += flops
+		}
+	}
+	for _, kind := range slices.Sorted(maps.Keys(kinds)) {
+		out.Profile = append(out.Profile, *kinds[kind])
+	}
+	return out, nil
+}
+
+// printProfile prints the GPU time per kind of kernel of the dense and the
+// sparse step side by side.
+func printProfile(w io.Writer, counted [2]recordedFLOPs) error {
+	if len(counted[0].Profile) == 0 {
+		fmt.Fprintln(w, "(no GPU timestamps on this adapter: no kernel profile)")
+		return nil
+	}
+	fmt.Fprintln(w, "GPU time per kind of kernel, one step (each dispatch in its own timed pass):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "kernel	dense: n	ms	GFLOP	GFLOP/s	sparse: n	ms	GFLOP	GFLOP/s	")
+	byKind := map[string][2]kernelTime{}
+	for v, c := range counted {
+		for _, k := range c.Profile {
+			pair := byKind[k.Kind]
+			pair[v] = k
+			byKind[k.Kind] = pair
+		}
+	}
+	var total [2]kernelTime
+	cell := func(k kernelTime) string {
+		rate := 0.0
+		if k.MS > 0 {
+			rate = k.FLOPs / 1e9 / (k.MS / 1e3)
+		}
+		return fmt.Sprintf("%d\t%.1f\t%.3f\t%.2f", k.Dispatches, k.MS, k.FLOPs/1e9, rate)
+	}
+	for _, kind := range slices.Sorted(maps.Keys(byKind)) {
+		pair := byKind[kind]
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", kind, cell(pair[0]), cell(pair[1]))
+		for v := range total {
+			total[v].Dispatches += pair[v].Dispatches
+			total[v].MS += pair[v].MS
+			total[v].FLOPs += pair[v].FLOPs
+		}
+	}
+	fmt.Fprintf(tw, "all kernels\t%s\t%s\t\n", cell(total[0]), cell(total[1]))
+	return tw.Flush()
+}
+
+// printCounted prints the analytic FLOPs of each layer next to those of the
+// dispatches a step recorded. The selection kernels' share of the predictor
+// (not GEMMs) is taken from the analytic count on both sides.
+func printCounted(w io.Writer, flops predictor.FLOPReport, counted [2]recordedFLOPs) error {
+	const giga = 1e9
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "part\tdense analytic GFLOP\tdense recorded\trecorded/analytic\tsparse analytic\tsparse recorded\trecorded/analytic\t")
+	row := func(name string, da, dr, sa, sr float64) {
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.4f\t%.3f\t%.3f\t%.4f\t\n", name, da/giga, dr/giga, dr/da, sa/giga, sr/giga, sr/sa)
+	}
+	var totals [4]float64
+	for i, l := range flops.Layers {
+		dr := counted[0].Layers[i] + l.DenseParts.PredictorKernels
+		sr := counted[1].Layers[i] + l.SparseParts.PredictorKernels
+		row(fmt.Sprintf("layer %d", i), l.Dense, dr, l.Sparse, sr)
+		for j, v := range []float64{l.Dense, dr, l.Sparse, sr} {
+			totals[j] += v
+		}
+	}
+	row("lm_head", flops.LMHead, counted[0].Other, flops.LMHead, counted[1].Other)
+	row("step", totals[0]+flops.LMHead, totals[1]+counted[0].Other, totals[2]+flops.LMHead, totals[3]+counted[1].Other)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "recorded: 2 m n k of every GEMM dispatch (index-list counts read back), causal pairs of the attention kernels, and the")
+	fmt.Fprintln(w, "analytic share of the predictor's selection kernels (not GEMMs)")
+	return nil
 }

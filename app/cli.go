@@ -183,6 +183,9 @@ func (f *deviceFlags) options() (gpu.Options, error) {
 	}
 	if f.adapter != "" {
 		if i, err := strconv.Atoi(f.adapter); err == nil {
+			if i < 0 {
+				return opts, fmt.Errorf("--gpu %d: want an adapter index (0, 1, ...) or a part of its name; see sparselora devices", i)
+			}
 			opts.Adapter = i
 		} else {
 			opts.AdapterName = f.adapter

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
@@ -216,12 +217,21 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	seen := map[string]int{}
 	for i := 0; i+1 < len(top.Content); i += 2 {
 		key, value := top.Content[i], top.Content[i+1]
 		f := fs.Lookup(key.Value)
 		if f == nil || key.Value == "config" {
-			return fmt.Errorf("--config %s: line %d: unknown key %q (the keys are the train flags)", path, key.Line, key.Value)
+			hint := ""
+			if alt := strings.ReplaceAll(key.Value, "_", "-"); alt != key.Value && fs.Lookup(alt) != nil {
+				hint = fmt.Sprintf("; did you mean %s?", alt)
+			}
+			return fmt.Errorf("--config %s: line %d: unknown key %q (the keys are the train flags%s)", path, key.Line, key.Value, hint)
 		}
+		if line, dup := seen[key.Value]; dup {
+			return fmt.Errorf("--config %s: line %d: %s is already set on line %d", path, key.Line, key.Value, line)
+		}
+		seen[key.Value] = key.Line
 		if value.Kind != yaml.ScalarNode {
 			return fmt.Errorf("--config %s: line %d: %s wants a single value", path, value.Line, key.Value)
 		}
@@ -229,7 +239,7 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 			continue
 		}
 		if err := f.Value.Set(value.Value); err != nil {
-			return fmt.Errorf("--config %s: line %d: %s: %v", path, value.Line, key.Value, err)
+			return fmt.Errorf("--config %s: line %d: %s: %q is not a valid value (%v)", path, value.Line, key.Value, value.Value, err)
 		}
 	}
 	return nil

@@ -127,7 +127,7 @@ func (s *Session) Complete(ctx context.Context, prompt []int32, opts Options) (C
 	}
 	n := min(opts.MaxNewTokens, s.MaxSeq()-len(prompt))
 	if n <= 0 {
-		return Completion{}, fmt.Errorf("infer: a prompt of %d tokens leaves no room to generate within %d positions", len(prompt), s.MaxSeq())
+		return Completion{}, fmt.Errorf("infer: a prompt of %d tokens leaves no room to generate: the model has %d positions", len(prompt), s.m.Rope.Seq)
 	}
 	sampler := opts.Sampler
 	if sampler == nil {

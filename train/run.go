@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -206,7 +207,8 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	r.fprint = r.fingerprint(seq, r.plan.TotalSteps, r.schedule.WarmupSteps)
 	if resumeDir != "" {
 		if st.Fingerprint != r.fprint {
-			return nil, fmt.Errorf("%s was written by a run with other settings (%s); resuming with these (%s) would not reproduce it: use the run's %s", resumeDir, st.Fingerprint, r.fprint, ConfigFileName)
+			return nil, fmt.Errorf("%s was written by a run with other settings (%s); resuming with these would not reproduce it: use the run's %s",
+				resumeDir, settingsDiff(st.Fingerprint, r.fprint), ConfigFileName)
 		}
 		if err := loadMoments(resumeDir, r.opt, st.Step); err != nil {
 			return nil, err
@@ -682,4 +684,25 @@ func (r *run) checkpoint(ctx context.Context, step int, epoch float64) (string, 
 		r.hooks.Checkpoint(dir)
 	}
 	return dir, nil
+}
+
+// settingsDiff names the settings of two fingerprints that differ, e.g.
+// "steps=30 then, 200 now".
+func settingsDiff(then, now string) string {
+	old := map[string]string{}
+	for _, kv := range strings.Fields(then) {
+		k, v, _ := strings.Cut(kv, "=")
+		old[k] = v
+	}
+	var diffs []string
+	for _, kv := range strings.Fields(now) {
+		k, v, _ := strings.Cut(kv, "=")
+		if old[k] != v {
+			diffs = append(diffs, fmt.Sprintf("%s=%s then, %s now", k, old[k], v))
+		}
+	}
+	if len(diffs) == 0 {
+		return then
+	}
+	return strings.Join(diffs, "; ")
 }

@@ -101,7 +101,7 @@ func TestRunTrainsAndResumesBitForBit(t *testing.T) {
 	// A resume with other settings would not reproduce the run: refused.
 	cfg3 := cfg2
 	cfg3.LR = 2e-2
-	if _, err := Run(ctx, testDevice, cfg3, Hooks{}); err == nil || !strings.Contains(err.Error(), "other settings") {
+	if _, err := Run(ctx, testDevice, cfg3, Hooks{}); err == nil || !strings.Contains(err.Error(), "lr=0.01 then, 0.02 now") {
 		t.Errorf("resume with another learning rate: %v, want a refusal", err)
 	}
 	// A new run into a directory with checkpoints is refused without --resume.
