@@ -93,11 +93,11 @@ func TestTrainConfigFile(t *testing.T) {
 		t.Errorf("unknown key: exit %d, stderr %q; want the key and its line", code, errOut)
 	}
 	for body, want := range map[string]string{
-		"max_steps: 2\n":     "did you mean max-steps",
-		"rank: 8\nrank: 9\n": "already set on line 1",
-		"lr: fast\n":         `"fast" is not a valid value`,
-		"targets: [q, v]\n":  "wants a single value",
-		"- max-steps\n":      "want a mapping",
+		"max_steps: 2\n":       "did you mean max-steps",
+		"rank: 8\nrank: 9\n":   "already set on line 1",
+		"warmup-ratio: fast\n": `"fast" is not a valid value`,
+		"targets: [q, v]\n":    "wants a single value",
+		"- max-steps\n":        "want a mapping",
 	} {
 		os.WriteFile(config, []byte(body), 0o644)
 		code, _, errOut = run(t, trainArgs(t, filepath.Join(dir, "run3"), "--config", config)...)
