@@ -309,17 +309,8 @@ func parseNormalizer(raw json.RawMessage, field string) (normalizer, error) {
 	}
 	switch c.Type {
 	case "Sequence":
-		var seq normalizerSequence
-		for i, sub := range c.Normalizers {
-			n, err := parseNormalizer(sub, fmt.Sprintf("%s.normalizers[%d]", field, i))
-			if err != nil {
-				return nil, err
-			}
-			if n != nil {
-				seq = append(seq, n)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(c.Normalizers, field+".normalizers", parseNormalizer)
+		return normalizerSequence(seq), err
 	case "NFC":
 		return unicodeNormalizer{norm.NFC}, nil
 	case "NFD":
@@ -370,17 +361,8 @@ func parsePreTokenizer(raw json.RawMessage, field string) (preTokenizer, error) 
 	}
 	switch c.Type {
 	case "Sequence":
-		var seq preTokenizerSequence
-		for i, sub := range c.PreTokenizers {
-			p, err := parsePreTokenizer(sub, fmt.Sprintf("%s.pretokenizers[%d]", field, i))
-			if err != nil {
-				return nil, err
-			}
-			if p != nil {
-				seq = append(seq, p)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(c.PreTokenizers, field+".pretokenizers", parsePreTokenizer)
+		return preTokenizerSequence(seq), err
 	case "Split":
 		p, err := compilePattern(c.Pattern, field)
 		if err != nil {
@@ -450,17 +432,8 @@ func (t *Tokenizer) parsePostProcessor(raw json.RawMessage, field string) (postP
 	case "ByteLevel":
 		return identityProcessor{}, nil
 	case "Sequence":
-		var seq postProcessorSequence
-		for i, sub := range c.Processors {
-			p, err := t.parsePostProcessor(sub, fmt.Sprintf("%s.processors[%d]", field, i))
-			if err != nil {
-				return nil, err
-			}
-			if p != nil {
-				seq = append(seq, p)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(c.Processors, field+".processors", t.parsePostProcessor)
+		return postProcessorSequence(seq), err
 	case "TemplateProcessing":
 		tp := &templateProcessor{}
 		for i, itemRaw := range c.Single {
@@ -521,17 +494,8 @@ func parseDecoder(raw json.RawMessage, field string) (decoder, error) {
 	}
 	switch c.Type {
 	case "Sequence":
-		var seq decoderSequence
-		for i, sub := range c.Decoders {
-			d, err := parseDecoder(sub, fmt.Sprintf("%s.decoders[%d]", field, i))
-			if err != nil {
-				return nil, err
-			}
-			if d != nil {
-				seq = append(seq, d)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(c.Decoders, field+".decoders", parseDecoder)
+		return decoderSequence(seq), err
 	case "ByteLevel":
 		return byteLevelDecoder{}, nil
 	case "ByteFallback":
@@ -716,4 +680,21 @@ func chatTemplateSource(raw json.RawMessage) (string, error) {
 		}
 	}
 	return "", errors.New("chat_template: the list has no template named \"default\"")
+}
+
+// parseSequence parses the components of a Sequence (field names the list,
+// e.g. "normalizer.normalizers"), dropping the null ones.
+func parseSequence[T comparable](subs []json.RawMessage, field string, parse func(json.RawMessage, string) (T, error)) ([]T, error) {
+	var seq []T
+	var none T
+	for i, sub := range subs {
+		c, err := parse(sub, fmt.Sprintf("%s[%d]", field, i))
+		if err != nil {
+			return nil, err
+		}
+		if c != none {
+			seq = append(seq, c)
+		}
+	}
+	return seq, nil
 }
