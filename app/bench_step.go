@@ -50,7 +50,10 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	jsonOut := fs.String("json", "bench-step.json", "write results as JSON to this file (empty: don't)")
 	var df deviceFlags
 	df.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseCommand(fs, args); err != nil {
+		return err
+	}
+	if err := checkOutputPath("json", *jsonOut); err != nil {
 		return err
 	}
 	if *layers <= 0 || *batch <= 0 || *seq <= 1 || *output <= 0 || *padding < 0 || *output+*padding >= *seq || *reps <= 0 || *rank <= 0 {
@@ -99,7 +102,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	defer closeDev()
+	defer closeUnlessInterrupted(ctx, closeDev)
 	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
 	fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s), weights %s; batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
 		*shape, *layers, start, start+*layers-1, *sparsityName, dtype, *batch, *seq, *padding, *output, *rank, *targetsFlag)
@@ -141,7 +144,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			r = 8
 		}
 		est, err := predictor.Estimate(ctx, dev, m, estTargets, r, predictor.EstimateOptions{NoCache: true,
-			Progress: predictor.ProgressBar(stderr, "SVD estimator", 30)})
+			Progress: predictor.Progress(stderr, "SVD estimator", 30)})
 		if err != nil {
 			return err
 		}
@@ -207,7 +210,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "variant\tms/step\ttokens/s\tGFLOP/step\tTFLOP/s\tspeed-up\t")
 	for _, r := range results {
-		speed := ""
+		speed := "1.00x"
 		if r.Speedup > 0 {
 			speed = fmt.Sprintf("%.2fx", r.Speedup)
 		}

@@ -66,6 +66,8 @@ type Recorder struct {
 	// Log, when set, is called for every dispatch: tests use it to check which
 	// work a step really issues.
 	Log func(Dispatch)
+	// gemm describes the next dispatch when Gemm records it.
+	gemm *GemmWork
 }
 
 // Dispatch describes one recorded dispatch. An indirect dispatch has a zero
@@ -75,6 +77,9 @@ type Dispatch struct {
 	Kernel   string
 	Groups   [3]uint32
 	Indirect *Binding
+	// Gemm is the GEMM a gemm.wgsl dispatch computes (nil for other kernels),
+	// so that the work a step issues can be counted.
+	Gemm *GemmWork
 }
 
 // NewRecorder creates a recorder.
@@ -272,6 +277,7 @@ func (r *Recorder) setKernel(k *Kernel, params []byte, bindings []Binding) error
 }
 
 func (r *Recorder) logged(d Dispatch) {
+	d.Gemm, r.gemm = r.gemm, nil
 	r.Dispatches++
 	if r.Log != nil {
 		r.Log(d)

@@ -118,10 +118,6 @@ type Workspace struct {
 	// Selector, when set, makes layers it selects channels for run their
 	// frozen projections sparsely on context tokens (SparseLoRA); nil is dense.
 	Selector ChannelSelector
-	// HeadGrad, when set ([vocab, hidden] f32), receives the LM head's weight
-	// gradient over the scored tokens, added to what it holds (for training
-	// the head; LoRA training leaves it nil and the head frozen).
-	HeadGrad *gpu.Tensor
 	// Trace, when set, is called as the passes record: with a decoder layer's
 	// index before that layer's dispatches, and with -1 before those outside
 	// the layers (embedding, final norm, LM head), so that a benchmark can
@@ -689,7 +685,8 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 	// others are 0.
 	w.trace(-1)
 	clearTensor(rec, w.dXn)
-	headGrad := w.HeadGrad
+	// With full-parameter training the head's weight gradient too.
+	var headGrad *gpu.Tensor
 	if m.Grads != nil {
 		headGrad = m.Grads.Head
 	}

@@ -50,19 +50,15 @@ func columns(t *gpu.Tensor, rows, width, c0, n int) *gpu.Tensor {
 	return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*c0), Shape: []int{(rows-1)*width + n}, DType: gpu.F32}
 }
 
-// Forward records y = x W^T (+ b) for tokens rows; y is overwritten, or added
-// to when accumulate is set (how projections write into the residual stream).
+// Forward records y = x W^T (+ b) for the first tokens rows; y is overwritten,
+// or added to when accumulate is set (how projections write into the residual
+// stream).
 func (l *Linear) Forward(rec *gpu.Recorder, x, y *gpu.Tensor, tokens int, accumulate bool) error {
 	if tokens == 0 {
 		return nil
 	}
-	for r0 := 0; r0 < l.Out; r0 += l.BlockRows {
-		n := min(l.BlockRows, l.Out-r0)
-		err := gpu.Gemm(rec, gpu.GemmArgs{A: x, B: l.rowBlock(r0, n), C: columns(y, tokens, l.Out, r0, n),
-			BTrans: true, M: tokens, N: n, K: l.In, LDA: l.In, LDB: l.In, LDC: l.Out, Beta: beta(accumulate)})
-		if err != nil {
-			return fmt.Errorf("linear [%d, %d] forward: %w", l.Out, l.In, err)
-		}
+	if err := l.ForwardKeepOutputs(rec, x, y, RowSet{Count: tokens}, nil, accumulate); err != nil {
+		return err
 	}
 	if l.Bias != nil {
 		return AddBias(rec, y, l.Bias, tokens, l.Out)
@@ -70,21 +66,13 @@ func (l *Linear) Forward(rec *gpu.Recorder, x, y *gpu.Tensor, tokens int, accumu
 	return nil
 }
 
-// BackwardInput records dx = dy W (accumulate: dx += dy W) for tokens rows.
-// The weight is frozen, so there is no weight gradient.
+// BackwardInput records dx = dy W (accumulate: dx += dy W) for the first tokens
+// rows. The weight is frozen, so there is no weight gradient.
 func (l *Linear) BackwardInput(rec *gpu.Recorder, dy, dx *gpu.Tensor, tokens int, accumulate bool) error {
 	if tokens == 0 {
 		return nil
 	}
-	for r0 := 0; r0 < l.Out; r0 += l.BlockRows {
-		n := min(l.BlockRows, l.Out-r0)
-		err := gpu.Gemm(rec, gpu.GemmArgs{A: columns(dy, tokens, l.Out, r0, n), B: l.rowBlock(r0, n), C: dx,
-			M: tokens, N: l.In, K: n, LDA: l.Out, LDB: l.In, LDC: l.In, Beta: beta(accumulate || r0 > 0)})
-		if err != nil {
-			return fmt.Errorf("linear [%d, %d] backward: %w", l.Out, l.In, err)
-		}
-	}
-	return nil
+	return l.BackwardKeptOutputs(rec, dy, dx, RowSet{Count: tokens}, nil, accumulate)
 }
 
 // beta is the GEMM coefficient of the old output: 1 to add, 0 to overwrite.

@@ -17,7 +17,9 @@ import (
 // chunks of columns: each chunk's logits come from a GEMM into a reused scratch
 // array, forward folds them into per-row online logsumexp statistics, and
 // backward recomputes them, turns them into dz in place and accumulates dz W into
-// dh. The kernels are in shaders/cross_entropy.wgsl.
+// dh (and dz^T h into dW when asked). The GEMMs gather the rows they run on
+// through an index list, so the logits scratch holds only those rows. The
+// kernels are in shaders/cross_entropy.wgsl.
 
 // IgnoreLabel is the label of a token that is not a target (HF's ignore_index).
 const IgnoreLabel = -100
@@ -123,10 +125,13 @@ func WithChunkColumns(columns int) LMHeadOption {
 	return func(c *lmHeadConfig) { c.chunkColumns = columns }
 }
 
-// LMHead computes logits = h W^T and the cross-entropy loss with its gradient
-// for a fixed number of tokens, hidden size and vocabulary. W is [vocab, hidden],
-// f32 or BF16, and frozen (no weight gradient); tied embeddings pass the
-// embedding table. It owns a [tokens x chunk] logits scratch array and per-token
+// LMHead computes logits = h W^T and the cross-entropy loss with its gradients
+// for up to a fixed number of rows (tokens), a hidden size and a vocabulary, on
+// the rows a pass names (RowSet), so that rows without a target cost
+// nothing (training names only the scored rows: context and padding rows have
+// no target, so neither their logits nor their gradient is needed). W is [vocab, hidden], f32 or BF16; tied embeddings pass the
+// embedding table. The input gradient is always computed, the weight gradient
+// on request. It owns a [tokens x chunk] logits scratch array and per-row
 // statistics that Forward leaves for Backward, so one LMHead serves one
 // forward/backward pair at a time.
 type LMHead struct {
@@ -142,8 +147,10 @@ type LMHead struct {
 	// target logit, logsumexp, loss) and the mean loss: 5*tokens + 1 floats.
 	state *gpu.Tensor
 
-	// forwarded guards Backward, which reads the logsumexp Forward leaves in state.
+	// forwarded guards Backward, which reads the logsumexp Forward leaves in state;
+	// rows is the row count of that Forward, which lays out state.
 	forwarded bool
+	rows      int
 }
 
 // NewLMHead allocates an LM head for tokens rows (batch * sequence length) of
@@ -222,16 +229,16 @@ func chunkColumns(lim gpu.Limits, tokens, hidden, vocab, requested int) (int, er
 // ChunkColumns is the number of vocabulary columns per chunk.
 func (l *LMHead) ChunkColumns() int { return l.chunk }
 
-// LSE is the per-token logsumexp of the logits, [tokens], as of the last
-// executed Forward.
+// LSE is the logsumexp of the logits of each row the last Forward processed
+// ([rows.Count], in their order), as of its execution.
 func (l *LMHead) LSE() *gpu.Tensor { return l.stateArray(stateLSE) }
 
-// RowLosses is the per-token loss (logsumexp - target logit, 0 for tokens
-// without a target), [tokens], as of the last executed Forward.
+// RowLosses is the loss of each row the last Forward processed (logsumexp -
+// target logit, 0 for rows without a target), as of its execution.
 func (l *LMHead) RowLosses() *gpu.Tensor { return l.stateArray(stateRowLoss) }
 
 func (l *LMHead) stateArray(index int) *gpu.Tensor {
-	return &gpu.Tensor{Buf: l.state.Buf, Offset: l.state.Offset + uint64(4*index*l.tokens), Shape: []int{l.tokens}, DType: gpu.F32}
+	return &gpu.Tensor{Buf: l.state.Buf, Offset: l.state.Offset + uint64(4*index*l.rows), Shape: []int{l.rows}, DType: gpu.F32}
 }
 
 // Release frees the scratch memory.
@@ -244,16 +251,18 @@ func (l *LMHead) Release() {
 	l.logits, l.state = nil, nil
 }
 
-// Forward records the loss: the mean over targets of logsumexp(z_t) -
-// z_t[target[t]] with z = h W^T, into loss [1]. h is [tokens, hidden] f32, w
-// [vocab, hidden] f32 or BF16, targets [tokens] u32 words (see Targets and
-// WriteTargets), and targetCount the N the mean divides by (the count Targets
-// returns; the total over micro-batches when accumulating gradients). With N = 0
-// the loss is 0 rather than HF's NaN, so a batch without targets adds nothing.
-// It also keeps the per-token logsumexp for Backward.
-func (l *LMHead) Forward(rec *gpu.Recorder, h, w, targets *gpu.Tensor, targetCount int, loss *gpu.Tensor) error {
+// Forward records the loss over the rows named by rows: the mean over targets
+// of logsumexp(z_r) - z_r[targets[i]] with z_r = h_r W^T for the i-th processed
+// row r, into loss [1]. h is [n, hidden] f32 holding every named row, w
+// [vocab, hidden] f32 or BF16, targets rows.Count u32 words (target of the
+// i-th processed row at i, NoTarget for none; see Targets and WriteTargets),
+// and targetCount the N the mean divides by (the total over micro-batches when
+// accumulating gradients). With N = 0 the loss is 0 rather than HF's NaN, so a
+// batch without targets adds nothing. It also keeps the per-row logsumexp for
+// Backward.
+func (l *LMHead) Forward(rec *gpu.Recorder, h *gpu.Tensor, rows RowSet, w, targets *gpu.Tensor, targetCount int, loss *gpu.Tensor) error {
 	const op = "LM head forward"
-	if err := l.checkStep(op, rec, h, w, targets, targetCount); err != nil {
+	if err := l.checkStep(op, rec, h, rows, w, targets, targetCount); err != nil {
 		return err
 	}
 	if err := checkHeadOperand(op, "loss", loss, 1); err != nil {
@@ -262,16 +271,21 @@ func (l *LMHead) Forward(rec *gpu.Recorder, h, w, targets *gpu.Tensor, targetCou
 	if loss.DType != gpu.F32 {
 		return fmt.Errorf("%s: loss is %s, want f32", op, loss.DType)
 	}
+	l.forwarded, l.rows = true, rows.Count
+	if rows.Count == 0 {
+		rec.Clear(loss.Buf, loss.Offset, 4)
+		return nil
+	}
 	for v0 := 0; v0 < l.vocab; v0 += l.chunk {
 		cols := min(l.chunk, l.vocab-v0)
-		if err := l.chunkLogits(rec, h, w, v0, cols); err != nil {
+		if err := l.chunkLogits(rec, h, rows, w, v0, cols); err != nil {
 			return fmt.Errorf("%s: logits of columns %d..%d: %w", op, v0, v0+cols, err)
 		}
 		first := uint32(0)
 		if v0 == 0 {
 			first = 1
 		}
-		if err := l.dispatch(rec, opChunkStats, targets, cols, v0, first, uint32(l.tokens)); err != nil {
+		if err := l.dispatch(rec, opChunkStats, targets, cols, v0, first, uint32(rows.Count)); err != nil {
 			return fmt.Errorf("%s: %w", op, err)
 		}
 	}
@@ -280,39 +294,56 @@ func (l *LMHead) Forward(rec *gpu.Recorder, h, w, targets *gpu.Tensor, targetCou
 	}
 	// A copy rather than a kernel binding lets loss live in any buffer, even the
 	// targets' one, which a writable binding could not share.
-	rec.Copy(loss.Buf, loss.Offset, l.state.Buf, l.state.Offset+uint64(4*stateMean*l.tokens), 4)
-	l.forwarded = true
+	rec.Copy(loss.Buf, loss.Offset, l.state.Buf, l.state.Offset+uint64(4*stateMean*rows.Count), 4)
 	return nil
 }
 
-// Backward records dh = d(loss)/dh for the loss of the last Forward recorded
-// with the same h, w, targets and targetCount (it reads that Forward's
-// logsumexp). dh is [tokens, hidden] f32, overwritten, and must not overlap h:
-// h is read again for every chunk after dh is first written.
-func (l *LMHead) Backward(rec *gpu.Recorder, h, w, targets *gpu.Tensor, targetCount int, dh *gpu.Tensor) error {
+// Backward records the gradients of the loss of the last Forward, recorded
+// with the same h, rows, w, targets and targetCount (it reads that Forward's
+// logsumexp): dh_r = d(loss)/dh_r overwrites the named rows of dh ([n,
+// hidden] f32, which must not overlap h: h is read again for every chunk after
+// dh is first written); other rows of dh are left as they are. When dW is not
+// nil, the weight gradient over the processed rows is added to it: dW [vocab,
+// hidden] f32 += dz^T h, chunk by chunk, with dz the logits' gradient (for a
+// trainable head; the frozen head of LoRA training passes nil).
+func (l *LMHead) Backward(rec *gpu.Recorder, h *gpu.Tensor, rows RowSet, w, targets *gpu.Tensor, targetCount int, dh, dW *gpu.Tensor) error {
 	const op = "LM head backward"
-	if err := l.checkStep(op, rec, h, w, targets, targetCount); err != nil {
+	if err := l.checkStep(op, rec, h, rows, w, targets, targetCount); err != nil {
 		return err
 	}
-	if !l.forwarded {
-		return fmt.Errorf("%s: no Forward recorded before: the gradient needs its logsumexp", op)
+	if !l.forwarded || l.rows != rows.Count {
+		return fmt.Errorf("%s: no Forward over %d rows recorded before: the gradient needs its logsumexp", op, rows.Count)
 	}
-	if err := checkHeadOperand(op, "dh", dh, l.tokens*l.hidden); err != nil {
+	if err := checkHeadOperand(op, "dh", dh, -1); err != nil {
 		return err
 	}
-	if dh.DType != gpu.F32 || headRowLength(dh) != l.hidden {
-		return fmt.Errorf("%s: dh is %s of shape %v, want f32 [%d, %d]", op, dh.DType, dh.Shape, l.tokens, l.hidden)
+	if dh.DType != gpu.F32 || headRowLength(dh) != l.hidden || dh.Len() < rows.Count*l.hidden {
+		return fmt.Errorf("%s: dh is %s of shape %v, want f32 [>= %d, %d]", op, dh.DType, dh.Shape, rows.Count, l.hidden)
 	}
 	if headOperandsOverlap(dh, h) {
 		return fmt.Errorf("%s: dh (bytes %d..%d) overlaps h (bytes %d..%d)", op, dh.Offset, dh.Offset+dh.Bytes(), h.Offset, h.Offset+h.Bytes())
 	}
+	if dW != nil {
+		if err := checkHeadOperand(op, "dW", dW, l.vocab*l.hidden); err != nil {
+			return err
+		}
+		if dW.DType != gpu.F32 || headRowLength(dW) != l.hidden {
+			return fmt.Errorf("%s: dW is %s of shape %v, want f32 [%d, %d]", op, dW.DType, dW.Shape, l.vocab, l.hidden)
+		}
+		if dW.Buf == h.Buf || dW.Buf == w.Buf {
+			return fmt.Errorf("%s: dW shares a buffer with h or the weight, which a GEMM cannot bind both writable and read-only", op)
+		}
+	}
+	if rows.Count == 0 {
+		return nil
+	}
 	invCount := math.Float32bits(lossScale(targetCount))
 	for v0 := 0; v0 < l.vocab; v0 += l.chunk {
 		cols := min(l.chunk, l.vocab-v0)
-		if err := l.chunkLogits(rec, h, w, v0, cols); err != nil {
+		if err := l.chunkLogits(rec, h, rows, w, v0, cols); err != nil {
 			return fmt.Errorf("%s: logits of columns %d..%d: %w", op, v0, v0+cols, err)
 		}
-		if err := l.dispatch(rec, opGrad, targets, cols, v0, invCount, uint32(l.tokens)); err != nil {
+		if err := l.dispatch(rec, opGrad, targets, cols, v0, invCount, uint32(rows.Count)); err != nil {
 			return fmt.Errorf("%s: %w", op, err)
 		}
 		beta := float32(1)
@@ -321,10 +352,22 @@ func (l *LMHead) Backward(rec *gpu.Recorder, h, w, targets *gpu.Tensor, targetCo
 		}
 		err := gpu.Gemm(rec, gpu.GemmArgs{
 			A: l.logits, B: weightRows(w, v0, cols, l.hidden), C: dh,
-			M: l.tokens, N: l.hidden, K: cols, LDA: l.chunk, Beta: beta,
+			M: rows.Count, N: l.hidden, K: cols, LDA: l.chunk, Beta: beta, ScatterCM: rows.List,
 		})
 		if err != nil {
 			return fmt.Errorf("%s: dh from columns %d..%d: %w", op, v0, v0+cols, err)
+		}
+		if dW == nil {
+			continue
+		}
+		// dW[v0:v0+cols] += dz^T h: dz is stored [rows, ld] = K x M (TN), and h's
+		// rows are the K index, gathered through the list.
+		err = gpu.Gemm(rec, gpu.GemmArgs{
+			A: l.logits, B: h, C: weightRows(dW, v0, cols, l.hidden), ATrans: true,
+			M: cols, N: l.hidden, K: rows.Count, LDA: l.chunk, Beta: 1, GatherK: rows.List,
+		})
+		if err != nil {
+			return fmt.Errorf("%s: dW of columns %d..%d: %w", op, v0, v0+cols, err)
 		}
 	}
 	return nil
@@ -373,12 +416,12 @@ func (l *LMHead) Logits(rec *gpu.Recorder, h, w, out *gpu.Tensor) error {
 	return nil
 }
 
-// chunkLogits records the logits of vocabulary columns [v0, v0+cols) into the
-// scratch array (row stride l.chunk).
-func (l *LMHead) chunkLogits(rec *gpu.Recorder, h, w *gpu.Tensor, v0, cols int) error {
+// chunkLogits records the logits of vocabulary columns [v0, v0+cols) of the
+// processed rows into the scratch array (compact rows, row stride l.chunk).
+func (l *LMHead) chunkLogits(rec *gpu.Recorder, h *gpu.Tensor, rows RowSet, w *gpu.Tensor, v0, cols int) error {
 	return gpu.Gemm(rec, gpu.GemmArgs{
 		A: h, B: weightRows(w, v0, cols, l.hidden), C: l.logits, BTrans: true,
-		M: l.tokens, N: cols, K: l.hidden,
+		M: rows.Count, N: cols, K: l.hidden, LDC: l.chunk, GatherAM: rows.List,
 	})
 }
 
@@ -403,7 +446,7 @@ func (l *LMHead) dispatch(rec *gpu.Recorder, op crossEntropyOp, targets *gpu.Ten
 	targetsView, targetsBase := targets.View()
 	params := make([]byte, crossEntropyParamsSize)
 	for i, v := range []uint32{
-		uint32(l.tokens), uint32(cols), uint32(l.chunk), uint32(col0),
+		uint32(l.rows), uint32(cols), uint32(l.chunk), uint32(col0),
 		logitsBase, stateBase, targetsBase, extra,
 	} {
 		binary.LittleEndian.PutUint32(params[4*i:], v)
@@ -420,24 +463,30 @@ func (l *LMHead) dispatch(rec *gpu.Recorder, op crossEntropyOp, targets *gpu.Ten
 }
 
 // checkStep validates the operands Forward and Backward share.
-func (l *LMHead) checkStep(op string, rec *gpu.Recorder, h, w, targets *gpu.Tensor, targetCount int) error {
+func (l *LMHead) checkStep(op string, rec *gpu.Recorder, h *gpu.Tensor, rows RowSet, w, targets *gpu.Tensor, targetCount int) error {
 	if l == nil || l.logits == nil {
 		return fmt.Errorf("%s: LM head is nil or released", op)
 	}
 	if rec == nil {
 		return fmt.Errorf("%s: nil recorder", op)
 	}
-	if err := checkHeadOperand(op, "h", h, l.tokens*l.hidden); err != nil {
+	if rows.Count < 0 || rows.Count > l.tokens {
+		return fmt.Errorf("%s: %d rows, want 0..%d (the head's size)", op, rows.Count, l.tokens)
+	}
+	if err := checkHeadOperand(op, "h", h, -1); err != nil {
 		return err
 	}
-	if h.DType != gpu.F32 || headRowLength(h) != l.hidden {
-		return fmt.Errorf("%s: h is %s of shape %v, want f32 [%d, %d]", op, h.DType, h.Shape, l.tokens, l.hidden)
+	if h.DType != gpu.F32 || headRowLength(h) != l.hidden || h.Len() < rows.Count*l.hidden {
+		return fmt.Errorf("%s: h is %s of shape %v, want f32 [>= %d, %d]", op, h.DType, h.Shape, rows.Count, l.hidden)
 	}
 	if err := l.checkWeight(op, w); err != nil {
 		return err
 	}
-	if err := checkHeadOperand(op, "targets", targets, l.tokens); err != nil {
+	if err := checkHeadOperand(op, "targets", targets, -1); err != nil {
 		return err
+	}
+	if targets.Len() < rows.Count {
+		return fmt.Errorf("%s: %d targets for %d rows", op, targets.Len(), rows.Count)
 	}
 	if targets.DType != gpu.F32 {
 		return fmt.Errorf("%s: targets is %s, want 4-byte words (f32 container of u32)", op, targets.DType)

@@ -250,10 +250,10 @@ func TestLMHeadMatchesReference(t *testing.T) {
 
 				rec := testDevice.NewRecorder()
 				defer rec.Release()
-				if err := head.Forward(rec, hT, wT, targetsT, count, lossT); err != nil {
+				if err := head.Forward(rec, hT, RowSet{Count: tokens}, wT, targetsT, count, lossT); err != nil {
 					t.Fatal(err)
 				}
-				if err := head.Backward(rec, hT, wT, targetsT, count, dh); err != nil {
+				if err := head.Backward(rec, hT, RowSet{Count: tokens}, wT, targetsT, count, dh, nil); err != nil {
 					t.Fatal(err)
 				}
 				if err := head.Logits(rec, hT, wT, logits); err != nil {
@@ -324,10 +324,10 @@ func TestLMHeadWithoutTargets(t *testing.T) {
 	defer dh.Release()
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
-	if err := head.Forward(rec, h, w, targetsT, count, loss); err != nil {
+	if err := head.Forward(rec, h, RowSet{Count: tokens}, w, targetsT, count, loss); err != nil {
 		t.Fatal(err)
 	}
-	if err := head.Backward(rec, h, w, targetsT, count, dh); err != nil {
+	if err := head.Backward(rec, h, RowSet{Count: tokens}, w, targetsT, count, dh, nil); err != nil {
 		t.Fatal(err)
 	}
 	gputest.Submit(t, rec)
@@ -373,13 +373,14 @@ func TestLMHeadInvalidArguments(t *testing.T) {
 	targets := tensor(gpu.F32, tokens)
 	loss := tensor(gpu.F32, 1)
 	dh := tensor(gpu.F32, tokens, hidden)
+	all := RowSet{Count: tokens}
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
 
-	if err := head.Backward(rec, h, w, targets, 1, dh); err == nil || !strings.Contains(err.Error(), "Forward") {
+	if err := head.Backward(rec, h, all, w, targets, 1, dh, nil); err == nil || !strings.Contains(err.Error(), "Forward") {
 		t.Errorf("Backward before Forward: %v", err)
 	}
-	if err := head.Forward(rec, h, w, targets, 1, loss); err != nil {
+	if err := head.Forward(rec, h, all, w, targets, 1, loss); err != nil {
 		t.Fatalf("valid operands: %v", err)
 	}
 	for _, tc := range []struct {
@@ -387,24 +388,31 @@ func TestLMHeadInvalidArguments(t *testing.T) {
 		call func() error
 	}{
 		{"h with a wrong row length", func() error {
-			return head.Forward(rec, tensor(gpu.F32, hidden, tokens), w, targets, 1, loss)
+			return head.Forward(rec, tensor(gpu.F32, hidden, tokens), all, w, targets, 1, loss)
 		}},
-		{"h with too many tokens", func() error { return head.Forward(rec, tensor(gpu.F32, tokens+1, hidden), w, targets, 1, loss) }},
-		{"bf16 h", func() error { return head.Forward(rec, tensor(gpu.BF16, tokens, hidden), w, targets, 1, loss) }},
-		{"weight with a wrong vocabulary", func() error { return head.Forward(rec, h, tensor(gpu.F32, vocab+1, hidden), targets, 1, loss) }},
-		{"transposed weight", func() error { return head.Forward(rec, h, tensor(gpu.F32, hidden, vocab), targets, 1, loss) }},
-		{"short targets", func() error { return head.Forward(rec, h, w, tensor(gpu.F32, tokens-1), 1, loss) }},
-		{"negative target count", func() error { return head.Forward(rec, h, w, targets, -1, loss) }},
-		{"loss of two elements", func() error { return head.Forward(rec, h, w, targets, 1, tensor(gpu.F32, 2)) }},
-		{"nil loss", func() error { return head.Forward(rec, h, w, targets, 1, nil) }},
-		{"nil recorder", func() error { return head.Forward(nil, h, w, targets, 1, loss) }},
+		{"more rows than the head holds", func() error {
+			return head.Forward(rec, tensor(gpu.F32, tokens+1, hidden), RowSet{Count: tokens + 1}, w, tensor(gpu.F32, tokens+1), 1, loss)
+		}},
+		{"h with too few rows", func() error { return head.Forward(rec, tensor(gpu.F32, tokens-1, hidden), all, w, targets, 1, loss) }},
+		{"dW of the wrong shape", func() error {
+			return head.Backward(rec, h, all, w, targets, 1, dh, tensor(gpu.F32, vocab, hidden+1))
+		}},
+		{"dW sharing h's buffer", func() error { return head.Backward(rec, h, all, w, targets, 1, dh, h) }},
+		{"bf16 h", func() error { return head.Forward(rec, tensor(gpu.BF16, tokens, hidden), all, w, targets, 1, loss) }},
+		{"weight with a wrong vocabulary", func() error { return head.Forward(rec, h, all, tensor(gpu.F32, vocab+1, hidden), targets, 1, loss) }},
+		{"transposed weight", func() error { return head.Forward(rec, h, all, tensor(gpu.F32, hidden, vocab), targets, 1, loss) }},
+		{"short targets", func() error { return head.Forward(rec, h, all, w, tensor(gpu.F32, tokens-1), 1, loss) }},
+		{"negative target count", func() error { return head.Forward(rec, h, all, w, targets, -1, loss) }},
+		{"loss of two elements", func() error { return head.Forward(rec, h, all, w, targets, 1, tensor(gpu.F32, 2)) }},
+		{"nil loss", func() error { return head.Forward(rec, h, all, w, targets, 1, nil) }},
+		{"nil recorder", func() error { return head.Forward(nil, h, all, w, targets, 1, loss) }},
 		{"targets beyond their buffer", func() error {
 			shifted := *targets
 			shifted.Offset = 8
-			return head.Forward(rec, h, w, &shifted, 1, loss)
+			return head.Forward(rec, h, all, w, &shifted, 1, loss)
 		}},
-		{"dh of the wrong shape", func() error { return head.Backward(rec, h, w, targets, 1, tensor(gpu.F32, tokens, hidden+1)) }},
-		{"dh overlapping h", func() error { return head.Backward(rec, h, w, targets, 1, h) }},
+		{"dh of the wrong shape", func() error { return head.Backward(rec, h, all, w, targets, 1, tensor(gpu.F32, tokens, hidden+1), nil) }},
+		{"dh overlapping h", func() error { return head.Backward(rec, h, all, w, targets, 1, h, nil) }},
 		{"logits of the wrong shape", func() error { return head.Logits(rec, h, w, tensor(gpu.F32, tokens, vocab-1)) }},
 		{"logits for a weight of the wrong shape", func() error {
 			return head.Logits(rec, h, tensor(gpu.F32, vocab, hidden+1), tensor(gpu.F32, tokens, vocab))
@@ -423,7 +431,7 @@ func TestLMHeadInvalidArguments(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer odd.Release()
-	err = odd.Forward(rec, tensor(gpu.F32, tokens, 5), tensor(gpu.BF16, vocab, 5), targets, 1, loss)
+	err = odd.Forward(rec, tensor(gpu.F32, tokens, 5), all, tensor(gpu.BF16, vocab, 5), targets, 1, loss)
 	if err == nil || !strings.Contains(err.Error(), "even chunk") {
 		t.Errorf("bf16 weight with odd hidden size and odd chunks: %v", err)
 	}
@@ -471,5 +479,172 @@ func poisonTensor(t *testing.T, x *gpu.Tensor) {
 	}
 	if err := x.Upload(nan); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// referenceWeightGrad is dW = dz^T h of the float64 reference: for each row r
+// with a target, dz_r = (softmax(z_r) - onehot(target_r)) / count.
+func referenceWeightGrad(h []float32, ref crossEntropyReference, targets []uint32, count, tokens, hidden, vocab int) []float64 {
+	dW := make([]float64, vocab*hidden)
+	for r := range tokens {
+		if targets[r] == NoTarget {
+			continue
+		}
+		for v := range vocab {
+			g := math.Exp(ref.logits[r*vocab+v] - ref.lse[r])
+			if uint32(v) == targets[r] {
+				g--
+			}
+			g /= float64(count)
+			for c := range hidden {
+				dW[v*hidden+c] += g * float64(h[r*hidden+c])
+			}
+		}
+	}
+	return dW
+}
+
+// TestReferenceWeightGradient checks the float64 dW against a central finite
+// difference of the loss in the weight, so the GPU test compares against a
+// gradient that is right.
+func TestReferenceWeightGradient(t *testing.T) {
+	const tokens, hidden, vocab = 5, 4, 7
+	rng := rand.New(rand.NewPCG(7, 8))
+	h := gputest.RandFloats(rng, tokens*hidden)
+	w := gputest.RandFloats(rng, vocab*hidden)
+	targets := []uint32{3, NoTarget, 0, 6, 2}
+	const count = 4
+	ref := referenceCrossEntropy(h, w, targets, count, tokens, hidden, vocab)
+	dW := referenceWeightGrad(h, ref, targets, count, tokens, hidden, vocab)
+	loss := func(i int, delta float64) float64 {
+		var total float64
+		for r := range tokens {
+			if targets[r] == NoTarget {
+				continue
+			}
+			zs := make([]float64, vocab)
+			for v := range vocab {
+				for c := range hidden {
+					x := float64(w[v*hidden+c])
+					if v*hidden+c == i {
+						x += delta
+					}
+					zs[v] += float64(h[r*hidden+c]) * x
+				}
+			}
+			m := slices.Max(zs)
+			var s float64
+			for _, z := range zs {
+				s += math.Exp(z - m)
+			}
+			total += m + math.Log(s) - zs[targets[r]]
+		}
+		return total / count
+	}
+	const eps = 1e-5
+	for i := range w {
+		numeric := (loss(i, eps) - loss(i, -eps)) / (2 * eps)
+		if d := math.Abs(numeric - dW[i]); d > 1e-7*(1+math.Abs(numeric)) {
+			t.Errorf("dW[%d] = %g, finite difference %g", i, dW[i], numeric)
+		}
+	}
+}
+
+// TestLMHeadRowListAndWeightGradient runs the head on rows named by a list (as
+// training runs it on the scored tokens): the loss and the named rows of dh
+// match the float64 reference of those rows alone, the other rows of dh are
+// untouched, and dW accumulates dz^T h over the named rows, chunk by chunk.
+func TestLMHeadRowListAndWeightGradient(t *testing.T) {
+	const tokens, hidden, vocab, chunk = 10, 6, 23, 8
+	for _, dtype := range []gpu.DType{gpu.F32, gpu.BF16} {
+		t.Run(dtype.String(), func(t *testing.T) {
+			head, err := NewLMHead(testDevice, tokens, hidden, vocab, WithChunkColumns(chunk))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer head.Release()
+			rng := rand.New(rand.NewPCG(9, 10))
+			h := gputest.RandFloats(rng, tokens*hidden)
+			w := gputest.RandFloats(rng, vocab*hidden)
+			if dtype == gpu.BF16 {
+				w = roundBF16(w)
+			}
+			dW0 := gputest.RandFloats(rng, vocab*hidden)
+			rows := []uint32{7, 2, 5, 9}
+			targets := []uint32{4, NoTarget, 22, 0} // of the named rows, in list order
+			const count = 3
+
+			hT := gputest.Upload(t, testDevice, gpu.F32, h, tokens, hidden)
+			defer hT.Release()
+			wT := gputest.Upload(t, testDevice, dtype, w, vocab, hidden)
+			defer wT.Release()
+			dWT := gputest.Upload(t, testDevice, gpu.F32, dW0, vocab, hidden)
+			defer dWT.Release()
+			targetsT, err := testDevice.NewTensor(gpu.F32, "targets", tokens)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer targetsT.Release()
+			if err := WriteTargets(targetsT, append(slices.Clone(targets), slices.Repeat([]uint32{NoTarget}, tokens-len(targets))...)); err != nil {
+				t.Fatal(err)
+			}
+			list, err := testDevice.NewIndexList(rows, tokens, "rows")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer list.Buf.Release()
+			set := RowSet{List: &list, Count: len(rows)}
+			loss := gputest.Poisoned(t, testDevice, 1)
+			defer loss.Release()
+			dh := gputest.Poisoned(t, testDevice, tokens, hidden)
+			defer dh.Release()
+
+			rec := testDevice.NewRecorder()
+			defer rec.Release()
+			if err := head.Forward(rec, hT, set, wT, targetsT, count, loss); err != nil {
+				t.Fatal(err)
+			}
+			if err := head.Backward(rec, hT, set, wT, targetsT, count, dh, dWT); err != nil {
+				t.Fatal(err)
+			}
+			gputest.Submit(t, rec)
+
+			compact := make([]float32, 0, len(rows)*hidden)
+			for _, r := range rows {
+				compact = append(compact, h[int(r)*hidden:int(r+1)*hidden]...)
+			}
+			ref := referenceCrossEntropy(compact, w, targets, count, len(rows), hidden, vocab)
+			wantDW := referenceWeightGrad(compact, ref, targets, count, len(rows), hidden, vocab)
+			for i := range wantDW {
+				wantDW[i] += float64(dW0[i])
+			}
+			if e := gputest.RelL2(gputest.Download(t, loss), []float64{ref.loss}); !(e < 1e-5) {
+				t.Errorf("loss relative error %.3g", e)
+			}
+			if e := gputest.RelL2(gputest.Download(t, head.LSE()), ref.lse); !(e < 1e-5) {
+				t.Errorf("lse relative error %.3g", e)
+			}
+			gotDH := gputest.Download(t, dh)
+			named := make([]float32, 0, len(compact))
+			for _, r := range rows {
+				named = append(named, gotDH[int(r)*hidden:int(r+1)*hidden]...)
+			}
+			if e := gputest.RelL2(named, ref.dh); !(e < 1e-4) {
+				t.Errorf("dh of the named rows: relative error %.3g", e)
+			}
+			for r := range tokens {
+				if slices.Contains(rows, uint32(r)) {
+					continue
+				}
+				for _, g := range gotDH[r*hidden : (r+1)*hidden] {
+					if !math.IsNaN(float64(g)) {
+						t.Fatalf("dh row %d, not named, was written (%g)", r, g)
+					}
+				}
+			}
+			if e := gputest.RelL2(gputest.Download(t, dWT), wantDW); !(e < 1e-4) {
+				t.Errorf("dW relative error %.3g", e)
+			}
+		})
 	}
 }

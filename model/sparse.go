@@ -17,6 +17,18 @@ type TokenSets struct {
 	RealCount, ContextCount, ScoredCount int
 }
 
+// RowSet selects token rows of a [tokens, ...] activation: the entries of List,
+// or rows 0..Count-1 when List is nil. Count is how many rows there are: a
+// list's count is known on the host (the batch came from it), sizes the
+// dispatches, and bounds what the GPU reads from the list.
+type RowSet struct {
+	List  *gpu.IndexList
+	Count int
+}
+
+// Gathered reports whether the rows come through an index list.
+func (r RowSet) Gathered() bool { return r.List != nil }
+
 // AttentionChannels are the channels an attention layer's frozen projections
 // compute for context tokens; a nil list means all channels. Q, K and V list
 // kept output channels of q_proj, k_proj and v_proj; O lists the kept input
@@ -38,4 +50,8 @@ type ChannelSelector interface {
 	// MLP selects the kept intermediate channels (gate/up outputs, down inputs)
 	// from the post_attention_layernorm output x; nil means dense.
 	MLP(rec *gpu.Recorder, layer int, x *gpu.Tensor, tokens *TokenSets) (*gpu.IndexList, error)
+	// SparseScoredTokens reports whether scored tokens run on the kept
+	// channels too (a table's skip_output_tokens: false); otherwise they run
+	// dense (SPEC 4.5).
+	SparseScoredTokens() bool
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -22,7 +23,11 @@ import (
 type fixedSelector struct {
 	attn map[int]model.AttentionChannels
 	mlp  map[int]*gpu.IndexList
+	// sparseScored runs scored tokens sparse too (skip_output_tokens: false).
+	sparseScored bool
 }
+
+func (s fixedSelector) SparseScoredTokens() bool { return s.sparseScored }
 
 func (s fixedSelector) Attention(_ *gpu.Recorder, layer int, _ *gpu.Tensor, _ *model.TokenSets) (model.AttentionChannels, error) {
 	return s.attn[layer], nil
@@ -208,13 +213,191 @@ func TestSparseStepSkipsWork(t *testing.T) {
 		if g.y == ceil(contextRows, g.bm) && g.x == ceil(c.HiddenSize, g.bn) {
 			found["down forward, or gate/up backward, on context rows"] = true
 		}
-		// Only scored rows may run over the whole intermediate width.
-		if g.x*g.bn >= c.IntermediateSize && g.y != ceil(r.ws.Tokens.ScoredCount, g.bm) {
-			t.Errorf("an indirect GEMM spans all %d intermediate channels on %d row tiles of %d (scored rows: %d)",
-				c.IntermediateSize, g.y, g.bm, r.ws.Tokens.ScoredCount)
+		// Only scored rows of the sparse layer, or the real rows of the dense
+		// layers (gathered: the batch has padding), may run over the whole
+		// intermediate width.
+		if g.x*g.bn >= c.IntermediateSize && g.y != ceil(r.ws.Tokens.ScoredCount, g.bm) && g.y != ceil(r.ws.Tokens.RealCount, g.bm) {
+			t.Errorf("an indirect GEMM spans all %d intermediate channels on %d row tiles of %d (scored rows: %d, real: %d)",
+				c.IntermediateSize, g.y, g.bm, r.ws.Tokens.ScoredCount, r.ws.Tokens.RealCount)
 		}
 	}
 	if len(found) != 2 {
 		t.Errorf("did not find both sparse MLP GEMM shapes among %d indirect grids: %v (context rows %d, kept %d)", len(grids), grids, contextRows, len(keep))
+	}
+}
+
+// TestQKVBiasOnDroppedChannels gives q, k and v non-zero biases (the fixtures'
+// are all zero) and checks SPEC 4.5: a dropped channel of a sparse token holds
+// exactly bias + adapter output (what the same layer gives with its base
+// weight zeroed), kept channels and dense tokens hold the dense values, and
+// keeping every channel reproduces the dense step's loss and gradients. With
+// SparseScoredTokens (skip_output_tokens: false) scored tokens drop the
+// channels too.
+func TestQKVBiasOnDroppedChannels(t *testing.T) {
+	r := newSparseRig(t)
+	defer r.Close()
+	c := r.m.Config
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, l := range r.m.Layers {
+		for _, p := range []model.Projection{model.ProjQ, model.ProjK, model.ProjV} {
+			if l.Proj[p].Bias != nil {
+				t.Fatalf("the llama-gqa fixture has a %s bias", p)
+			}
+			b := gputest.Upload(t, r.m.Dev, gpu.F32, gputest.RandFloats(rng, l.Proj[p].Out), l.Proj[p].Out)
+			l.Proj[p].Bias = b
+			r.release = append([]func(){b.Release}, r.release...)
+		}
+	}
+	const layer = 1
+	kvDim := c.NumKeyValueHeads * c.HeadDim
+	values := func() []float32 { return gputest.Download(t, r.ws.LayerValues(layer)) }
+
+	denseLoss, denseGrads, rec := r.step(t, nil, nil)
+	rec.Release()
+	denseV := values()
+
+	all := fixedSelector{attn: map[int]model.AttentionChannels{}, mlp: map[int]*gpu.IndexList{}}
+	for l := range r.m.Layers {
+		q, kv := r.list(t, iota(c.NumAttentionHeads*c.HeadDim)), r.list(t, iota(kvDim))
+		all.attn[l] = model.AttentionChannels{Q: q, K: kv, V: kv, O: q}
+		all.mlp[l] = r.list(t, iota(c.IntermediateSize))
+	}
+	loss, grads, rec := r.step(t, all, nil)
+	rec.Release()
+	if e := math.Abs(loss-denseLoss) / denseLoss; e > 1e-6 {
+		t.Errorf("every channel kept: loss %v vs dense %v (relative %g)", loss, denseLoss, e)
+	}
+	want := make([]float64, len(denseGrads))
+	for i, g := range denseGrads {
+		want[i] = float64(g)
+	}
+	if e := gputest.RelL2(grads, want); !(e < 1e-6) {
+		t.Errorf("every channel kept: LoRA gradients differ from the dense step by %g", e)
+	}
+
+	// bias + adapter alone: the dense step with layer 1's v_proj weight zeroed.
+	v := r.m.Layers[layer].Proj[model.ProjV]
+	zero, err := r.m.Dev.NewTensor(v.W.DType, "zero v_proj weight", v.W.Shape...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zero.Release()
+	realW := v.W
+	v.W = zero
+	_, _, rec = r.step(t, nil, nil)
+	rec.Release()
+	v.W = realW
+	biasAndAdapter := values()
+
+	keptV := []uint32{1, 2, 5, 8, 13}
+	for _, sparseScored := range []bool{false, true} {
+		sel := fixedSelector{attn: map[int]model.AttentionChannels{layer: {V: r.list(t, keptV)}}, sparseScored: sparseScored}
+		_, _, rec := r.step(t, sel, nil)
+		rec.Release()
+		got := values()
+		roles := map[int]string{}
+		for _, role := range []struct {
+			name string
+			list gpu.IndexList
+		}{{"context", r.ws.Tokens.Context}, {"scored", r.ws.Tokens.Scored}} {
+			for _, row := range downloadIndexList(t, role.list) {
+				roles[int(row)] = role.name
+			}
+		}
+		bad := 0
+		for row, role := range roles {
+			sparse := role == "context" || sparseScored
+			for ch := range kvDim {
+				i := row*kvDim + ch
+				dropped := sparse && !slices.Contains(keptV, uint32(ch))
+				switch {
+				case dropped && got[i] != biasAndAdapter[i]:
+					bad++
+					if bad < 5 {
+						t.Errorf("sparse scored %v: %s row %d, dropped channel %d holds %g, want bias + adapter %g", sparseScored, role, row, ch, got[i], biasAndAdapter[i])
+					}
+				case !dropped && math.Abs(float64(got[i]-denseV[i])) > 1e-5*(1+math.Abs(float64(denseV[i]))):
+					bad++
+					if bad < 5 {
+						t.Errorf("sparse scored %v: %s row %d, channel %d holds %g, dense %g", sparseScored, role, row, ch, got[i], denseV[i])
+					}
+				}
+			}
+		}
+		if bad > 0 {
+			t.Errorf("sparse scored %v: %d wrong values", sparseScored, bad)
+		}
+	}
+}
+
+// downloadIndexList reads a GPU index list's entries.
+func downloadIndexList(t *testing.T, l gpu.IndexList) []uint32 {
+	t.Helper()
+	head, err := l.Buf.Read(context.Background(), uint64(4*l.Offset), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := binary.LittleEndian.Uint32(head)
+	if n == 0 {
+		return nil
+	}
+	raw, err := l.Buf.Read(context.Background(), uint64(4*(l.Offset+1)), uint64(4*n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = binary.LittleEndian.Uint32(raw[4*i:])
+	}
+	return out
+}
+
+// Padding costs no frozen-projection or LM head work: on a batch with padding,
+// every GEMM of a dense step over all Rows*Seq positions without a row list is
+// an adapter's (its other size is the LoRA rank), and the frozen projections
+// and the LM head run on row lists of the real and the scored tokens.
+func TestPaddingCostsNoGEMMWork(t *testing.T) {
+	r := newSparseRig(t)
+	defer r.Close()
+	T := r.ws.Rows * r.ws.Seq
+	if r.ws.Tokens.RealCount == T {
+		t.Fatal("the rig's batch has no padding")
+	}
+	rank := 0
+	for _, l := range r.m.Layers {
+		for _, a := range l.Adapters {
+			if a != nil {
+				rank = a.Rank()
+			}
+		}
+	}
+	var gemms []*gpu.GemmWork
+	_, _, rec := r.step(t, nil, func(d gpu.Dispatch) {
+		if d.Gemm != nil {
+			gemms = append(gemms, d.Gemm)
+		}
+	})
+	defer rec.Release()
+	lists := map[string]gpu.IndexList{"real": r.ws.Tokens.Real, "scored": r.ws.Tokens.Scored}
+	used := map[string]int{}
+	for _, g := range gemms {
+		switch {
+		case g.Rows == nil && g.M == T && g.N != rank && g.K != rank:
+			t.Errorf("a %d x %d x %d GEMM runs over every position, padding included", g.M, g.N, g.K)
+		case g.Rows != nil:
+			for name, l := range lists {
+				if *g.Rows == l {
+					used[name]++
+				}
+			}
+		}
+	}
+	// Forward and backward of 7 projections in each of the layers on the real
+	// tokens; logits, recomputed logits and dh on the scored ones.
+	if want := 2 * 7 * len(r.m.Layers); used["real"] < want {
+		t.Errorf("%d GEMMs on the real-token list, want at least %d", used["real"], want)
+	}
+	if used["scored"] < 3 {
+		t.Errorf("%d GEMMs on the scored-token list, want at least 3", used["scored"])
 	}
 }

@@ -1,46 +1,46 @@
 // This file counts the matmul FLOPs of one LoRA training step, dense and under
 // a sparsity table (SPEC 4.5, 6: count FLOPs before timing anything), so a
-// benchmark can report useful TFLOP/s and the paper's "% of LoRA's FLOPs".
+// benchmark can report useful TFLOP/s and the paper's "% of LoRA's FLOPs". It
+// counts what the model executes (bench step checks the count against the
+// GEMMs and attention dispatches a step records), recomputation included.
 //
 // The model, per decoder layer, with T real tokens (padding is never
-// computed), and a matmul of [m,k] x [k,n] counted as 2 m n k:
+// computed by the frozen projections or the LM head), P = Rows*Seq positions,
+// and a matmul of [m,k] x [k,n] counted as 2 m n k:
 //
 //   - Frozen projections q, k, v, o, gate, up, down: forward x W^T and the
 //     activation gradient dY W (2 + 2 = 4 T in out). Frozen weights get no
 //     weight gradient. The input gradient of layer 0 into the frozen embedding
-//     is counted too, as a trainer that does not special-case it computes it.
+//     is counted too, as the trainer computes it.
 //   - Attention core: causal (query, key) pairs of each row, rows assumed to
-//     hold T/Rows real tokens each, P = Rows L (L+1) / 2 with L = T/Rows. Per
-//     pair and query head: QK^T, PV forward, dP = dO V^T, dV = P^T dO,
-//     dQ = dS K, dK = dS^T Q, 2 head_dim FLOPs each (12 H head_dim P in all;
-//     no recomputation, softmax and RoPE not counted).
+//     hold T/Rows real tokens each, pairs = Rows L (L+1) / 2 with L = T/Rows.
+//     Per pair and query head, 2 head_dim FLOPs for each of: QK^T and PV
+//     (forward); QK^T again, dP = dO V^T and dQ = dS K (the dq pass); QK^T,
+//     dP, dV = P^T dO and dK = dS^T Q (the dk/dv pass): 18 H head_dim pairs in
+//     all (the backward recomputes the scores; softmax and RoPE not counted).
+//     The kernels run every channel, in sparse layers too.
 //   - LoRA on each target with rank r: x A^T, (x A^T) B^T forward; dB, dz = dY B,
-//     dA and the input gradient dz A backward: 6 T r (in + out). It runs dense
-//     on all real tokens in sparse steps too (SPEC 4.5).
-//   - LM head (not per layer): logits and dh over every real token, 4 T hidden
-//     vocab, as the trainer's LM head computes the full GEMM.
+//     dA and the input gradient dz A backward: 6 P r (in + out). The adapters
+//     run on every position, padding included, and dense in sparse steps too
+//     (SPEC 4.5).
+//   - LM head (not per layer): on the scored tokens S only (their logits are
+//     the only ones the loss needs): logits forward, logits recomputed in
+//     backward, and dh: 6 S hidden vocab.
 //
 // A sparse step (SPEC 4.5) changes layers whose sparsity is > 0, on the
 // sparse-path tokens only: the context tokens, or every real token when the
-// table sets skip_output_tokens false (the reference then sparsifies scored
-// tokens too). With k kept kv channels out of KV head_dim and G = H/KV:
+// table sets skip_output_tokens false (then scored tokens run sparse too).
+// With k kept kv channels out of KV head_dim and G = H/KV:
 //
 //   - q keeps G k output channels, k and v keep k, o reads G k input channels;
 //     gate and up keep k_ffn outputs, down reads k_ffn inputs; forward and
-//     activation gradient alike (SPEC 4.6). Scored tokens run dense.
-//   - Attention core: a context query row's scores need only the kept q
-//     channels when q_proj has no LoRA (its dropped channels are then exactly
-//     0), and its P V row (with dP and dV) only the kept o_proj input channels
-//     when o_proj has no LoRA (nothing else reads the dropped ones). LoRA on
-//     q or o adds a dense term to every channel, so those rows stay dense; with
-//     the paper's LoRA on q, k, v, o the core is dense. Context tokens are
-//     taken to come first in each row (prompt before answer), so their query
-//     rows hold Rows c (c+1) / 2 of the pairs, c = sparse-path tokens / Rows.
+//     activation gradient alike (SPEC 4.6). Other tokens run dense.
 //   - Predictor (SVD estimator of rank r, SPEC 4.2, 4.3): for a sparse FFN,
 //     xbar A B for gate and up on one mean vector per row: 2 Rows r (hidden +
-//     intermediate) each; for sparse attention, x A B for q, k and v on every
-//     real token: 2 T r (hidden + out) each. Means, norms, SiLU and top-k are
-//     not matmuls and not counted.
+//     intermediate) each, in the selection kernels; for sparse attention,
+//     x A for q, k and v on every position (GEMMs, 2 P r hidden each) and its
+//     product with B inside the column-norm kernel (2 P r out each). Means,
+//     norms, SiLU and top-k are not matmuls and not counted.
 
 package predictor
 
@@ -82,6 +82,9 @@ type FLOPBreakdown struct {
 	LoRA float64
 	// Predictor is the SVD estimator's scoring; zero in dense steps.
 	Predictor float64
+	// PredictorKernels is the part of Predictor that runs in the selection
+	// kernels rather than as GEMMs.
+	PredictorKernels float64
 }
 
 // Total sums the parts.
@@ -104,7 +107,8 @@ type LayerFLOPs struct {
 type FLOPReport struct {
 	Shape  StepShape
 	Layers []LayerFLOPs
-	// LMHead is the logits forward and dh backward, the same in both steps.
+	// LMHead is the logits forward, their recomputation and dh backward on the
+	// scored tokens, the same in both steps.
 	LMHead float64
 	// Dense and Sparse are whole-step totals (layers and LM head); Ratio is
 	// Sparse / Dense.
@@ -138,7 +142,7 @@ func StepFLOPs(cfg *model.Config, shape StepShape, lora LoRATargets, sparsity *S
 		report.Dense += row.Dense
 		report.Sparse += row.Sparse
 	}
-	report.LMHead = 4 * d.tokens * d.hidden * float64(cfg.VocabSize)
+	report.LMHead = 6 * float64(shape.ScoredTokens) * d.hidden * float64(cfg.VocabSize)
 	report.Dense += report.LMHead
 	report.Sparse += report.LMHead
 	report.Ratio = report.Sparse / report.Dense
@@ -199,6 +203,7 @@ type layerDims struct {
 	heads, headDim       float64
 	qDim, kvDim, group   float64
 	rows, tokens         float64
+	positions            float64 // Rows*Seq
 	loraRank             float64
 	lora                 []model.Projection
 }
@@ -214,6 +219,7 @@ func newLayerDims(cfg *model.Config, shape StepShape, lora LoRATargets) layerDim
 		group:        float64(cfg.NumAttentionHeads / cfg.NumKeyValueHeads),
 		rows:         float64(shape.Rows),
 		tokens:       float64(shape.RealTokens),
+		positions:    float64(shape.Rows * shape.Seq),
 		loraRank:     float64(lora.Rank),
 		lora:         lora.Targets,
 	}
@@ -244,13 +250,11 @@ func (d layerDims) causalPairs(tokensPerRow float64) float64 {
 	return d.rows * tokensPerRow * (tokensPerRow + 1) / 2
 }
 
-func (d layerDims) hasLoRA(p model.Projection) bool { return slices.Contains(d.lora, p) }
-
 func (d layerDims) loraFLOPs() float64 {
 	var total float64
 	for _, p := range d.lora {
 		in, out := d.projectionShape(p)
-		total += 6 * d.tokens * d.loraRank * (in + out)
+		total += 6 * d.positions * d.loraRank * (in + out)
 	}
 	return total
 }
@@ -258,7 +262,7 @@ func (d layerDims) loraFLOPs() float64 {
 func (d layerDims) denseParts() FLOPBreakdown {
 	return FLOPBreakdown{
 		AttentionProjections: frozen(d.tokens, d.hidden, 2*d.qDim+2*d.kvDim),
-		AttentionCore:        12 * d.heads * d.headDim * d.causalPairs(d.tokens/d.rows),
+		AttentionCore:        18 * d.heads * d.headDim * d.causalPairs(d.tokens/d.rows),
 		MLPProjections:       frozen(d.tokens, d.hidden, 3*d.intermediate),
 		LoRA:                 d.loraFLOPs(),
 	}
@@ -276,25 +280,16 @@ func (d layerDims) sparseParts(s LayerSparsity, svdRank int, sparsePathTokens fl
 		parts.AttentionProjections = frozen(densePathTokens, d.hidden, 2*d.qDim+2*d.kvDim) +
 			frozen(sparsePathTokens, d.hidden, 2*keptQ+2*kept)
 
-		allPairs := d.causalPairs(d.tokens / d.rows)
-		sparseRowPairs := d.causalPairs(sparsePathTokens / d.rows)
-		// Each half (scores with dQ, dK; values with dP, dV) is 6 FLOPs per
-		// pair and channel, summed over the query heads' channels.
-		half := func(sparseRows bool) float64 {
-			if !sparseRows {
-				return 6 * d.qDim * allPairs
-			}
-			return 6 * (d.qDim*(allPairs-sparseRowPairs) + keptQ*sparseRowPairs)
-		}
-		parts.AttentionCore = half(!d.hasLoRA(model.ProjQ)) + half(!d.hasLoRA(model.ProjO))
-
-		parts.Predictor += 2 * d.tokens * rank * ((d.hidden + d.qDim) + 2*(d.hidden+d.kvDim))
+		parts.Predictor += 2 * d.positions * rank * ((d.hidden + d.qDim) + 2*(d.hidden+d.kvDim))
+		parts.PredictorKernels += 2 * d.positions * rank * (d.qDim + 2*d.kvDim)
 	}
 	if s.MLP > 0 {
 		kept := float64(s.KeptMLPChannels(int(d.intermediate)))
 		parts.MLPProjections = frozen(densePathTokens, d.hidden, 3*d.intermediate) +
 			frozen(sparsePathTokens, d.hidden, 3*kept)
-		parts.Predictor += 2 * 2 * d.rows * rank * (d.hidden + d.intermediate)
+		ffn := 2 * 2 * d.rows * rank * (d.hidden + d.intermediate)
+		parts.Predictor += ffn
+		parts.PredictorKernels += ffn
 	}
 	return parts
 }
@@ -310,8 +305,10 @@ func (r FLOPReport) Table(w io.Writer) error {
 			l.Layer, l.Sparsity.MLP, l.Sparsity.Attention, l.Dense/giga, l.Sparse/giga, l.Sparse/l.Dense,
 			p.AttentionProjections/giga, p.AttentionCore/giga, p.MLPProjections/giga, p.LoRA/giga, p.Predictor/giga)
 	}
-	fmt.Fprintf(tw, "lm_head\t\t\t%.3f\t%.3f\t%.3f\t\t\t\t\t\t\n", r.LMHead/giga, r.LMHead/giga, 1.0)
-	fmt.Fprintf(tw, "total\t\t\t%.3f\t%.3f\t%.3f\t\t\t\t\t\t\n", r.Dense/giga, r.Sparse/giga, r.Ratio)
+	// Rows without per-part figures end after their last value: empty
+	// right-aligned cells would leave trailing spaces.
+	fmt.Fprintf(tw, "lm_head\t\t\t%.3f\t%.3f\t%.3f\t\n", r.LMHead/giga, r.LMHead/giga, 1.0)
+	fmt.Fprintf(tw, "total\t\t\t%.3f\t%.3f\t%.3f\t\n", r.Dense/giga, r.Sparse/giga, r.Ratio)
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("predictor: writing FLOP table: %w", err)
 	}

@@ -41,50 +41,52 @@ func TestStepFLOPsTinyByHand(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Dense, T = 8 real tokens; each frozen projection 4*T*in*out.
+	// Dense, T = 8 real tokens, P = 10 positions; each frozen projection
+	// 4*T*in*out.
 	// q 8->8, k 8->4, v 8->4, o 8->8: 4*8*(64+32+32+64) = 6144.
 	// gate, up 8->16, down 16->8: 4*8*3*128 = 12288.
 	// Attention: 4 tokens per row give 4*5/2 = 10 causal pairs, 20 in all;
-	// 12 matmul-FLOPs per pair and query-channel: 12 * (2 heads * 4) * 20 = 1920.
-	// LoRA 6*T*r*(in+out): q 6*8*2*16 = 1536, down 6*8*2*24 = 2304: 3840.
-	dense := FLOPBreakdown{AttentionProjections: 6144, MLPProjections: 12288, AttentionCore: 1920, LoRA: 3840}
-	const lmHead = 4 * 8 * 8 * 10 // logits and dh over 8 tokens, hidden 8, vocab 10
+	// 18 matmul-FLOPs per pair and query-channel (forward 4, dq pass 6, dk/dv
+	// pass 8): 18 * (2 heads * 4) * 20 = 2880.
+	// LoRA 6*P*r*(in+out) on every position: q 6*10*2*16 = 1920, down
+	// 6*10*2*24 = 2880: 4800.
+	dense := FLOPBreakdown{AttentionProjections: 6144, MLPProjections: 12288, AttentionCore: 2880, LoRA: 4800}
+	const lmHead = 6 * 4 * 8 * 10 // logits, recomputed logits and dh over the 4 scored tokens, hidden 8, vocab 10
 
 	// Sparse: 4 context tokens take the sparse path, 4 scored tokens run dense.
 	// Attention keeps k = floor(4*0.5) = 2 kv channels: q keeps 2*2 = 4, k 2,
 	// v 2, o reads 4. Projections: 4*8*(4*(8+4+4+8) + 4*(4+2+2+4)) = 4608.
 	// MLP keeps floor(16*0.5) = 8: 4*8*(4*3*16 + 4*3*8) = 9216.
-	// Attention core: q_proj has LoRA, so the score half stays dense:
-	// 6*8*20 = 960. o_proj has none, so the context query rows (the first 2
-	// of each row: 2*3/2 = 3 pairs per row, 6 in all) read 4 kept channels in
-	// the value half: 6*8*14 + 6*4*6 = 816. Together 1776.
-	// Predictor, rank 2: q, k, v on all 8 tokens: 2*8*2*(8+8) + 2*(2*8*2*(8+4))
-	// = 512 + 768 = 1280; gate and up on 2 row means: 2*(2*2*2*(8+16)) = 384.
-	sparse := FLOPBreakdown{AttentionProjections: 4608, MLPProjections: 9216, AttentionCore: 1776, LoRA: 3840, Predictor: 1664}
+	// Attention core: the kernels run every channel: 2880.
+	// Predictor, rank 2: q, k, v on all 10 positions: 2*10*2*(8+8) +
+	// 2*(2*10*2*(8+4)) = 640 + 960 = 1600, of which the B products (8, 4, 4
+	// outputs) run in the selection kernels: 2*10*2*16 = 640; gate and up on 2
+	// row means, all in the kernels: 2*(2*2*2*(8+16)) = 384.
+	sparse := FLOPBreakdown{AttentionProjections: 4608, MLPProjections: 9216, AttentionCore: 2880, LoRA: 4800,
+		Predictor: 1984, PredictorKernels: 1024}
 
 	if len(report.Layers) != 1 {
 		t.Fatalf("%d layer rows, want 1", len(report.Layers))
 	}
 	row := report.Layers[0]
-	if row.DenseParts != dense || row.Dense != 24192 {
-		t.Errorf("dense parts %+v total %g, want %+v total 24192", row.DenseParts, row.Dense, dense)
+	if row.DenseParts != dense || row.Dense != 26112 {
+		t.Errorf("dense parts %+v total %g, want %+v total 26112", row.DenseParts, row.Dense, dense)
 	}
-	if row.SparseParts != sparse || row.Sparse != 21104 {
-		t.Errorf("sparse parts %+v total %g, want %+v total 21104", row.SparseParts, row.Sparse, sparse)
+	if row.SparseParts != sparse || row.Sparse != 23488 {
+		t.Errorf("sparse parts %+v total %g, want %+v total 23488", row.SparseParts, row.Sparse, sparse)
 	}
 	if row.Sparsity != (LayerSparsity{MLP: 0.5, Attention: 0.5}) {
 		t.Errorf("layer sparsity %+v", row.Sparsity)
 	}
-	if report.LMHead != lmHead || report.Dense != 24192+lmHead || report.Sparse != 21104+lmHead {
-		t.Errorf("LM head %g, totals %g / %g; want %d, %d / %d", report.LMHead, report.Dense, report.Sparse, lmHead, 24192+lmHead, 21104+lmHead)
+	if report.LMHead != lmHead || report.Dense != 26112+lmHead || report.Sparse != 23488+lmHead {
+		t.Errorf("LM head %g, totals %g / %g; want %d, %d / %d", report.LMHead, report.Dense, report.Sparse, lmHead, 26112+lmHead, 23488+lmHead)
 	}
-	if want := float64(21104+lmHead) / float64(24192+lmHead); math.Abs(report.Ratio-want) > 1e-15 {
+	if want := float64(23488+lmHead) / float64(26112+lmHead); math.Abs(report.Ratio-want) > 1e-15 {
 		t.Errorf("ratio %g, want %g", report.Ratio, want)
 	}
 }
 
-// With skip_output_tokens false the scored tokens take the sparse path too,
-// and without LoRA on q and o every query row of the core reads kept channels.
+// With skip_output_tokens false the scored tokens take the sparse path too.
 func TestStepFLOPsTinyAllTokensSparse(t *testing.T) {
 	shape := StepShape{Rows: 2, Seq: 4, RealTokens: 8, ContextTokens: 4, ScoredTokens: 4}
 	lora := LoRATargets{Rank: 2, Targets: []model.Projection{model.ProjV}}
@@ -93,11 +95,12 @@ func TestStepFLOPsTinyAllTokensSparse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// All 8 tokens keep q 4, k 2, v 2, o 4: 4*8*8*12 = 3072. The core's 20
-	// pairs all read 4 of 8 query channels in both halves: 2 * 6*4*20 = 960.
-	// The MLP stays dense (12288); LoRA on v: 6*8*2*(8+4) = 1152; predictor
-	// for q, k, v only: 1280.
-	want := FLOPBreakdown{AttentionProjections: 3072, AttentionCore: 960, MLPProjections: 12288, LoRA: 1152, Predictor: 1280}
+	// All 8 tokens keep q 4, k 2, v 2, o 4: 4*8*8*12 = 3072. The core runs
+	// every channel on its 20 pairs: 18*8*20 = 2880. The MLP stays dense
+	// (12288); LoRA on v: 6*8*2*(8+4) = 1152; predictor for q, k, v only:
+	// 2*8*2*(8+8) + 2*(2*8*2*(8+4)) = 1280, of which 2*8*2*(8+4+4) = 512 in
+	// the selection kernels.
+	want := FLOPBreakdown{AttentionProjections: 3072, AttentionCore: 2880, MLPProjections: 12288, LoRA: 1152, Predictor: 1280, PredictorKernels: 512}
 	if got := report.Layers[0].SparseParts; got != want {
 		t.Errorf("sparse parts %+v, want %+v", got, want)
 	}

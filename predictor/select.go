@@ -64,6 +64,10 @@ type SelectOptions struct {
 	// padding included, as the reference's seq_avg does. Attention norms
 	// (SPEC 4.3) have no mean and always leave padding out.
 	UnmaskedMean bool
+	// SparseScoredTokens runs scored tokens on the kept channels too: a table
+	// with skip_output_tokens: false (SparsityConfig.SkipOutputTokens false).
+	// Otherwise they run dense (SPEC 4.5).
+	SparseScoredTokens bool
 }
 
 // K is the number of the n channels kept at sparsity s (SPEC 4.4):
@@ -486,6 +490,10 @@ func (s *Selector) KeptChannels(layer int) (mlp, attention int) {
 // output x [Rows*Seq, H]: the row means over real tokens, their rank-r gate and
 // up projections, score_j = ||SiLU(g) * u||_2 over the rows, and the top k
 // channels as an ascending list (ties to the lower index). A dense layer
+// SparseScoredTokens reports whether scored tokens run on the kept channels
+// too (SelectOptions.SparseScoredTokens).
+func (s *Selector) SparseScoredTokens() bool { return s.opts.SparseScoredTokens }
+
 // returns nil.
 func (s *Selector) MLP(rec *gpu.Recorder, layer int, x *gpu.Tensor, tokens *model.TokenSets) (*gpu.IndexList, error) {
 	if layer < 0 || layer >= len(s.mlp) {

@@ -487,7 +487,7 @@ func (r *run) setUpPredictor(ctx context.Context) error {
 		}
 	}
 	sel, err := predictor.NewSelector(r.dev, r.m.Config, table.Layers, predictor.EstimatorFactors(est),
-		r.cfg.BatchSize*r.ws.Seq, r.cfg.BatchSize, predictor.SelectOptions{})
+		r.cfg.BatchSize*r.ws.Seq, r.cfg.BatchSize, predictor.SelectOptions{SparseScoredTokens: !table.SkipOutputTokens})
 	if err != nil {
 		return err
 	}
