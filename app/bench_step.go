@@ -2,14 +2,11 @@ package app
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"maps"
 	"os"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -82,7 +79,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 
 	b := benchBatch(*batch, *seq, *output, *padding, cfg.VocabSize)
-	stepShape, err := benchStepShape(b, cfg.VocabSize)
+	stepShape, err := predictor.BatchShape(b, cfg.VocabSize)
 	if err != nil {
 		return err
 	}
@@ -227,9 +224,9 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	// Count the work one step really records: every GEMM's sizes with the
 	// counts of its index lists read back, and the attention kernels' grids.
-	var counted [2]recordedFLOPs
+	var counted [2]train.RecordedFLOPs
 	for i, sel := range []model.ChannelSelector{nil, selector} {
-		if counted[i], err = countStep(ctx, m, ws, b, sel); err != nil {
+		if counted[i], err = train.CountStep(ctx, m, ws, b, sel); err != nil {
 			return fmt.Errorf("counting the recorded work: %w", err)
 		}
 	}
@@ -305,226 +302,9 @@ func benchBatch(rows, seq, output, padding, vocab int) model.Batch {
 	return b
 }
 
-// benchStepShape counts a batch's real, context and scored tokens as the
-// workspace does (SPEC 4), on the host.
-func benchStepShape(b model.Batch, vocab int) (predictor.StepShape, error) {
-	targets, _, err := model.Targets(b.Labels, b.Rows, b.Seq, vocab)
-	if err != nil {
-		return predictor.StepShape{}, err
-	}
-	shape := predictor.StepShape{Rows: b.Rows, Seq: b.Seq}
-	for i, m := range b.Mask {
-		if m == 0 {
-			continue
-		}
-		shape.RealTokens++
-		if targets[i] != model.NoTarget {
-			shape.ScoredTokens++
-		} else {
-			shape.ContextTokens++
-		}
-	}
-	return shape, nil
-}
-
-// recordedFLOPs is the matmul work one recorded forward and backward issues:
-// per decoder layer, and outside the layers (embedding, final norm, LM head).
-type recordedFLOPs struct {
-	Layers []float64 `json:"layers"`
-	Other  float64   `json:"other"`
-	Total  float64   `json:"total"`
-	// Profile is the GPU time of each kind of kernel (empty without
-	// timestamp queries).
-	Profile []kernelTime `json:"profile,omitempty"`
-}
-
-// kernelTime is the GPU time and counted work of one kind of kernel in a step.
-type kernelTime struct {
-	Kind       string  `json:"kind"`
-	Dispatches int     `json:"dispatches"`
-	MS         float64 `json:"ms"`
-	FLOPs      float64 `json:"flops"`
-}
-
-// thinGEMM is the largest inner or outer size of the adapters' and the
-// predictor's GEMMs (their rank), far below any model dimension.
-const thinGEMM = 64
-
-// kernelKind groups dispatches for the profile.
-func kernelKind(d gpu.Dispatch) string {
-	g := d.Gemm
-	switch {
-	case g != nil && (g.Cols != nil || g.Inner != nil):
-		return "GEMM, kept channels (sparse rows)"
-	case g != nil && g.Rows != nil:
-		return "GEMM, row list, all channels"
-	case g != nil && min(g.M, g.N, g.K) <= thinGEMM:
-		return "GEMM, thin (LoRA, predictor)"
-	case g != nil:
-		return "GEMM, dense"
-	case strings.HasPrefix(d.Kernel, "gemm_grid.wgsl"):
-		return "GEMM grid sizing"
-	case strings.HasPrefix(d.Kernel, "attention.wgsl"):
-		return "attention"
-	case strings.HasPrefix(d.Kernel, "sparse_select.wgsl"):
-		return "channel selection"
-	case strings.HasPrefix(d.Kernel, "cross_entropy.wgsl"):
-		return "cross-entropy"
-	}
-	return "other (norms, RoPE, SwiGLU, bias, embedding)"
-}
-
-var (
-	attentionPassConst = regexp.MustCompile(`PASS=(\d+)u`)
-	headDimConst       = regexp.MustCompile(`HEAD_DIM=(\d+)u`)
-)
-
-// countStep records one forward and backward of b (dense when sel is nil),
-// logging every dispatch with the model part it belongs to, runs it, and
-// counts its work: 2 m n k per GEMM, with the counts of its index lists read
-// back from the GPU (the real sizes of the gathered GEMMs, whose grids the GPU
-// sized), and for the attention kernels the causal pairs of the real tokens of
-// each sequence and query head in the grid (the kernels skip masked pairs):
-// 4, 6 and 8 head_dim FLOPs per pair for the forward, dq and dk/dv passes.
-func countStep(ctx context.Context, m *model.Model, ws *model.Workspace, b model.Batch, sel model.ChannelSelector) (recordedFLOPs, error) {
-	if err := ws.Load(m, b); err != nil {
-		return recordedFLOPs{}, err
-	}
-	type logged struct {
-		part int
-		d    gpu.Dispatch
-	}
-	var work []logged
-	part := -1
-	ws.Selector, ws.Trace = sel, func(layer int) { part = layer }
-	defer func() { ws.Selector, ws.Trace = nil, nil }()
-	rec := m.Dev.NewRecorder()
-	defer rec.Release()
-	// With timestamps, every dispatch gets a pass of its own, so pass i times
-	// dispatch i.
-	rec.Timed = m.Dev.HasTimestamps
-	rec.Log = func(d gpu.Dispatch) {
-		work = append(work, logged{part, d})
-		if rec.Timed {
-			rec.EndPass()
-		}
-	}
-	if err := m.Forward(rec, ws); err != nil {
-		return recordedFLOPs{}, err
-	}
-	if err := m.Backward(rec, ws); err != nil {
-		return recordedFLOPs{}, err
-	}
-	if err := rec.Submit(); err != nil {
-		return recordedFLOPs{}, err
-	}
-	if err := m.Dev.Sync(ctx); err != nil {
-		return recordedFLOPs{}, err
-	}
-
-	type listKey struct {
-		buf    *gpu.Buffer
-		offset int
-	}
-	counts := map[listKey]int{}
-	count := func(l *gpu.IndexList, bound int) (int, error) {
-		if l == nil {
-			return bound, nil
-		}
-		key := listKey{l.Buf, l.Offset}
-		n, ok := counts[key]
-		if !ok {
-			raw, err := l.Buf.Read(ctx, uint64(4*l.Offset), 4)
-			if err != nil {
-				return 0, err
-			}
-			n = int(binary.LittleEndian.Uint32(raw))
-			counts[key] = n
-		}
-		return min(n, bound), nil
-	}
-	// Causal pairs of one sequence and head, summed over the batch's rows.
-	var pairs float64
-	for r := range b.Rows {
-		var real float64
-		for _, mask := range b.Mask[r*b.Seq : (r+1)*b.Seq] {
-			if mask != 0 {
-				real++
-			}
-		}
-		pairs += real * (real + 1) / 2
-	}
-	var times []time.Duration
-	if rec.Timed {
-		var err error
-		if times, err = rec.PassTimes(ctx); err != nil {
-			return recordedFLOPs{}, err
-		}
-		if len(times) != len(work) {
-			return recordedFLOPs{}, fmt.Errorf("%d timed passes for %d dispatches", len(times), len(work))
-		}
-	}
-	kinds := map[string]*kernelTime{}
-	c := m.Config
-	out := recordedFLOPs{Layers: make([]float64, len(m.Layers))}
-	for i, w := range work {
-		var flops float64
-		switch {
-		case w.d.Gemm != nil:
-			g := w.d.Gemm
-			mm, err := count(g.Rows, g.M)
-			if err != nil {
-				return out, err
-			}
-			nn, err := count(g.Cols, g.N)
-			if err != nil {
-				return out, err
-			}
-			kk, err := count(g.Inner, g.K)
-			if err != nil {
-				return out, err
-			}
-			flops = gpu.GemmFLOPs(mm, nn, kk)
-		case strings.HasPrefix(w.d.Kernel, "attention.wgsl"):
-			pass, dim := attentionPassConst.FindStringSubmatch(w.d.Kernel), headDimConst.FindStringSubmatch(w.d.Kernel)
-			if pass == nil || dim == nil || w.d.Indirect != nil {
-				return out, fmt.Errorf("attention dispatch %s: no PASS or HEAD_DIM, or an indirect grid", w.d.Kernel)
-			}
-			hd, _ := strconv.Atoi(dim[1])
-			heads := float64(w.d.Groups[1]) // query heads, or kv heads for dk/dv
-			perPair := map[string]float64{"0": 4, "1": 6, "2": 8}[pass[1]]
-			if pass[1] == "2" {
-				heads *= float64(c.NumAttentionHeads / c.NumKeyValueHeads)
-			}
-			flops = perPair * float64(hd) * heads * pairs * float64(w.d.Groups[2]) / float64(b.Rows)
-		}
-		if w.part >= 0 {
-			out.Layers[w.part] += flops
-		} else {
-			out.Other += flops
-		}
-		out.Total += flops
-		if times != nil {
-			kind := kernelKind(w.d)
-			k := kinds[kind]
-			if k == nil {
-				k = &kernelTime{Kind: kind}
-				kinds[kind] = k
-			}
-			k.Dispatches++
-			k.MS += times[i].Seconds() * 1e3
-			k.FLOPs += flops
-		}
-	}
-	for _, kind := range slices.Sorted(maps.Keys(kinds)) {
-		out.Profile = append(out.Profile, *kinds[kind])
-	}
-	return out, nil
-}
-
 // printProfile prints the GPU time per kind of kernel of the dense and the
 // sparse step side by side.
-func printProfile(w io.Writer, counted [2]recordedFLOPs) error {
+func printProfile(w io.Writer, counted [2]train.RecordedFLOPs) error {
 	if len(counted[0].Profile) == 0 {
 		fmt.Fprintln(w, "(no GPU timestamps on this adapter: no kernel profile)")
 		return nil
@@ -532,7 +312,7 @@ func printProfile(w io.Writer, counted [2]recordedFLOPs) error {
 	fmt.Fprintln(w, "GPU time per kind of kernel, one step (each dispatch in its own timed pass):")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "kernel	dense: n	ms	GFLOP	GFLOP/s	sparse: n	ms	GFLOP	GFLOP/s	")
-	byKind := map[string][2]kernelTime{}
+	byKind := map[string][2]train.KernelTime{}
 	for v, c := range counted {
 		for _, k := range c.Profile {
 			pair := byKind[k.Kind]
@@ -540,8 +320,8 @@ func printProfile(w io.Writer, counted [2]recordedFLOPs) error {
 			byKind[k.Kind] = pair
 		}
 	}
-	var total [2]kernelTime
-	cell := func(k kernelTime) string {
+	var total [2]train.KernelTime
+	cell := func(k train.KernelTime) string {
 		rate := 0.0
 		if k.MS > 0 {
 			rate = k.FLOPs / 1e9 / (k.MS / 1e3)
@@ -564,7 +344,7 @@ func printProfile(w io.Writer, counted [2]recordedFLOPs) error {
 // printCounted prints the analytic FLOPs of each layer next to those of the
 // dispatches a step recorded. The selection kernels' share of the predictor
 // (not GEMMs) is taken from the analytic count on both sides.
-func printCounted(w io.Writer, flops predictor.FLOPReport, counted [2]recordedFLOPs) error {
+func printCounted(w io.Writer, flops predictor.FLOPReport, counted [2]train.RecordedFLOPs) error {
 	const giga = 1e9
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "part\tdense analytic GFLOP\tdense recorded\trecorded/analytic\tsparse analytic\tsparse recorded\trecorded/analytic\t")

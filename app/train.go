@@ -130,7 +130,11 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if cfg.Full {
 		what = "model (HF checkpoint)"
 	}
-	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\n%s: %s\n", res.FLOPsRatio, what, res.AdapterDir)
+	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\n", res.FLOPsRatio)
+	if res.StepMeasured > 0 {
+		fmt.Fprintf(stdout, "FLOPs sparse/dense of one sparse step: analytic %.3f, measured from the recorded dispatches %.3f\n", res.StepAnalytic, res.StepMeasured)
+	}
+	fmt.Fprintf(stdout, "%s: %s\n", what, res.AdapterDir)
 	return nil
 }
 

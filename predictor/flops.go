@@ -63,6 +63,28 @@ type StepShape struct {
 	RealTokens, ContextTokens, ScoredTokens int
 }
 
+// BatchShape counts a batch's real, context and scored tokens for StepFLOPs
+// (scored as model.Targets decides).
+func BatchShape(b model.Batch, vocab int) (StepShape, error) {
+	targets, _, err := model.Targets(b.Labels, b.Rows, b.Seq, vocab)
+	if err != nil {
+		return StepShape{}, err
+	}
+	shape := StepShape{Rows: b.Rows, Seq: b.Seq}
+	for i, m := range b.Mask {
+		if m == 0 {
+			continue
+		}
+		shape.RealTokens++
+		if targets[i] != model.NoTarget {
+			shape.ScoredTokens++
+		} else {
+			shape.ContextTokens++
+		}
+	}
+	return shape, nil
+}
+
 // LoRATargets describes the adapters: one of rank Rank on each listed
 // projection of every layer.
 type LoRATargets struct {

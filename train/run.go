@@ -77,18 +77,23 @@ type Hooks struct {
 
 // Result sums up a finished run.
 type Result struct {
-	Steps        int
-	FinalLoss    float64
-	Eval         *evaluate.LossResult
-	ExactMatch   *evaluate.Summary
-	Wall         time.Duration
-	Tokens       int
-	TokensPerS   float64
-	FLOPsRatio   float64 // analytic, over the whole run
-	AdapterDir   string
-	LastRecord   Record
-	Interrupted  bool
-	LastCheckpnt string
+	Steps      int
+	FinalLoss  float64
+	Eval       *evaluate.LossResult
+	ExactMatch *evaluate.Summary
+	Wall       time.Duration
+	Tokens     int
+	TokensPerS float64
+	FLOPsRatio float64 // analytic, over the whole run
+	AdapterDir string
+	// StepAnalytic and StepMeasured are the sparse/dense FLOP ratio of one
+	// step on the run's last micro-batch: counted analytically, and from
+	// the dispatches a sparse and a dense pass actually recorded (0 for
+	// dense runs).
+	StepAnalytic, StepMeasured float64
+	LastRecord                 Record
+	Interrupted                bool
+	LastCheckpnt               string
 }
 
 // Run trains cfg on dev. It returns ErrInterrupted (with the result so far)
@@ -503,26 +508,8 @@ func (r *run) stepFLOPs(micro []data.Batch, sparse bool) (dense, actual float64,
 		// Full-parameter training runs dense: the ratio is 1.
 		return 1, 1, nil
 	}
-	targets := make([]model.Projection, 0, 7)
-	targets = append(targets, r.adapters.Config.Targets...)
 	for _, b := range micro {
-		shape := predictor.StepShape{Rows: b.Rows, Seq: b.Seq}
-		for i := range b.Mask {
-			if b.Mask[i] == 0 {
-				continue
-			}
-			shape.RealTokens++
-			if i%b.Seq+1 < b.Seq && b.Labels[i+1] != data.IgnoreIndex {
-				shape.ScoredTokens++
-			} else {
-				shape.ContextTokens++
-			}
-		}
-		table := r.sparsity
-		if !sparse {
-			table = nil
-		}
-		f, err := predictor.StepFLOPs(r.m.Config, shape, predictor.LoRATargets{Rank: r.adapters.Config.Rank, Targets: targets}, table)
+		f, err := r.batchFLOPs(b, sparse)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -530,6 +517,19 @@ func (r *run) stepFLOPs(micro []data.Batch, sparse bool) (dense, actual float64,
 		actual += f.Sparse
 	}
 	return dense, actual, nil
+}
+
+// batchFLOPs is the analytic FLOP report of one micro-batch, sparse or dense.
+func (r *run) batchFLOPs(b data.Batch, sparse bool) (predictor.FLOPReport, error) {
+	shape, err := predictor.BatchShape(model.Batch(b), r.m.Config.VocabSize)
+	if err != nil {
+		return predictor.FLOPReport{}, err
+	}
+	table := r.sparsity
+	if !sparse {
+		table = nil
+	}
+	return predictor.StepFLOPs(r.m.Config, shape, predictor.LoRATargets{Rank: r.adapters.Config.Rank, Targets: r.adapters.Config.Targets}, table)
 }
 
 func (r *run) loop(ctx context.Context) (*Result, error) {
@@ -546,13 +546,14 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	var denseFLOPs, runFLOPs float64
 	var epoch float64
 	var last Record
+	var lastMicro []data.Batch
 	step := r.plan.StartStep
 	for step < total {
 		micro, ep, err := r.loader.Next()
 		if err != nil {
 			return nil, err
 		}
-		epoch = ep
+		epoch, lastMicro = ep, micro
 		sparse := r.sparsity != nil && r.sparsity.SparseAtStep(step, total)
 		var sel model.ChannelSelector
 		if sparse {
@@ -646,10 +647,42 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	if res.Interrupted {
 		return res, ErrInterrupted
 	}
+	if r.selector != nil && len(lastMicro) > 0 {
+		if err := r.measureStepFLOPs(ctx, lastMicro[0], res); err != nil {
+			return nil, fmt.Errorf("counting the work of a step: %w", err)
+		}
+	}
 	if err := r.save(r.cfg.Out); err != nil {
 		return nil, fmt.Errorf("saving the trained parameters: %w", err)
 	}
 	return res, nil
+}
+
+// measureStepFLOPs records one dense and one sparse forward and backward of
+// b after training and compares the FLOPs their dispatches issued with the
+// analytic count. It changes no parameter (gradients only).
+func (r *run) measureStepFLOPs(ctx context.Context, b data.Batch, res *Result) error {
+	var counted [2]float64
+	for i, sel := range []model.ChannelSelector{nil, r.selector} {
+		c, err := CountStep(ctx, r.m, r.ws, model.Batch(b), sel)
+		if err != nil {
+			return err
+		}
+		counted[i] = c.Total
+	}
+	f, err := r.batchFLOPs(b, true)
+	if err != nil {
+		return err
+	}
+	// The selection kernels are no GEMMs: the recorded side takes their
+	// analytic share, as bench step does.
+	for _, l := range f.Layers {
+		counted[1] += l.SparseParts.PredictorKernels
+	}
+	if f.Dense > 0 && counted[0] > 0 {
+		res.StepAnalytic, res.StepMeasured = f.Sparse/f.Dense, counted[1]/counted[0]
+	}
+	return nil
 }
 
 // evaluate measures the evaluation data with the run's metric into rec and
