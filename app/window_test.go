@@ -112,7 +112,21 @@ func startXvfb(t *testing.T) string {
 		if _, err := strconv.Atoi(n); err != nil {
 			t.Fatalf("Xvfb did not report its display (%q); stderr:\n%s", n, stderr.String())
 		}
-		return ":" + n
+		// Wait until a client really connects: on a loaded machine the
+		// first connections have been seen to fail right after the report.
+		xdotool := needTool(t, "xdotool", "xdotool")
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			probe := exec.Command(xdotool, "getdisplaygeometry")
+			probe.Env = append(os.Environ(), "DISPLAY=:"+n)
+			if probe.Run() == nil {
+				return ":" + n
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Xvfb reported display :%s but no client could connect within 20 s; stderr:\n%s", n, stderr.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("Xvfb did not start within 30 s; stderr:\n%s", stderr.String())
 	}
