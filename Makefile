@@ -51,7 +51,8 @@ bench-gemm: build
 # testdata/fuzz, where `go test` replays them); the checked-in seeds run in `make test`.
 FUZZTIME ?= 30s
 FUZZ_TARGETS = ./model/safetensors:FuzzOpen ./model/safetensors:FuzzOpenSharded ./model:FuzzParseConfig \
-	./lora:FuzzParseAdapterConfig ./lora:FuzzParsePEFTKey ./predictor:FuzzParseSparsityConfig
+	./lora:FuzzParseAdapterConfig ./lora:FuzzParsePEFTKey ./predictor:FuzzParseSparsityConfig \
+	./tokenizer:FuzzLoad ./tokenizer:FuzzChatTemplate ./data:FuzzLoad
 fuzz: setup
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} in $${t%%:*} for $(FUZZTIME)"; \
