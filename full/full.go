@@ -139,17 +139,27 @@ type projGrad struct {
 
 func (h *projGrad) Rank() int { return 0 }
 
-func (h *projGrad) Forward(rec *gpu.Recorder, x, y, xa *gpu.Tensor, tokens int) error { return nil }
+func (h *projGrad) Forward(rec *gpu.Recorder, x, y, xa *gpu.Tensor, rows model.RowSet) error {
+	return nil
+}
 
-func (h *projGrad) Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, tokens int) error {
-	if tokens == 0 {
+func (h *projGrad) Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, rows model.RowSet) error {
+	if rows.Count == 0 {
 		return nil
 	}
-	// dy [T, out] transposed times x [T, in]: the TN GEMM.
-	if err := gpu.Gemm(rec, gpu.GemmArgs{A: dy, B: x, C: h.dW, ATrans: true, M: h.out, N: h.in, K: tokens, Beta: 1}); err != nil {
+	// dy [T, out] transposed times x [T, in]: the TN GEMM, summed over the
+	// real tokens only.
+	g := gpu.GemmArgs{A: dy, B: x, C: h.dW, ATrans: true, M: h.out, N: h.in, K: rows.Count, Beta: 1}
+	if rows.Gathered() {
+		g.GatherK, g.GatherAK = rows.List, true
+	}
+	if err := gpu.Gemm(rec, g); err != nil {
 		return fmt.Errorf("weight gradient: %w", err)
 	}
 	if h.dB != nil {
+		// The model clears the gradient rows of padding, so summing every row
+		// adds nothing for them.
+		tokens := dy.Len() / h.out
 		if err := model.BiasGrad(rec, h.dB, rowsView(dy, tokens, h.out), tokens, h.out); err != nil {
 			return fmt.Errorf("bias gradient: %w", err)
 		}

@@ -14,12 +14,13 @@ import (
 	"math/rand/v2"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/model"
 )
 
 // LoRA is the adapter y += scale * (x A^T) B^T of one projection, with A
 // [rank, in] and B [out, rank] trainable f32 and scale = alpha / rank (PEFT).
 // Gradients accumulate across micro-batches until ZeroGrad. It implements
-// model.Adapter; lora does not import model, so that it stays a leaf over gpu.
+// model.Adapter.
 // It holds parameters, gradients and nothing of a pass: the activations its
 // backward needs (x A^T) live in the caller's workspace, so an evaluation or a
 // generation between a forward and its backward cannot corrupt the gradients.
@@ -167,55 +168,64 @@ func (l *LoRA) ZeroGrad(rec *gpu.Recorder) error {
 
 // Forward records xa = x A^T (which Backward needs: keeping it costs rank
 // floats per token instead of a second pass over x) and y += scale * xa B^T for
-// the first tokens rows of x [.., in], y [.., out] and xa [.., rank].
-func (l *LoRA) Forward(rec *gpu.Recorder, x, y, xa *gpu.Tensor, tokens int) error {
-	if err := l.checkCall("Forward", rec, tokens, operand{"x", x, l.in}, operand{"y", y, l.out}, operand{"xa", xa, l.rank}); err != nil {
+// the token rows of x [.., in], y [.., out] and xa [.., rank] that rows names
+// (gathered through its list, so padding rows cost nothing; other rows are
+// left as they are).
+func (l *LoRA) Forward(rec *gpu.Recorder, x, y, xa *gpu.Tensor, rows model.RowSet) error {
+	if err := l.checkCall("Forward", rec, rows.Count, operand{"x", x, l.in}, operand{"y", y, l.out}, operand{"xa", xa, l.rank}); err != nil {
 		return err
 	}
-	if tokens == 0 {
-		return nil
-	}
-	// x [T, in] times A^T: A is stored [rank, in] = N x K, hence B transposed (NT).
-	if err := gpu.Gemm(rec, gpu.GemmArgs{A: x, B: l.a, C: xa, BTrans: true, M: tokens, N: l.rank, K: l.in}); err != nil {
-		return fmt.Errorf("lora: Forward x A^T: %w", err)
-	}
-	// xa [T, rank] times B^T: B is stored [out, rank] = N x K (NT), added to y.
-	if err := gpu.Gemm(rec, gpu.GemmArgs{A: xa, B: l.b, C: y, BTrans: true, M: tokens, N: l.out, K: l.rank,
-		Alpha: l.scale, Beta: 1}); err != nil {
-		return fmt.Errorf("lora: Forward scale xa B^T: %w", err)
-	}
-	return nil
-}
-
-// Backward records, for the first tokens rows of x [.., in], dy [.., out] and
-// dx [.., in], using xa [.., rank] from the Forward of the same x and tokens,
-// and dxa [.., rank] as scratch:
-//
-//	dB  += scale * dy^T xa
-//	dxa  = scale * dy B
-//	dA  += dxa^T x
-//	dx  += dxa A
-func (l *LoRA) Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, tokens int) error {
-	if err := l.checkCall("Backward", rec, tokens, operand{"x", x, l.in}, operand{"xa", xa, l.rank}, operand{"dy", dy, l.out},
-		operand{"dx", dx, l.in}, operand{"dxa", dxa, l.rank}); err != nil {
-		return err
-	}
-	if tokens == 0 {
+	if rows.Count == 0 {
 		return nil
 	}
 	products := []struct {
 		what string
 		args gpu.GemmArgs
 	}{
+		// x [T, in] times A^T: A is stored [rank, in] = N x K, hence B transposed (NT).
+		{"x A^T", onRows(gpu.GemmArgs{A: x, B: l.a, C: xa, BTrans: true, M: rows.Count, N: l.rank, K: l.in}, rows)},
+		// xa [T, rank] times B^T: B is stored [out, rank] = N x K (NT), added to y.
+		{"scale xa B^T", onRows(gpu.GemmArgs{A: xa, B: l.b, C: y, BTrans: true, M: rows.Count, N: l.out, K: l.rank,
+			Alpha: l.scale, Beta: 1}, rows)},
+	}
+	for _, p := range products {
+		if err := gpu.Gemm(rec, p.args); err != nil {
+			return fmt.Errorf("lora: Forward %s: %w", p.what, err)
+		}
+	}
+	return nil
+}
+
+// Backward records, for the token rows that rows names of x [.., in], dy
+// [.., out] and dx [.., in], using xa [.., rank] from the Forward of the same
+// x and rows, and dxa [.., rank] as scratch:
+//
+//	dB  += scale * dy^T xa
+//	dxa  = scale * dy B
+//	dA  += dxa^T x
+//	dx  += dxa A
+func (l *LoRA) Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, rows model.RowSet) error {
+	if err := l.checkCall("Backward", rec, rows.Count, operand{"x", x, l.in}, operand{"xa", xa, l.rank}, operand{"dy", dy, l.out},
+		operand{"dx", dx, l.in}, operand{"dxa", dxa, l.rank}); err != nil {
+		return err
+	}
+	if rows.Count == 0 {
+		return nil
+	}
+	n := rows.Count
+	products := []struct {
+		what string
+		args gpu.GemmArgs
+	}{
 		// dy^T: dy is stored [T, out] = K x M (TN); xa [T, rank] is K x N.
-		{"dB += scale dy^T xa", gpu.GemmArgs{A: dy, B: xa, C: l.gradB, ATrans: true, M: l.out, N: l.rank, K: tokens,
-			Alpha: l.scale, Beta: 1}},
+		{"dB += scale dy^T xa", overRows(gpu.GemmArgs{A: dy, B: xa, C: l.gradB, ATrans: true, M: l.out, N: l.rank, K: n,
+			Alpha: l.scale, Beta: 1}, rows)},
 		// dy [T, out] = M x K; B [out, rank] = K x N (NN). Overwrites dxa.
-		{"dxa = scale dy B", gpu.GemmArgs{A: dy, B: l.b, C: dxa, M: tokens, N: l.rank, K: l.out, Alpha: l.scale}},
+		{"dxa = scale dy B", onRows(gpu.GemmArgs{A: dy, B: l.b, C: dxa, M: n, N: l.rank, K: l.out, Alpha: l.scale}, rows)},
 		// dxa^T: dxa is stored [T, rank] = K x M (TN); x [T, in] is K x N.
-		{"dA += dxa^T x", gpu.GemmArgs{A: dxa, B: x, C: l.gradA, ATrans: true, M: l.rank, N: l.in, K: tokens, Beta: 1}},
+		{"dA += dxa^T x", overRows(gpu.GemmArgs{A: dxa, B: x, C: l.gradA, ATrans: true, M: l.rank, N: l.in, K: n, Beta: 1}, rows)},
 		// dxa [T, rank] = M x K; A [rank, in] = K x N (NN).
-		{"dx += dxa A", gpu.GemmArgs{A: dxa, B: l.a, C: dx, M: tokens, N: l.in, K: l.rank, Beta: 1}},
+		{"dx += dxa A", onRows(gpu.GemmArgs{A: dxa, B: l.a, C: dx, M: n, N: l.in, K: l.rank, Beta: 1}, rows)},
 	}
 	for _, p := range products {
 		if err := gpu.Gemm(rec, p.args); err != nil {
@@ -223,6 +233,24 @@ func (l *LoRA) Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, token
 		}
 	}
 	return nil
+}
+
+// onRows makes a GEMM whose M axis is the tokens read and write only the rows
+// of the list (M is then the list's bound; its count is read on the GPU).
+func onRows(g gpu.GemmArgs, rows model.RowSet) gpu.GemmArgs {
+	if rows.Gathered() {
+		g.GatherAM, g.ScatterCM = rows.List, rows.List
+	}
+	return g
+}
+
+// overRows makes a GEMM whose K axis is the tokens (a sum over them) run over
+// the rows of the list only.
+func overRows(g gpu.GemmArgs, rows model.RowSet) gpu.GemmArgs {
+	if rows.Gathered() {
+		g.GatherK, g.GatherAK = rows.List, true
+	}
+	return g
 }
 
 // operand is a caller's activation tensor and the row width it must have.

@@ -207,10 +207,10 @@ func testForwardBackward(t *testing.T, tokens, in, out, rank, spare int) {
 
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
-	if err := l.Forward(rec, xT, yT, xaT, tokens); err != nil {
+	if err := l.Forward(rec, xT, yT, xaT, model.RowSet{Count: tokens}); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Backward(rec, xT, xaT, dyT, dxT, dxaT, tokens); err != nil {
+	if err := l.Backward(rec, xT, xaT, dyT, dxT, dxaT, model.RowSet{Count: tokens}); err != nil {
 		t.Fatal(err)
 	}
 	gputest.Submit(t, rec)
@@ -289,10 +289,10 @@ func TestGradientsAccumulate(t *testing.T) {
 		dyT := gputest.Upload(t, testDevice, gpu.F32, dy, tokens, out)
 		yT := gputest.Upload(t, testDevice, gpu.F32, make([]float32, tokens*out), tokens, out)
 		dxT := gputest.Upload(t, testDevice, gpu.F32, make([]float32, tokens*in), tokens, in)
-		if err := l.Forward(rec, xT, yT, xaT, tokens); err != nil {
+		if err := l.Forward(rec, xT, yT, xaT, model.RowSet{Count: tokens}); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.Backward(rec, xT, xaT, dyT, dxT, dxaT, tokens); err != nil {
+		if err := l.Backward(rec, xT, xaT, dyT, dxT, dxaT, model.RowSet{Count: tokens}); err != nil {
 			t.Fatal(err)
 		}
 		gputest.Submit(t, rec)
@@ -455,17 +455,136 @@ func TestInvalidArguments(t *testing.T) {
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
 	for name, err := range map[string]error{
-		"tokens over xa's rows":  l.Forward(rec, x, y, xa, 6),
-		"negative tokens":        l.Forward(rec, x, y, xa, -1),
-		"x and y swapped":        l.Forward(rec, y, x, xa, 2),
-		"xa of the wrong width":  l.Forward(rec, x, y, y, 2),
-		"dx of the wrong width":  l.Backward(rec, x, xa, y, y, xa, 2),
-		"nil dy":                 l.Backward(rec, x, xa, nil, x, xa, 2),
-		"nil dxa":                l.Backward(rec, x, xa, y, x, nil, 2),
-		"too few rows (forward)": l.Forward(rec, x, elements(y, 0, 3), xa, 2),
+		"tokens over xa's rows":  l.Forward(rec, x, y, xa, model.RowSet{Count: 6}),
+		"negative tokens":        l.Forward(rec, x, y, xa, model.RowSet{Count: -1}),
+		"x and y swapped":        l.Forward(rec, y, x, xa, model.RowSet{Count: 2}),
+		"xa of the wrong width":  l.Forward(rec, x, y, y, model.RowSet{Count: 2}),
+		"dx of the wrong width":  l.Backward(rec, x, xa, y, y, xa, model.RowSet{Count: 2}),
+		"nil dy":                 l.Backward(rec, x, xa, nil, x, xa, model.RowSet{Count: 2}),
+		"nil dxa":                l.Backward(rec, x, xa, y, x, nil, model.RowSet{Count: 2}),
+		"too few rows (forward)": l.Forward(rec, x, elements(y, 0, 3), xa, model.RowSet{Count: 2}),
 	} {
 		if err == nil {
 			t.Errorf("%s: no error", name)
+		}
+	}
+}
+
+// TestForwardBackwardOnRowList runs the adapter on a list of token rows (the
+// real tokens of a padded batch): the listed rows get the reference values,
+// the gradients sum over them only, and the other rows, which hold NaN in x
+// and dy, are neither read nor written.
+func TestForwardBackwardOnRowList(t *testing.T) {
+	const T, in, out, rank = 9, 11, 7, 3
+	rows := []int{0, 2, 3, 7}
+	rng := rand.New(rand.NewPCG(8, 9))
+	l, err := New(testDevice, in, out, rank, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	a, b := gputest.RandFloats(rng, rank*in), gputest.RandFloats(rng, out*rank)
+	if err := l.SetWeights(a, b); err != nil {
+		t.Fatal(err)
+	}
+	listed := map[int]bool{}
+	for _, r := range rows {
+		listed[r] = true
+	}
+	// x and dy: random on the listed rows, NaN elsewhere.
+	withNaN := func(width int) ([]float32, []float64) {
+		full, compact := nanFloats(T*width), []float64{}
+		for r := range T {
+			if !listed[r] {
+				continue
+			}
+			for c := range width {
+				v := float32(rng.NormFloat64())
+				full[r*width+c] = v
+				compact = append(compact, float64(v))
+			}
+		}
+		return full, compact
+	}
+	x, xCompact := withNaN(in)
+	dy, dyCompact := withNaN(out)
+	y0 := gputest.RandFloats(rng, T*out)
+	dx0 := gputest.RandFloats(rng, T*in)
+	xT := gputest.Upload(t, testDevice, gpu.F32, x, T, in)
+	dyT := gputest.Upload(t, testDevice, gpu.F32, dy, T, out)
+	yT := gputest.Upload(t, testDevice, gpu.F32, y0, T, out)
+	dxT := gputest.Upload(t, testDevice, gpu.F32, dx0, T, in)
+	xaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(T*rank), T, rank)
+	dxaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(T*rank), T, rank)
+	for _, tt := range []*gpu.Tensor{xT, dyT, yT, dxT, xaT, dxaT} {
+		defer tt.Release()
+	}
+	words := []uint32{uint32(len(rows))}
+	for _, r := range rows {
+		words = append(words, uint32(r))
+	}
+	buf, err := testDevice.NewBuffer(uint64(4*len(words)), "row list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.Release()
+	if err := buf.Write(0, gpu.U32Bytes(words)); err != nil {
+		t.Fatal(err)
+	}
+	set := model.RowSet{List: &gpu.IndexList{Buf: buf}, Count: len(rows)}
+	rec := testDevice.NewRecorder()
+	defer rec.Release()
+	if err := l.ZeroGrad(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Forward(rec, xT, yT, xaT, set); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Backward(rec, xT, xaT, dyT, dxT, dxaT, set); err != nil {
+		t.Fatal(err)
+	}
+	gputest.Submit(t, rec)
+
+	p := loraProblem{tokens: len(rows), in: in, out: out, rank: rank, scale: float64(l.Scale()),
+		x: xCompact, a: toFloat64s(a), b: toFloat64s(b), dy: dyCompact}
+	_, yDelta := p.forward()
+	dA, dB, dxDelta := p.backward()
+	gotY, gotDx := gputest.Download(t, yT), gputest.Download(t, dxT)
+	wantY, wantDx := make([]float64, 0), make([]float64, 0)
+	var gotYListed, gotDxListed []float32
+	for i, r := range rows {
+		for c := range out {
+			gotYListed = append(gotYListed, gotY[r*out+c])
+			wantY = append(wantY, float64(y0[r*out+c])+yDelta[i*out+c])
+		}
+		for c := range in {
+			gotDxListed = append(gotDxListed, gotDx[r*in+c])
+			wantDx = append(wantDx, float64(dx0[r*in+c])+dxDelta[i*in+c])
+		}
+	}
+	for r := range T {
+		if listed[r] {
+			continue
+		}
+		for c := range out {
+			if gotY[r*out+c] != y0[r*out+c] {
+				t.Fatalf("y row %d (not listed) changed", r)
+			}
+		}
+		for c := range in {
+			if gotDx[r*in+c] != dx0[r*in+c] {
+				t.Fatalf("dx row %d (not listed) changed", r)
+			}
+		}
+	}
+	gradA, gradB := l.Grads()
+	for _, c := range []struct {
+		name string
+		got  []float32
+		want []float64
+	}{{"y", gotYListed, wantY}, {"dx", gotDxListed, wantDx}, {"dA", gputest.Download(t, gradA), dA}, {"dB", gputest.Download(t, gradB), dB}} {
+		if e := gputest.RelL2(c.got, c.want); !(e < 1e-5) {
+			t.Errorf("%s on listed rows: relative L2 error %g", c.name, e)
 		}
 	}
 }

@@ -35,17 +35,20 @@ func (p Projection) Module() string {
 // Adapter is a trainable addition to a frozen projection y = x W^T (+ b), such
 // as LoRA. The model calls it on every real token, after the base projection,
 // and in backward before the base branch's input gradient. x is [tokens, in],
-// y and dy are [tokens, out], dx is [tokens, in]. An adapter keeps no state of
-// a pass: xa ([tokens, Rank()]) belongs to the workspace of the pass, so passes
-// in other workspaces (evaluation, generation) leave a training pass intact.
+// y and dy are [tokens, out], dx is [tokens, in]; rows names the token rows to
+// compute (an index list of the real tokens, so padding costs nothing, or the
+// first Count rows), and the other rows are left as they are. An adapter keeps
+// no state of a pass: xa ([tokens, Rank()]) belongs to the workspace of the
+// pass, so passes in other workspaces (evaluation, generation) leave a
+// training pass intact.
 type Adapter interface {
 	// Rank is the width of the intermediate xa.
 	Rank() int
 	// Forward adds the adapter's output to y and writes into xa what Backward
 	// needs.
-	Forward(rec *gpu.Recorder, x, y, xa *gpu.Tensor, tokens int) error
+	Forward(rec *gpu.Recorder, x, y, xa *gpu.Tensor, rows RowSet) error
 	// Backward accumulates the adapter's parameter gradients from x, xa (from
 	// the Forward of the same x) and dy, and adds its contribution to the input
 	// gradient dx; dxa ([tokens, Rank()]) is scratch.
-	Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, tokens int) error
+	Backward(rec *gpu.Recorder, x, xa, dy, dx, dxa *gpu.Tensor, rows RowSet) error
 }

@@ -437,16 +437,16 @@ func writesEverything(parts []projectionPart) bool {
 }
 
 // adapterForward adds the adapter's output on projection p, if any.
-func (l *Layer) adapterForward(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, tokens int) error {
+func (l *Layer) adapterForward(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, rows RowSet) error {
 	xa, err := l.adapterState(p, a)
 	if err != nil {
 		return err
 	}
 	if ad := l.Adapters[p]; ad != nil {
-		if xa != nil {
-			xa = rowsOf(xa, 0, tokens, ad.Rank())
+		if xa != nil && !rows.Gathered() {
+			xa = rowsOf(xa, 0, rows.Count, ad.Rank())
 		}
-		if err := ad.Forward(rec, x, y, xa, tokens); err != nil {
+		if err := ad.Forward(rec, x, y, xa, rows); err != nil {
 			return fmt.Errorf("%s adapter: %w", p, err)
 		}
 	}
@@ -479,7 +479,7 @@ func (l *Layer) projectKeepOutputs(rec *gpu.Recorder, p Projection, x, y *gpu.Te
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	return l.addBiasAndAdapter(rec, p, x, y, a, w.Rows*w.Seq)
+	return l.addBiasAndAdapter(rec, p, x, y, a, w)
 }
 
 // projectKeepInputs adds a projection that reads input channels (o, down) into
@@ -494,18 +494,19 @@ func (l *Layer) projectKeepInputs(rec *gpu.Recorder, p Projection, x, y *gpu.Ten
 			return fmt.Errorf("%s: %w", p, err)
 		}
 	}
-	return l.addBiasAndAdapter(rec, p, x, y, a, w.Rows*w.Seq)
+	return l.addBiasAndAdapter(rec, p, x, y, a, w)
 }
 
 // addBiasAndAdapter adds the frozen bias (on every channel: like the adapter,
-// it is not part of the sparse matmul) and the adapter's output.
-func (l *Layer) addBiasAndAdapter(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, T int) error {
+// it is not part of the sparse matmul) and the adapter's output on the real
+// tokens.
+func (l *Layer) addBiasAndAdapter(rec *gpu.Recorder, p Projection, x, y *gpu.Tensor, a *layerActivations, w *Workspace) error {
 	if b := l.Proj[p].Bias; b != nil {
-		if err := AddBias(rec, y, b, T, l.Proj[p].Out); err != nil {
+		if err := AddBias(rec, y, b, w.Rows*w.Seq, l.Proj[p].Out); err != nil {
 			return fmt.Errorf("%s bias: %w", p, err)
 		}
 	}
-	return l.adapterForward(rec, p, x, y, a, T)
+	return l.adapterForward(rec, p, x, y, a, w.realRows())
 }
 
 // backwardKeptOutputs adds to dx (overwriting it first unless accumulate) the
@@ -558,7 +559,7 @@ func (l *Layer) adapterBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.
 		if xa != nil {
 			dxa = w.dxaScratch(ad.Rank())
 		}
-		if err := ad.Backward(rec, x, xa, dy, dx, dxa, w.Rows*w.Seq); err != nil {
+		if err := ad.Backward(rec, x, xa, dy, dx, dxa, w.realRows()); err != nil {
 			return fmt.Errorf("%s adapter: %w", p, err)
 		}
 	}

@@ -278,7 +278,7 @@ func (g *Generator) project(l *Layer, p Projection, x, y *gpu.Tensor, rows int, 
 		return nil
 	}
 	xa := rowsOf(g.xa, 0, rows, a.Rank())
-	if err := a.Forward(g.rec, x, y, xa, rows); err != nil {
+	if err := a.Forward(g.rec, x, y, xa, RowSet{Count: rows}); err != nil {
 		return fmt.Errorf("%s adapter: %w", p, err)
 	}
 	return nil

@@ -20,8 +20,8 @@
 //     all (the backward recomputes the scores; softmax and RoPE not counted).
 //     The kernels run every channel, in sparse layers too.
 //   - LoRA on each target with rank r: x A^T, (x A^T) B^T forward; dB, dz = dY B,
-//     dA and the input gradient dz A backward: 6 P r (in + out). The adapters
-//     run on every position, padding included, and dense in sparse steps too
+//     dA and the input gradient dz A backward: 6 T r (in + out). The adapters
+//     run on the real tokens (padding costs nothing), dense in sparse steps too
 //     (SPEC 4.5).
 //   - LM head (not per layer): on the scored tokens S only (their logits are
 //     the only ones the loss needs): logits forward, logits recomputed in
@@ -276,7 +276,7 @@ func (d layerDims) loraFLOPs() float64 {
 	var total float64
 	for _, p := range d.lora {
 		in, out := d.projectionShape(p)
-		total += 6 * d.positions * d.loraRank * (in + out)
+		total += 6 * d.tokens * d.loraRank * (in + out)
 	}
 	return total
 }
