@@ -61,9 +61,15 @@ func (t Tile) valid(lim Limits) error {
 	return nil
 }
 
-func autoTile(m, n int) Tile {
+// autoTile picks a tile from the problem's size (its upper bounds for gathered
+// problems). A CPU adapter (lavapipe) takes the large tile from 128 rows and
+// columns on: its workgroups run a few at a time on the cores, so the larger
+// tile's reuse pays even when it leaves most of a GPU idle; measured on the
+// gathered GEMMs of a sparse step, 57 % of the dense rate with the medium tile
+// and 94 % with the large one.
+func autoTile(m, n int, cpu bool) Tile {
 	switch {
-	case m >= 512 && n >= 512:
+	case m >= 512 && n >= 512, cpu && m >= 128 && n >= 128:
 		return TileLarge
 	case m >= 48 && n >= 48:
 		return TileMedium
@@ -193,7 +199,7 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		return err
 	}
 
-	tile := autoTile(g.M, g.N)
+	tile := autoTile(g.M, g.N, d.Info.Type == AdapterTypeCPU)
 	if g.Tile != nil {
 		tile = *g.Tile
 	}

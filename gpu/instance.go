@@ -59,6 +59,9 @@ func ParseBackend(s string) (Backend, error) {
 // AdapterType says what kind of processor an adapter is.
 type AdapterType uint32
 
+// AdapterTypeCPU is a CPU driver such as lavapipe.
+const AdapterTypeCPU AdapterType = 3
+
 func (t AdapterType) String() string {
 	switch t {
 	case 1:
