@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -122,6 +123,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		fmt.Fprintf(stdout, "%s: %d steps of batch %d ...\n", v.name, cfg.MaxSteps, cfg.BatchSize)
 		res, err := train.Run(ctx, dev, cfg, train.Hooks{})
+		if errors.Is(err, train.ErrInterrupted) {
+			// The demo starts over each time: there is nothing to resume.
+			return fmt.Errorf("%s: stopped by an interrupt; run the demo again to start over: %w", v.name, ctx.Err())
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", v.name, err)
 		}

@@ -247,12 +247,15 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 // sourceConfig reads the config.json the run starts from: --init-config, or
 // the model directory's.
 func (c Config) sourceConfig() ([]byte, string, error) {
-	path := c.InitConfig
+	flag, path := "--init-config", c.InitConfig
 	if path == "" {
-		path = filepath.Join(c.Model, model.ConfigFileName)
+		flag, path = "--model", filepath.Join(c.Model, model.ConfigFileName)
 	}
 	raw, err := os.ReadFile(path)
-	return raw, path, err
+	if err != nil {
+		return nil, path, fmt.Errorf("%s: %w (want a Hugging Face model directory with config.json)", flag, err)
+	}
+	return raw, path, nil
 }
 
 // tokenizerDir is where the tokenizer comes from: --tokenizer, else --model.
