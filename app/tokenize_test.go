@@ -15,21 +15,6 @@ import (
 	"github.com/sparselora/sparselora/internal/fixtures"
 )
 
-// tokenizeFixture is tokenizer/testdata/<name>.json (made by HF tokenizers/transformers).
-type tokenizeFixture struct {
-	Cases []struct {
-		Text           string `json:"text"`
-		IDs            []int  `json:"ids"`
-		IDsWithSpecial []int  `json:"ids_with_special"`
-		Decoded        string `json:"decoded"`
-	} `json:"cases"`
-	Chat []struct {
-		Messages            json.RawMessage `json:"messages"`
-		AddGenerationPrompt bool            `json:"add_generation_prompt"`
-		Text                string          `json:"text"`
-		IDs                 []int           `json:"ids"`
-	} `json:"chat"`
-}
 
 func runTokenizeCLI(args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
@@ -40,14 +25,7 @@ func runTokenizeCLI(args ...string) (int, string, string) {
 func TestTokenizeCommandMatchesHF(t *testing.T) {
 	for _, name := range []string{"llama2", "qwen3"} {
 		dir := fixtures.Tokenizer(t, name)
-		data, err := os.ReadFile(filepath.Join(fixtures.Dir(t), "tokenizers", name+".json"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var fx tokenizeFixture
-		if err := json.Unmarshal(data, &fx); err != nil {
-			t.Fatal(err)
-		}
+		fx := fixtures.LoadTokenizerCases(t, name)
 		// Input: every case as text (with and without special tokens) and as ids, then every
 		// chat case; want: the fixture's outputs in the same order.
 		var in bytes.Buffer

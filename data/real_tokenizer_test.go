@@ -18,36 +18,15 @@ import (
 
 var _ data.Tokenizer = (*tokenizer.Tokenizer)(nil)
 
-type tokenizerFixture struct {
-	Cases []struct {
-		Text           string `json:"text"`
-		IDs            []int  `json:"ids"`
-		IDsWithSpecial []int  `json:"ids_with_special"`
-	} `json:"cases"`
-	Chat []struct {
-		Messages            json.RawMessage `json:"messages"`
-		AddGenerationPrompt bool            `json:"add_generation_prompt"`
-		Text                string          `json:"text"`
-		IDs                 []int           `json:"ids"`
-	} `json:"chat"`
-}
 
-func loadReal(t *testing.T, name string) (*tokenizer.Tokenizer, *tokenizerFixture) {
+func loadReal(t *testing.T, name string) (*tokenizer.Tokenizer, *fixtures.TokenizerCases) {
 	t.Helper()
 	dir := fixtures.Tokenizer(t, name)
 	tok, err := tokenizer.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := os.ReadFile(filepath.Join(fixtures.Dir(t), "tokenizers", name+".json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var fx tokenizerFixture
-	if err := json.Unmarshal(raw, &fx); err != nil {
-		t.Fatal(err)
-	}
-	return tok, &fx
+	return tok, fixtures.LoadTokenizerCases(t, name)
 }
 
 func writeJSONL(t *testing.T, lines []any) string {

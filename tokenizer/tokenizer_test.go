@@ -13,37 +13,10 @@ import (
 	"github.com/sparselora/sparselora/internal/fixtures"
 )
 
-// fixture is one file of the HF-made tokenizer fixtures (testdata/fixtures/tokenizers).
-type fixture struct {
-	Tokenizer string `json:"tokenizer"`
-	Cases     []struct {
-		Text           string `json:"text"`
-		IDs            []int  `json:"ids"`
-		IDsWithSpecial []int  `json:"ids_with_special"`
-		Decoded        string `json:"decoded"`
-	} `json:"cases"`
-	Chat []struct {
-		Messages            json.RawMessage `json:"messages"`
-		AddGenerationPrompt bool            `json:"add_generation_prompt"`
-		Text                string          `json:"text"`
-		IDs                 []int           `json:"ids"`
-	} `json:"chat"`
-}
-
 var fixtureNames = []string{"llama2", "llama3", "qwen3"}
 
-func loadFixture(t testing.TB, name string) *fixture {
-	t.Helper()
-	path := filepath.Join(fixtures.Dir(t), "tokenizers", name+".json")
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f fixture
-	if err := json.Unmarshal(data, &f); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	return &f
+func loadFixture(t testing.TB, name string) *fixtures.TokenizerCases {
+	return fixtures.LoadTokenizerCases(t, name)
 }
 
 var (
