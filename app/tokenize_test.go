@@ -15,7 +15,6 @@ import (
 	"github.com/sparselora/sparselora/internal/fixtures"
 )
 
-
 func runTokenizeCLI(args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
 	code := Main(context.Background(), append([]string{"tokenize"}, args...), &out, &errOut)

@@ -18,7 +18,6 @@ import (
 
 var _ data.Tokenizer = (*tokenizer.Tokenizer)(nil)
 
-
 func loadReal(t *testing.T, name string) (*tokenizer.Tokenizer, *fixtures.TokenizerCases) {
 	t.Helper()
 	dir := fixtures.Tokenizer(t, name)
