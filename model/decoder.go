@@ -704,7 +704,7 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 	}
 	for i := len(m.Layers) - 1; i >= 0; i-- {
 		w.trace(i)
-		if err := m.layerBackward(rec, w, m.Layers[i], &w.layers[i], T, H, I); err != nil {
+		if err := m.layerBackward(rec, w, i, T, H, I); err != nil {
 			return fmt.Errorf("layer %d backward: %w", i, err)
 		}
 	}
@@ -717,7 +717,8 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 	return nil
 }
 
-func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *layerActivations, T, H, I int) error {
+func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, layer, T, H, I int) error {
+	l, a := m.Layers[layer], &w.layers[layer]
 	c := m.Config
 	skip := w.NoContextGradQKVO
 	// MLP: next = mid + down(h), h = SiLU(gate) * up.
@@ -734,7 +735,7 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, l *Layer, a *laye
 		return err
 	}
 	rec.Copy(w.dMid.Buf, w.dMid.Offset, w.dRes.Buf, w.dRes.Offset, w.dRes.Bytes())
-	inputNormGrad, postNormGrad := m.Grads.layerNormGrads(layerIndex(m, l))
+	inputNormGrad, postNormGrad := m.Grads.layerNormGrads(layer)
 	if err := normWeightGrad(rec, postNormGrad, w.dXn, a.mid, a.rstd2, T, H); err != nil {
 		return err
 	}

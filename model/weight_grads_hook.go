@@ -40,13 +40,3 @@ func (g *WeightGrads) layerNormGrads(i int) (input, post *gpu.Tensor) {
 	}
 	return input, post
 }
-
-// layerIndex is the index of l in m.Layers.
-func layerIndex(m *Model, l *Layer) int {
-	for i, x := range m.Layers {
-		if x == l {
-			return i
-		}
-	}
-	return -1
-}
