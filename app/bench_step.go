@@ -141,7 +141,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			r = 8
 		}
 		est, err := predictor.Estimate(ctx, dev, m, estTargets, r, predictor.EstimateOptions{NoCache: true,
-			Progress: predictor.Progress(stderr, "SVD estimator", 30)})
+			Progress: progress(stderr, "SVD estimator")})
 		if err != nil {
 			return err
 		}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-	"golang.org/x/term"
 	"gopkg.in/yaml.v3"
 
 	"github.com/sparselora/sparselora/app/window"
@@ -255,7 +254,6 @@ type trainView struct {
 	stdout, stderr io.Writer
 	terminal       bool
 	bar            *progressbar.ProgressBar
-	svd            *progressbar.ProgressBar
 	last           train.Record
 }
 
@@ -266,16 +264,7 @@ func newTrainView(stdout, stderr io.Writer) *trainView {
 func (v *trainView) hooks() train.Hooks {
 	return train.Hooks{
 		Start: v.start,
-		SVD: func(done, total int) {
-			if !v.terminal {
-				return
-			}
-			if v.svd == nil {
-				v.svd = progressbar.NewOptions(total, progressbar.OptionSetWriter(v.stderr), progressbar.OptionSetDescription("SVD estimator"),
-					progressbar.OptionClearOnFinish())
-			}
-			v.svd.Set(done)
-		},
+		SVD:   progress(v.stderr, "SVD estimator"),
 		Step: func(step, total int, epoch float64) {
 			if v.bar == nil {
 				return
@@ -363,13 +352,6 @@ func (v *trainView) finish() {
 		v.bar.Finish()
 		fmt.Fprintln(v.stderr)
 	}
-}
-
-// isTerminal reports whether w is a terminal, where progress bars may redraw
-// a line; logs and pipes get plain lines instead.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // writePlots draws the run's charts and summary.md; a failure is reported but

@@ -1132,22 +1132,3 @@ func allFinite(v []float32) bool {
 	return true
 }
 
-// ProgressBar returns a progress callback (for EstimateOptions.Progress) that
-// draws a text bar of width cells on w, redrawn in place with a carriage
-// return, e.g. "SVD factors [########............]  8/20", and ends the line
-// when done reaches total.
-func ProgressBar(w io.Writer, label string, width int) func(done, total int) {
-	width = max(width, 1)
-	return func(done, total int) {
-		if total <= 0 {
-			return
-		}
-		done = min(max(done, 0), total)
-		filled := done * width / total
-		digits := len(strconv.Itoa(total))
-		fmt.Fprintf(w, "\r%s [%s%s] %*d/%d", label, strings.Repeat("#", filled), strings.Repeat(".", width-filled), digits, done, total)
-		if done == total {
-			fmt.Fprintln(w)
-		}
-	}
-}

@@ -475,18 +475,6 @@ func TestEstimateParseMethod(t *testing.T) {
 	}
 }
 
-func TestEstimateProgressBar(t *testing.T) {
-	var b bytes.Buffer
-	bar := ProgressBar(&b, "SVD", 10)
-	bar(0, 12)
-	bar(3, 12)
-	bar(12, 12)
-	want := "\rSVD [..........]  0/12\rSVD [##........]  3/12\rSVD [##########] 12/12\n"
-	if b.String() != want {
-		t.Errorf("progress bar wrote %q, want %q", b.String(), want)
-	}
-}
-
 func TestDefaultCacheDir(t *testing.T) {
 	t.Setenv("XDG_CACHE_HOME", "/tmp/xdg-cache")
 	if d, err := DefaultCacheDir(); err != nil || d != filepath.Join("/tmp/xdg-cache", "sparselora", "svd") {
