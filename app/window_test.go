@@ -85,7 +85,9 @@ func startXvfb(t *testing.T) string {
 	defer r.Close()
 	// -displayfd: the server takes the first free display number and writes
 	// it to fd 3 once it accepts connections.
-	cmd := exec.Command(xvfb, "-displayfd", "3", "-screen", "0", "1280x800x24", "-nolisten", "tcp")
+	// -noreset: by default Xvfb resets when its last client leaves (the readiness
+	// probe below), and a client connecting during that reset is refused.
+	cmd := exec.Command(xvfb, "-displayfd", "3", "-screen", "0", "1280x800x24", "-nolisten", "tcp", "-noreset")
 	cmd.ExtraFiles = []*os.File{w}
 	var stderr lockedBuffer
 	cmd.Stderr = &stderr
