@@ -14,6 +14,7 @@ import (
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/optim"
 	"github.com/sparselora/sparselora/predictor"
 	"github.com/sparselora/sparselora/train"
 )
@@ -116,7 +117,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	defer adapters.Release()
 	adapters.Attach(m)
-	opt, err := lora.NewOptimizer(dev, adapters.Params(), lora.DefaultAdamWConfig())
+	opt, err := optim.NewOptimizer(dev, adapters.Params(), optim.DefaultAdamWConfig())
 	if err != nil {
 		return err
 	}

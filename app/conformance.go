@@ -17,6 +17,7 @@ import (
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
+	"github.com/sparselora/sparselora/optim"
 	"github.com/sparselora/sparselora/train"
 )
 
@@ -270,7 +271,7 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		return nil, err
 	}
 	defer logits.Release()
-	cfg := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
+	cfg := optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
 	if len(ref.Optimizer.Betas) == 2 {
 		cfg.Beta1, cfg.Beta2 = ref.Optimizer.Betas[0], ref.Optimizer.Betas[1]
 	}
@@ -327,7 +328,7 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 	refName := func(prefix, name string) string {
 		return prefix + strings.Replace(name, ".weight", ".default.weight", 1)
 	}
-	compareAll := func(label, prefix string, pick func(lora.Param) *gpu.Tensor) error {
+	compareAll := func(label, prefix string, pick func(optim.Param) *gpu.Tensor) error {
 		worst := check{name: label, tolerance: tolGradients}
 		for _, p := range params {
 			want, err := tensors.ReadFloat32(refName(prefix, p.Name))
@@ -345,7 +346,7 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 		checks = append(checks, worst)
 		return nil
 	}
-	if err := compareAll(fmt.Sprintf("LoRA gradients (%d tensors)", len(params)), "grad.", func(p lora.Param) *gpu.Tensor { return p.Grad }); err != nil {
+	if err := compareAll(fmt.Sprintf("LoRA gradients (%d tensors)", len(params)), "grad.", func(p optim.Param) *gpu.Tensor { return p.Grad }); err != nil {
 		return nil, err
 	}
 	for step := 1; step <= 2; step++ {
@@ -356,7 +357,7 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 			checks = append(checks, scalar("loss (step 2)", loss, ref.Losses[1], tolActivations))
 		}
 		prefix := fmt.Sprintf("after_step%d.", step)
-		if err := compareAll(fmt.Sprintf("parameters after step %d", step), prefix, func(p lora.Param) *gpu.Tensor { return p.Value }); err != nil {
+		if err := compareAll(fmt.Sprintf("parameters after step %d", step), prefix, func(p optim.Param) *gpu.Tensor { return p.Value }); err != nil {
 			return nil, err
 		}
 	}
@@ -365,14 +366,14 @@ func conformance(ctx context.Context, df *deviceFlags, dir string, bf16 bool) ([
 
 // conformanceTrainer runs the library's training step on a fixture.
 type conformanceTrainer struct {
-	opt *lora.Optimizer
+	opt *optim.Optimizer
 	tr  *train.Trainer
 	m   *model.Model
 	ws  *model.Workspace
 }
 
-func newConformanceTrainer(m *model.Model, adapters *lora.Set, ws *model.Workspace, cfg lora.AdamWConfig) (*conformanceTrainer, error) {
-	opt, err := lora.NewOptimizer(m.Dev, adapters.Params(), cfg)
+func newConformanceTrainer(m *model.Model, adapters *lora.Set, ws *model.Workspace, cfg optim.AdamWConfig) (*conformanceTrainer, error) {
+	opt, err := optim.NewOptimizer(m.Dev, adapters.Params(), cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -415,7 +416,7 @@ func (c *conformanceTrainer) step(ctx context.Context, batch model.Batch, lr flo
 // oneStep runs a single training step with its own optimizer (see
 // conformanceTrainer.step).
 func oneStep(ctx context.Context, m *model.Model, adapters *lora.Set, ws *model.Workspace, batch model.Batch,
-	cfg lora.AdamWConfig, lr float64, sel model.ChannelSelector, logits *gpu.Tensor) (float64, error) {
+	cfg optim.AdamWConfig, lr float64, sel model.ChannelSelector, logits *gpu.Tensor) (float64, error) {
 	tr, err := newConformanceTrainer(m, adapters, ws, cfg)
 	if err != nil {
 		return 0, err

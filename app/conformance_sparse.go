@@ -11,9 +11,9 @@ import (
 	"strings"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
+	"github.com/sparselora/sparselora/optim"
 	"github.com/sparselora/sparselora/predictor"
 )
 
@@ -157,7 +157,7 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 	defer logits.Release()
 	// The training step with learning rate 0 leaves the parameters as they
 	// are and the step's gradients in place for the comparison.
-	loss, err := oneStep(ctx, m, adapters, ws, batch, lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8}, 0, recSel, logits)
+	loss, err := oneStep(ctx, m, adapters, ws, batch, optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8}, 0, recSel, logits)
 	if err != nil {
 		return nil, err
 	}

@@ -12,8 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/sparselora/sparselora/data/synth"
 	"github.com/sparselora/sparselora/internal/atomicfile"
-	"github.com/sparselora/sparselora/synth"
 	"github.com/sparselora/sparselora/tokenizer"
 )
 

@@ -12,12 +12,12 @@ import (
 	"time"
 
 	"github.com/sparselora/sparselora/data"
+	"github.com/sparselora/sparselora/data/synth"
 	"github.com/sparselora/sparselora/evaluate"
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/infer"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/plot"
-	"github.com/sparselora/sparselora/synth"
 	"github.com/sparselora/sparselora/tokenizer"
 	"github.com/sparselora/sparselora/train"
 )

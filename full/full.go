@@ -17,15 +17,15 @@ import (
 	"strings"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/optim"
 )
 
 // Set is the gradients of every weight of one model.
 type Set struct {
 	m      *model.Model
 	grads  model.WeightGrads
-	params []lora.Param
+	params []optim.Param
 	owned  []*gpu.Tensor
 }
 
@@ -47,7 +47,7 @@ func New(m *model.Model) (*Set, error) {
 			return nil, fmt.Errorf("allocating the gradient of %s: %w", name, err)
 		}
 		s.owned = append(s.owned, g)
-		s.params = append(s.params, lora.Param{Name: name, Value: w, Grad: g, NoDecay: noDecay})
+		s.params = append(s.params, optim.Param{Name: name, Value: w, Grad: g, NoDecay: noDecay})
 		return g, nil
 	}
 	var err error
@@ -96,8 +96,8 @@ func New(m *model.Model) (*Set, error) {
 	return s, nil
 }
 
-// Params lists every weight with its gradient, for lora.NewOptimizer.
-func (s *Set) Params() []lora.Param { return slices.Clone(s.params) }
+// Params lists every weight with its gradient, for optim.NewOptimizer.
+func (s *Set) Params() []optim.Param { return slices.Clone(s.params) }
 
 // ZeroGrad records zeroing every gradient.
 func (s *Set) ZeroGrad(rec *gpu.Recorder) error {

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // smallGridLimit forces the 2-D grid path (and surplus workgroups in its last

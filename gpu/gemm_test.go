@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // gemmCase is one GEMM problem with its stored operands on the host.

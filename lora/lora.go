@@ -1,9 +1,8 @@
-// Package lora owns the trainable side of fine-tuning: the LoRA adapter of one
-// projection (its A and B matrices, their gradients and the activations its
-// backward pass needs, all on the GPU), the AdamW optimizer with global
-// gradient-norm clipping that updates them without host read-backs, and the
-// host-side learning-rate schedules. Semantics follow PEFT, torch.optim.AdamW,
-// torch.nn.utils.clip_grad_norm_ and transformers' schedules (SPEC.md section 3).
+// Package lora owns the LoRA adapters: the adapter of one projection (its A
+// and B matrices and their gradients, on the GPU; the activations its backward
+// needs live in the caller's workspace), the set of adapters of a model, PEFT
+// adapter files and merging into the base weights. Semantics follow PEFT
+// (SPEC.md section 3); the optimizer that updates the adapters is package optim.
 package lora
 
 import (
@@ -15,6 +14,7 @@ import (
 
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/optim"
 )
 
 // LoRA is the adapter y += scale * (x A^T) B^T of one projection, with A
@@ -148,8 +148,8 @@ func (l *LoRA) Grads() (gradA, gradB *gpu.Tensor) { return l.gradA, l.gradB }
 
 // Params lists A and B with their gradients, for the Optimizer; Name is the
 // PEFT suffix ("lora_A", "lora_B").
-func (l *LoRA) Params() []Param {
-	return []Param{
+func (l *LoRA) Params() []optim.Param {
+	return []optim.Param{
 		{Name: "lora_A", Value: l.a, Grad: l.gradA},
 		{Name: "lora_B", Value: l.b, Grad: l.gradB},
 	}

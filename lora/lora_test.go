@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 	"github.com/sparselora/sparselora/model"
 )
 
@@ -127,22 +127,6 @@ func toFloat32s(v []float64) []float32 {
 	return out
 }
 
-func toFloat64s(v []float32) []float64 {
-	out := make([]float64, len(v))
-	for i, x := range v {
-		out[i] = float64(x)
-	}
-	return out
-}
-
-func nanFloats(n int) []float32 {
-	v := make([]float32, n)
-	for i := range v {
-		v[i] = float32(math.NaN())
-	}
-	return v
-}
-
 // TestForwardBackward runs one Forward and Backward against the float64
 // reference. Activations have spare rows past tokens (NaN in inputs, which
 // must not be read; random in accumulated outputs, which must not change),
@@ -168,9 +152,9 @@ func testForwardBackward(t *testing.T, tokens, in, out, rank, spare int) {
 		t.Fatal(err)
 	}
 	defer l.Release()
-	xaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(rows*rank), rows, rank)
+	xaT := gputest.Upload(t, testDevice, gpu.F32, gputest.NaNs(rows*rank), rows, rank)
 	defer xaT.Release()
-	dxaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(rows*rank), rows, rank)
+	dxaT := gputest.Upload(t, testDevice, gpu.F32, gputest.NaNs(rows*rank), rows, rank)
 	defer dxaT.Release()
 
 	a := gputest.RandFloats(rng, rank*in)
@@ -196,9 +180,9 @@ func testForwardBackward(t *testing.T, tokens, in, out, rank, spare int) {
 	dy := gputest.RandFloats(rng, tokens*out)
 	y0 := gputest.RandFloats(rng, rows*out)
 	dx0 := gputest.RandFloats(rng, rows*in)
-	xT := gputest.Upload(t, testDevice, gpu.F32, withSpare(x, in, nanFloats(spare*in)), rows, in)
+	xT := gputest.Upload(t, testDevice, gpu.F32, withSpare(x, in, gputest.NaNs(spare*in)), rows, in)
 	defer xT.Release()
-	dyT := gputest.Upload(t, testDevice, gpu.F32, withSpare(dy, out, nanFloats(spare*out)), rows, out)
+	dyT := gputest.Upload(t, testDevice, gpu.F32, withSpare(dy, out, gputest.NaNs(spare*out)), rows, out)
 	defer dyT.Release()
 	yT := gputest.Upload(t, testDevice, gpu.F32, y0, rows, out)
 	defer yT.Release()
@@ -216,14 +200,14 @@ func testForwardBackward(t *testing.T, tokens, in, out, rank, spare int) {
 	gputest.Submit(t, rec)
 
 	p := loraProblem{tokens: tokens, in: in, out: out, rank: rank, scale: float64(l.Scale()),
-		x: toFloat64s(x), a: toFloat64s(a), b: toFloat64s(b), dy: toFloat64s(dy)}
+		x: gputest.Float64s(x), a: gputest.Float64s(a), b: gputest.Float64s(b), dy: gputest.Float64s(dy)}
 	if want := float64(alpha) / float64(rank); p.scale != float64(float32(want)) {
 		t.Errorf("scale %g, want alpha/rank = %g", p.scale, want)
 	}
 	xaWant, yDelta := p.forward()
 	dA, dB, dx := p.backward()
 	plus := func(base []float32, delta []float64) []float64 {
-		out := toFloat64s(base)
+		out := gputest.Float64s(base)
 		for i, d := range delta {
 			out[i] += d
 		}
@@ -297,7 +281,7 @@ func TestGradientsAccumulate(t *testing.T) {
 		}
 		gputest.Submit(t, rec)
 		p := loraProblem{tokens: tokens, in: in, out: out, rank: rank, scale: float64(l.Scale()),
-			x: toFloat64s(x), a: toFloat64s(a), b: toFloat64s(b), dy: toFloat64s(dy)}
+			x: gputest.Float64s(x), a: gputest.Float64s(a), b: gputest.Float64s(b), dy: gputest.Float64s(dy)}
 		dA, dB, _ := p.backward()
 		for i := range dA {
 			wantA[i] += dA[i]
@@ -462,7 +446,7 @@ func TestInvalidArguments(t *testing.T) {
 		"dx of the wrong width":  l.Backward(rec, x, xa, y, y, xa, model.RowSet{Count: 2}),
 		"nil dy":                 l.Backward(rec, x, xa, nil, x, xa, model.RowSet{Count: 2}),
 		"nil dxa":                l.Backward(rec, x, xa, y, x, nil, model.RowSet{Count: 2}),
-		"too few rows (forward)": l.Forward(rec, x, elements(y, 0, 3), xa, model.RowSet{Count: 2}),
+		"too few rows (forward)": l.Forward(rec, x, &gpu.Tensor{Buf: y.Buf, Offset: y.Offset, Shape: []int{3}, DType: gpu.F32}, xa, model.RowSet{Count: 2}),
 	} {
 		if err == nil {
 			t.Errorf("%s: no error", name)
@@ -493,7 +477,7 @@ func TestForwardBackwardOnRowList(t *testing.T) {
 	}
 	// x and dy: random on the listed rows, NaN elsewhere.
 	withNaN := func(width int) ([]float32, []float64) {
-		full, compact := nanFloats(T*width), []float64{}
+		full, compact := gputest.NaNs(T*width), []float64{}
 		for r := range T {
 			if !listed[r] {
 				continue
@@ -514,8 +498,8 @@ func TestForwardBackwardOnRowList(t *testing.T) {
 	dyT := gputest.Upload(t, testDevice, gpu.F32, dy, T, out)
 	yT := gputest.Upload(t, testDevice, gpu.F32, y0, T, out)
 	dxT := gputest.Upload(t, testDevice, gpu.F32, dx0, T, in)
-	xaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(T*rank), T, rank)
-	dxaT := gputest.Upload(t, testDevice, gpu.F32, nanFloats(T*rank), T, rank)
+	xaT := gputest.Upload(t, testDevice, gpu.F32, gputest.NaNs(T*rank), T, rank)
+	dxaT := gputest.Upload(t, testDevice, gpu.F32, gputest.NaNs(T*rank), T, rank)
 	for _, tt := range []*gpu.Tensor{xT, dyT, yT, dxT, xaT, dxaT} {
 		defer tt.Release()
 	}
@@ -546,7 +530,7 @@ func TestForwardBackwardOnRowList(t *testing.T) {
 	gputest.Submit(t, rec)
 
 	p := loraProblem{tokens: len(rows), in: in, out: out, rank: rank, scale: float64(l.Scale()),
-		x: xCompact, a: toFloat64s(a), b: toFloat64s(b), dy: dyCompact}
+		x: xCompact, a: gputest.Float64s(a), b: gputest.Float64s(b), dy: dyCompact}
 	_, yDelta := p.forward()
 	dA, dB, dxDelta := p.backward()
 	gotY, gotDx := gputest.Download(t, yT), gputest.Download(t, dxT)

@@ -15,6 +15,7 @@ import (
 	"github.com/sparselora/sparselora/internal/atomicfile"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
+	"github.com/sparselora/sparselora/optim"
 )
 
 // PEFT file names inside an adapter directory.
@@ -125,11 +126,11 @@ func (s *Set) Attach(m *model.Model) {
 
 // Params lists every trainable tensor with its PEFT name
 // (…q_proj.lora_A.weight), in a stable order.
-func (s *Set) Params() []Param {
-	var out []Param
+func (s *Set) Params() []optim.Param {
+	var out []optim.Param
 	for _, k := range s.Keys() {
 		for _, p := range s.Adapters[k].Params() {
-			out = append(out, Param{Name: k.PEFTName() + "." + p.Name + ".weight", Value: p.Value, Grad: p.Grad})
+			out = append(out, optim.Param{Name: k.PEFTName() + "." + p.Name + ".weight", Value: p.Value, Grad: p.Grad})
 		}
 	}
 	return out

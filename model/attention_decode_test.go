@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // TestDecodeAttention compares DecodeAttention with the float64 reference of

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // attentionProblem is a random attention instance in float64 for the reference

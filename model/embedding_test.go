@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // uploadIDs stores token ids as raw u32 bits in an f32-typed tensor, as

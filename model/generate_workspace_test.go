@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
 	"github.com/sparselora/sparselora/internal/fixtures"
+	"github.com/sparselora/sparselora/internal/gputest"
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // crossEntropyReference is the float64 LM head: logits, per-row logsumexp, the

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 func referenceSigmoid(z float64) float64 { return 1 / (1 + math.Exp(-z)) }

@@ -1131,4 +1131,3 @@ func allFinite(v []float32) bool {
 	}
 	return true
 }
-

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // testDevice is shared by the package's tests (see gputest.Main).

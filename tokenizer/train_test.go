@@ -12,7 +12,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/sparselora/sparselora/synth"
+	"github.com/sparselora/sparselora/data/synth"
 )
 
 func trainingCorpus(t *testing.T, n int) []string {

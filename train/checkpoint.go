@@ -14,8 +14,8 @@ import (
 	"github.com/sparselora/sparselora/data"
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/internal/atomicfile"
-	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model/safetensors"
+	"github.com/sparselora/sparselora/optim"
 )
 
 // Files of a checkpoint-<step>/ directory besides the PEFT adapter.
@@ -43,7 +43,7 @@ type trainerState struct {
 // directory first, renamed when complete, so a crash or a second Ctrl-C never
 // leaves a partial checkpoint under the final name. Older checkpoints beyond
 // keep are removed.
-func saveCheckpoint(ctx context.Context, out string, st trainerState, save func(dir string) error, opt *lora.Optimizer, keep int) (string, error) {
+func saveCheckpoint(ctx context.Context, out string, st trainerState, save func(dir string) error, opt *optim.Optimizer, keep int) (string, error) {
 	final := filepath.Join(out, fmt.Sprintf("%s%d", checkpointPrefix, st.Step))
 	tmp, err := os.MkdirTemp(out, "."+filepath.Base(final)+".tmp-")
 	if err != nil {
@@ -153,7 +153,7 @@ func readState(dir string) (trainerState, error) {
 
 // loadMoments restores the optimizer's moments and step count from a
 // checkpoint.
-func loadMoments(dir string, opt *lora.Optimizer, steps int) error {
+func loadMoments(dir string, opt *optim.Optimizer, steps int) error {
 	path := filepath.Join(dir, optimizerFileName)
 	f, err := safetensors.Open(path)
 	if err != nil {

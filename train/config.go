@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/sparselora/sparselora/lora"
+	"github.com/sparselora/sparselora/optim"
 )
 
 // Config is a training run. Its YAML keys are the `sparselora train` flags,
@@ -137,7 +138,7 @@ func (c *Config) Validate() error {
 	case c.Sparsity == "":
 		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
 	}
-	if _, err := lora.ParseScheduleKind(c.Schedule); err != nil {
+	if _, err := optim.ParseScheduleKind(c.Schedule); err != nil {
 		return fmt.Errorf("--schedule: %w", err)
 	}
 	if !c.Full && c.AdapterInit == "" {

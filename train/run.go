@@ -22,6 +22,7 @@ import (
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
+	"github.com/sparselora/sparselora/optim"
 	"github.com/sparselora/sparselora/predictor"
 	"github.com/sparselora/sparselora/tokenizer"
 )
@@ -127,7 +128,7 @@ type run struct {
 	adapters *lora.Set
 	params   Trainable
 	save     func(dir string) error
-	opt      *lora.Optimizer
+	opt      *optim.Optimizer
 	ws       *model.Workspace
 	trainer  *Trainer
 	loader   *data.Loader
@@ -136,7 +137,7 @@ type run struct {
 	// session generates for exact-match evaluation (nil with the loss
 	// metric).
 	session  *infer.Session
-	schedule lora.Schedule
+	schedule optim.Schedule
 	sparsity *predictor.SparsityConfig
 	selector model.ChannelSelector
 	cleanup  []func()
@@ -314,8 +315,8 @@ func (r *run) loadData(ctx context.Context, mcfg *model.Config) error {
 		// transformers: ceil(ratio * total steps).
 		warmup = int(math.Ceil(cfg.WarmupRatio * float64(total)))
 	}
-	kind, _ := lora.ParseScheduleKind(cfg.Schedule)
-	r.schedule = lora.Schedule{Kind: kind, WarmupSteps: warmup, TotalSteps: total, BaseRate: cfg.LR}
+	kind, _ := optim.ParseScheduleKind(cfg.Schedule)
+	r.schedule = optim.Schedule{Kind: kind, WarmupSteps: warmup, TotalSteps: total, BaseRate: cfg.LR}
 	return nil
 }
 
@@ -375,7 +376,7 @@ func initializerRange(configJSON []byte) float64 {
 // weight with --full) and their optimizer, and how to save them.
 func (r *run) setUpParameters(resumeDir string) error {
 	cfg := r.cfg
-	var params []lora.Param
+	var params []optim.Param
 	if cfg.Full {
 		set, err := full.New(r.m)
 		if err != nil {
@@ -412,9 +413,9 @@ func (r *run) setUpParameters(resumeDir string) error {
 	for _, p := range params {
 		r.plan.Trainable += int64(p.Value.Len())
 	}
-	adamw := lora.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm}
+	adamw := optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm}
 	var err error
-	if r.opt, err = lora.NewOptimizer(r.dev, params, adamw); err != nil {
+	if r.opt, err = optim.NewOptimizer(r.dev, params, adamw); err != nil {
 		return err
 	}
 	r.cleanup = append(r.cleanup, r.opt.Release)

@@ -13,8 +13,8 @@ import (
 	"math"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/optim"
 )
 
 // Trainable is what a step trains: LoRA adapters (*lora.Set) or every
@@ -29,7 +29,7 @@ type Trainable interface {
 type Trainer struct {
 	Model  *model.Model
 	Params Trainable
-	Opt    *lora.Optimizer
+	Opt    *optim.Optimizer
 	WS     *model.Workspace
 
 	rec *gpu.Recorder
@@ -42,7 +42,7 @@ type Trainer struct {
 
 // NewTrainer prepares steps over params (attached to m) in ws (sized for one
 // micro-batch).
-func NewTrainer(m *model.Model, params Trainable, opt *lora.Optimizer, ws *model.Workspace) (*Trainer, error) {
+func NewTrainer(m *model.Model, params Trainable, opt *optim.Optimizer, ws *model.Workspace) (*Trainer, error) {
 	if m == nil || params == nil || opt == nil || ws == nil {
 		return nil, errors.New("train: NewTrainer needs a model, trainable parameters, an optimizer and a workspace")
 	}

@@ -8,9 +8,10 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/optim"
 )
 
 var testDevice *gpu.Device
@@ -135,9 +136,9 @@ func maxRelDiff(a, b [][]float32) float64 {
 func stepWith(t *testing.T, m *model.Model, set *lora.Set, start [][]float32, rows [][3][]int32, seq, rowsPer int) (float64, [][]float32, [][]float32) {
 	t.Helper()
 	restore(t, set, start)
-	cfg := lora.DefaultAdamWConfig()
+	cfg := optim.DefaultAdamWConfig()
 	cfg.MaxGradNorm = 0.5 // clipping applies: the norm must be that of the whole step
-	opt, err := lora.NewOptimizer(testDevice, set.Params(), cfg)
+	opt, err := optim.NewOptimizer(testDevice, set.Params(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

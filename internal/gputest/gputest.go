@@ -104,3 +104,22 @@ func Submit(t testing.TB, rec *gpu.Recorder) {
 		t.Fatal(err)
 	}
 }
+
+// Float64s widens v for comparison against a float64 reference.
+func Float64s(v []float32) []float64 {
+	out := make([]float64, len(v))
+	for i, x := range v {
+		out[i] = float64(x)
+	}
+	return out
+}
+
+// NaNs returns n NaNs: poison around and inside outputs that a kernel must
+// write (or must not touch).
+func NaNs(n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(math.NaN())
+	}
+	return v
+}

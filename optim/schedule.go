@@ -1,4 +1,4 @@
-package lora
+package optim
 
 import (
 	"fmt"
@@ -81,7 +81,7 @@ func ParseScheduleKind(name string) (ScheduleKind, error) {
 	case "cosine":
 		return ScheduleCosine, nil
 	}
-	return 0, fmt.Errorf("lora: unknown learning-rate schedule %q (want constant, linear or cosine)", name)
+	return 0, fmt.Errorf("optim: unknown learning-rate schedule %q (want constant, linear or cosine)", name)
 }
 
 // Schedule is a learning-rate schedule with its step counts.

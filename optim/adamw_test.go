@@ -1,4 +1,4 @@
-package lora
+package optim
 
 import (
 	"fmt"
@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/gpu/gputest"
+	"github.com/sparselora/sparselora/internal/gputest"
 )
 
 // adamwReference is torch.optim.AdamW (single-tensor path) after
@@ -85,13 +85,13 @@ func testAdamW(t *testing.T, maxNorm float64, wantClipping bool) {
 			n *= s
 		}
 		values := gputest.RandFloats(rng, n)
-		ref.p = append(ref.p, toFloat64s(values))
-		initial = append(initial, toFloat64s(values))
+		ref.p = append(ref.p, gputest.Float64s(values))
+		initial = append(initial, gputest.Float64s(values))
 		ref.m = append(ref.m, make([]float64, n))
 		ref.v = append(ref.v, make([]float64, n))
 		var value *gpu.Tensor
 		if k == len(sizes)-1 {
-			buf := gputest.Upload(t, testDevice, gpu.F32, append(nanFloats(packedOffset), append(values, nanFloats(3)...)...), packedOffset+n+3)
+			buf := gputest.Upload(t, testDevice, gpu.F32, append(gputest.NaNs(packedOffset), append(values, gputest.NaNs(3)...)...), packedOffset+n+3)
 			defer buf.Release()
 			value = &gpu.Tensor{Buf: buf.Buf, Offset: 4 * packedOffset, Shape: shape, DType: gpu.F32}
 		} else {
@@ -135,7 +135,7 @@ func testAdamW(t *testing.T, maxNorm float64, wantClipping bool) {
 			t.Fatalf("Steps() = %d after %d steps", opt.Steps(), step+1)
 		}
 		for k, p := range params {
-			if got := gputest.Download(t, p.Grad); gputest.RelL2(got, toFloat64s(grads[k])) != 0 {
+			if got := gputest.Download(t, p.Grad); gputest.RelL2(got, gputest.Float64s(grads[k])) != 0 {
 				t.Fatalf("step %d changed the gradient of %s", step+1, p.Name)
 			}
 		}

@@ -1,4 +1,4 @@
-package lora
+package optim
 
 import (
 	"math"

@@ -1,4 +1,4 @@
-package lora
+package optim
 
 import (
 	"encoding/binary"
@@ -40,13 +40,13 @@ func (c AdamWConfig) validate() error {
 	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
 	switch {
 	case !finite(c.Beta1) || c.Beta1 < 0 || c.Beta1 >= 1 || !finite(c.Beta2) || c.Beta2 < 0 || c.Beta2 >= 1:
-		return fmt.Errorf("lora: AdamW betas (%g, %g) must lie in [0, 1)", c.Beta1, c.Beta2)
+		return fmt.Errorf("optim: AdamW betas (%g, %g) must lie in [0, 1)", c.Beta1, c.Beta2)
 	case !finite(c.Eps) || c.Eps <= 0:
-		return fmt.Errorf("lora: AdamW eps %g must be positive", c.Eps)
+		return fmt.Errorf("optim: AdamW eps %g must be positive", c.Eps)
 	case !finite(c.WeightDecay) || c.WeightDecay < 0:
-		return fmt.Errorf("lora: AdamW weight decay %g must be non-negative", c.WeightDecay)
+		return fmt.Errorf("optim: AdamW weight decay %g must be non-negative", c.WeightDecay)
 	case !finite(c.MaxGradNorm) || c.MaxGradNorm < 0:
-		return fmt.Errorf("lora: max gradient norm %g must be non-negative (0 disables clipping)", c.MaxGradNorm)
+		return fmt.Errorf("optim: max gradient norm %g must be non-negative (0 disables clipping)", c.MaxGradNorm)
 	}
 	return nil
 }
@@ -94,13 +94,13 @@ type Optimizer struct {
 // first step).
 func NewOptimizer(dev *gpu.Device, params []Param, cfg AdamWConfig) (*Optimizer, error) {
 	if dev == nil {
-		return nil, errors.New("lora: NewOptimizer: nil device")
+		return nil, errors.New("optim: NewOptimizer: nil device")
 	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	if len(params) == 0 {
-		return nil, errors.New("lora: NewOptimizer: no parameters")
+		return nil, errors.New("optim: NewOptimizer: no parameters")
 	}
 	o := &Optimizer{dev: dev, cfg: cfg, params: append([]Param(nil), params...)}
 	totalRows := 0
@@ -120,16 +120,16 @@ func NewOptimizer(dev *gpu.Device, params []Param, cfg AdamWConfig) (*Optimizer,
 	for _, p := range params {
 		s, err := dev.NewTensor(gpu.F32, "adamw moments "+p.Name, 2, p.Value.Len())
 		if err != nil {
-			return fail(fmt.Errorf("lora: allocating AdamW moments of %s: %w", p.Name, err))
+			return fail(fmt.Errorf("optim: allocating AdamW moments of %s: %w", p.Name, err))
 		}
 		o.state = append(o.state, s)
 	}
 	var err error
 	if o.partials, err = dev.NewTensor(gpu.F32, "gradient norm partial sums", totalRows); err != nil {
-		return fail(fmt.Errorf("lora: allocating gradient norm partial sums: %w", err))
+		return fail(fmt.Errorf("optim: allocating gradient norm partial sums: %w", err))
 	}
 	if o.stats, err = dev.NewTensor(gpu.F32, "gradient norm", statCount); err != nil {
-		return fail(fmt.Errorf("lora: allocating gradient norm stats: %w", err))
+		return fail(fmt.Errorf("optim: allocating gradient norm stats: %w", err))
 	}
 	offset := 0
 	for _, rows := range o.reductionRows {
@@ -142,17 +142,17 @@ func NewOptimizer(dev *gpu.Device, params []Param, cfg AdamWConfig) (*Optimizer,
 func checkParam(i int, p Param) error {
 	switch {
 	case p.Value == nil || p.Grad == nil:
-		return fmt.Errorf("lora: parameter %d (%s) lacks a value or gradient tensor", i, p.Name)
+		return fmt.Errorf("optim: parameter %d (%s) lacks a value or gradient tensor", i, p.Name)
 	case p.Value.DType != gpu.F32 || p.Grad.DType != gpu.F32:
-		return fmt.Errorf("lora: parameter %d (%s) is %s with a %s gradient, want f32", i, p.Name, p.Value.DType, p.Grad.DType)
+		return fmt.Errorf("optim: parameter %d (%s) is %s with a %s gradient, want f32", i, p.Name, p.Value.DType, p.Grad.DType)
 	case p.Value.Len() == 0:
-		return fmt.Errorf("lora: parameter %d (%s) is empty", i, p.Name)
+		return fmt.Errorf("optim: parameter %d (%s) is empty", i, p.Name)
 	case p.Value.Len() != p.Grad.Len():
-		return fmt.Errorf("lora: parameter %d (%s) has %d elements but its gradient %d", i, p.Name, p.Value.Len(), p.Grad.Len())
+		return fmt.Errorf("optim: parameter %d (%s) has %d elements but its gradient %d", i, p.Name, p.Value.Len(), p.Grad.Len())
 	case p.Value.Buf == p.Grad.Buf:
-		return fmt.Errorf("lora: parameter %d (%s) shares a buffer with its gradient; the AdamW kernel binds them separately", i, p.Name)
+		return fmt.Errorf("optim: parameter %d (%s) shares a buffer with its gradient; the AdamW kernel binds them separately", i, p.Name)
 	case p.Value.Len() > math.MaxUint32/2:
-		return fmt.Errorf("lora: parameter %d (%s) has %d elements, more than the kernel's u32 moment indices reach", i, p.Name, p.Value.Len())
+		return fmt.Errorf("optim: parameter %d (%s) has %d elements, more than the kernel's u32 moment indices reach", i, p.Name, p.Value.Len())
 	}
 	return nil
 }
@@ -189,7 +189,7 @@ func (o *Optimizer) Steps() int { return o.steps }
 // SetSteps sets the step count, e.g. when resuming with restored moments.
 func (o *Optimizer) SetSteps(n int) error {
 	if n < 0 {
-		return fmt.Errorf("lora: step count %d must be non-negative", n)
+		return fmt.Errorf("optim: step count %d must be non-negative", n)
 	}
 	o.steps = n
 	return nil
@@ -201,7 +201,7 @@ func (o *Optimizer) Params() []Param { return o.params }
 // Moments returns views of parameter i's first and second moments.
 func (o *Optimizer) Moments(i int) (m, v *gpu.Tensor, err error) {
 	if i < 0 || i >= len(o.state) {
-		return nil, nil, fmt.Errorf("lora: parameter index %d out of range (%d parameters)", i, len(o.state))
+		return nil, nil, fmt.Errorf("optim: parameter index %d out of range (%d parameters)", i, len(o.state))
 	}
 	n := o.params[i].Value.Len()
 	return elements(o.state[i], 0, n), elements(o.state[i], n, n), nil
@@ -224,17 +224,17 @@ func (o *Optimizer) ClipCoef() *gpu.Tensor { return elements(o.stats, statClip, 
 // advances only on success.
 func (o *Optimizer) Step(rec *gpu.Recorder, lr float64) error {
 	if rec == nil {
-		return errors.New("lora: Step: nil recorder")
+		return errors.New("optim: Step: nil recorder")
 	}
 	if math.IsNaN(lr) || math.IsInf(lr, 0) || lr < 0 {
-		return fmt.Errorf("lora: Step: learning rate %g must be finite and non-negative", lr)
+		return fmt.Errorf("optim: Step: learning rate %g must be finite and non-negative", lr)
 	}
 	if err := o.recordGradNorm(rec); err != nil {
 		return err
 	}
 	kernel, err := o.dev.Kernel(adamwShader, gpu.U32("WORKGROUP_SIZE", adamwWorkgroupSize))
 	if err != nil {
-		return fmt.Errorf("lora: Step: %w", err)
+		return fmt.Errorf("optim: Step: %w", err)
 	}
 	t := float64(o.steps + 1)
 	c := o.cfg
@@ -262,11 +262,11 @@ func (o *Optimizer) Step(rec *gpu.Recorder, lr float64) error {
 		params.publish = i == 0
 		gx, gy, err := gpu.SplitGrid(uint64(p.Value.Len()+adamwWorkgroupSize-1)/adamwWorkgroupSize, o.dev.Limits.MaxComputeWorkgroupsPerDimension)
 		if err != nil {
-			return fmt.Errorf("lora: Step: AdamW on %s: %w", p.Name, err)
+			return fmt.Errorf("optim: Step: AdamW on %s: %w", p.Name, err)
 		}
 		bindings := []gpu.Binding{gradBinding, paramBinding, stateBinding, statsBinding}
 		if err := rec.Dispatch(kernel, params.bytes(), bindings, gx, gy, 1); err != nil {
-			return fmt.Errorf("lora: Step: AdamW on %s: %w", p.Name, err)
+			return fmt.Errorf("optim: Step: AdamW on %s: %w", p.Name, err)
 		}
 	}
 	o.steps++
@@ -280,12 +280,12 @@ func (o *Optimizer) recordGradNorm(rec *gpu.Recorder) error {
 	for i, p := range o.params {
 		rows := o.reductionRows[i]
 		if err := gpu.RowSumSquares(rec, o.partialViews[i], p.Grad, rows, p.Grad.Len()/rows); err != nil {
-			return fmt.Errorf("lora: Step: gradient norm of %s: %w", p.Name, err)
+			return fmt.Errorf("optim: Step: gradient norm of %s: %w", p.Name, err)
 		}
 	}
 	total := o.partials.Len()
 	if err := gpu.RowSum(rec, elements(o.stats, statSumSquares, 1), o.partials, 1, total); err != nil {
-		return fmt.Errorf("lora: Step: gradient norm total: %w", err)
+		return fmt.Errorf("optim: Step: gradient norm total: %w", err)
 	}
 	return nil
 }
