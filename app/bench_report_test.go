@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sparselora/sparselora/train"
 )
 
 // A real `bench gemm` report of lavapipe (testdata/bench/gemm-lavapipe.json,
@@ -45,7 +47,7 @@ func writeBenchReports(t *testing.T) (lavapipe, fast, step string, lavapipeMS []
 		"date":    "2026-12-01T00:00:00Z", "shape": "llama3-8b", "layers": 32, "table_layers": []int{0, 31},
 		"sparsity": "llama3-8b-math10k", "batch": 8, "seq": 512, "output_tokens": 128, "lora_rank": 32,
 		"lora_targets": "q,k,v,o", "weights": "bf16", "flops_ratio": 0.478,
-		"results": []stepResult{
+		"results": []train.StepTiming{
 			{Variant: "dense LoRA", Reps: 3, MedianMS: 900, TokensPerSec: 4551, FLOPs: 2.4e14, TFLOPS: 266.7},
 			{Variant: "SparseLoRA", Reps: 3, MedianMS: 600, TokensPerSec: 6827, FLOPs: 1.15e14, TFLOPS: 191.3, Speedup: 1.5},
 		},

@@ -14,21 +14,9 @@ import (
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
-	"github.com/sparselora/sparselora/optim"
 	"github.com/sparselora/sparselora/predictor"
 	"github.com/sparselora/sparselora/train"
 )
-
-// stepResult is one variant of `bench step`.
-type stepResult struct {
-	Variant      string  `json:"variant"`
-	Reps         int     `json:"reps"`
-	MedianMS     float64 `json:"median_ms"`
-	TokensPerSec float64 `json:"tokens_per_s"`
-	FLOPs        float64 `json:"flops"`
-	TFLOPS       float64 `json:"tflops"`
-	Speedup      float64 `json:"speedup,omitempty"`
-}
 
 func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("bench step", "bench step --shape llama3-8b|llama2-7b|CONFIG.json [flags]", stdout, stderr)
@@ -72,14 +60,14 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	sparsity, start := benchSparsity(table, *first, *layers)
+	sparsity, start := train.BenchSparsity(table, *first, *layers)
 	cfg.NumHiddenLayers = *layers
 	dtype := gpu.F32
 	if *bf16 {
 		dtype = gpu.BF16
 	}
 
-	b := benchBatch(*batch, *seq, *output, *padding, cfg.VocabSize)
+	b := train.BenchBatch(*batch, *seq, *output, *padding, cfg.VocabSize)
 	stepShape, err := predictor.BatchShape(b, cfg.VocabSize)
 	if err != nil {
 		return err
@@ -104,107 +92,14 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
 	fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s), weights %s; batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
 		*shape, *layers, start, start+*layers-1, *sparsityName, dtype, *batch, *seq, *padding, *output, *rank, *targetsFlag)
-	setup := time.Now()
-	m, err := model.NewRandom(dev, cfg, dtype, *seq, 1)
+	res, err := train.BenchStep(ctx, dev, train.BenchSettings{Config: cfg, DType: dtype,
+		LoRA: lora.Config{Rank: *rank, Alpha: float64(2 * *rank), Targets: targets}, Sparsity: sparsity, Batch: b, Reps: *reps,
+		FLOPs: flops, SVD: progress(stderr, "SVD estimator")})
 	if err != nil {
 		return err
 	}
-	defer m.Release()
-	T := *batch * *seq
-	adapters, err := lora.NewSet(m, lora.Config{Rank: *rank, Alpha: float64(2 * *rank), Targets: targets}, 1)
-	if err != nil {
-		return err
-	}
-	defer adapters.Release()
-	adapters.Attach(m)
-	opt, err := optim.NewOptimizer(dev, adapters.Params(), optim.DefaultAdamWConfig())
-	if err != nil {
-		return err
-	}
-	defer opt.Release()
-	ws, err := m.NewWorkspace(*batch, *seq)
-	if err != nil {
-		return err
-	}
-	defer ws.Release()
-	if err := ws.Load(m, b); err != nil {
-		return err
-	}
-
-	var estTargets []predictor.Target
-	for layer, s := range sparsity.Layers {
-		estTargets = append(estTargets, predictor.LayerTargets(layer, s.MLP > 0, s.Attention > 0)...)
-	}
-	var selector model.ChannelSelector
-	if len(estTargets) > 0 {
-		r := sparsity.Rank
-		if r == 0 {
-			r = 8
-		}
-		est, err := predictor.Estimate(ctx, dev, m, estTargets, r, predictor.EstimateOptions{NoCache: true,
-			Progress: progress(stderr, "SVD estimator")})
-		if err != nil {
-			return err
-		}
-		defer est.Release()
-		sel, err := predictor.NewSelector(dev, cfg, sparsity.Layers, predictor.EstimatorFactors(est), T, *batch,
-			predictor.SelectOptions{SparseScoredTokens: !table.SkipOutputTokens})
-		if err != nil {
-			return err
-		}
-		defer sel.Release()
-		selector = sel
-	}
-	fmt.Fprintf(stdout, "setup (random weights, SVD factors): %.1f s\n", time.Since(setup).Seconds())
-
-	if ws.Tokens.RealCount != stepShape.RealTokens || ws.Tokens.ScoredCount != stepShape.ScoredTokens {
-		return fmt.Errorf("the workspace counts %d real and %d scored tokens, the FLOP model %d and %d",
-			ws.Tokens.RealCount, ws.Tokens.ScoredCount, stepShape.RealTokens, stepShape.ScoredTokens)
-	}
-	trainer, err := train.NewTrainer(m, adapters, opt, ws)
-	if err != nil {
-		return err
-	}
-	defer trainer.Release()
-	step := func(sel model.ChannelSelector) error {
-		if err := trainer.Step([]model.Batch{b}, 1e-4, sel); err != nil {
-			return err
-		}
-		return dev.Sync(ctx)
-	}
-	variants := []struct {
-		name  string
-		sel   model.ChannelSelector
-		flops float64
-	}{{"dense LoRA", nil, flops.Dense}, {"SparseLoRA", selector, flops.Sparse}}
-	for _, v := range variants {
-		if err := step(v.sel); err != nil { // warm-up: pipelines compile here
-			return fmt.Errorf("%s: %w", v.name, err)
-		}
-	}
-	// Repetitions alternate between the variants, so that a change in the
-	// machine's load hits both alike.
-	times := make([][]time.Duration, len(variants))
-	for range *reps {
-		for i, v := range variants {
-			start := time.Now()
-			if err := step(v.sel); err != nil {
-				return fmt.Errorf("%s: %w", v.name, err)
-			}
-			times[i] = append(times[i], time.Since(start))
-		}
-	}
-	var results []stepResult
-	for i, v := range variants {
-		slices.Sort(times[i])
-		med := times[i][len(times[i])/2].Seconds()
-		r := stepResult{Variant: v.name, Reps: *reps, MedianMS: med * 1e3, TokensPerSec: float64(stepShape.RealTokens) / med,
-			FLOPs: v.flops, TFLOPS: v.flops / med / 1e12}
-		if len(results) > 0 {
-			r.Speedup = results[0].MedianMS / r.MedianMS
-		}
-		results = append(results, r)
-	}
+	fmt.Fprintf(stdout, "setup (random weights, SVD factors): %.1f s\n", res.Setup.Seconds())
+	results, counted := res.Timings, res.Counted
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "variant\tms/step\ttokens/s\tGFLOP/step\tTFLOP/s\tspeed-up\t")
 	for _, r := range results {
@@ -223,14 +118,6 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := flops.Table(stdout); err != nil {
 		return err
 	}
-	// Count the work one step really records: every GEMM's sizes with the
-	// counts of its index lists read back, and the attention kernels' grids.
-	var counted [2]train.RecordedFLOPs
-	for i, sel := range []model.ChannelSelector{nil, selector} {
-		if counted[i], err = train.CountStep(ctx, m, ws, b, sel); err != nil {
-			return fmt.Errorf("counting the recorded work: %w", err)
-		}
-	}
 	if err := printCounted(stdout, flops, counted); err != nil {
 		return err
 	}
@@ -246,61 +133,6 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return writeJSON(*jsonOut, out, stdout)
 	}
 	return nil
-}
-
-// benchSparsity maps the n built layers onto table layers start.. and returns
-// the table renumbered for the built model (mode, rank and flags kept).
-func benchSparsity(table *predictor.SparsityConfig, first, n int) (*predictor.SparsityConfig, int) {
-	start := first
-	if start < 0 && len(table.Layers) > 0 && n > slices.Max(slices.Collect(maps.Keys(table.Layers))) {
-		start = 0 // the built model holds the whole table
-	}
-	if start < 0 {
-		start = 0
-		var both []int
-		for layer, s := range table.Layers {
-			if s.MLP > 0 && s.Attention > 0 {
-				both = append(both, layer)
-			}
-		}
-		if len(both) == 0 {
-			for layer, s := range table.Layers {
-				if s.MLP > 0 || s.Attention > 0 {
-					both = append(both, layer)
-				}
-			}
-		}
-		if len(both) > 0 {
-			start = slices.Min(both)
-		}
-	}
-	out := *table
-	out.Layers = map[int]predictor.LayerSparsity{}
-	for i := range n {
-		if s, ok := table.Layers[start+i]; ok && (s.MLP > 0 || s.Attention > 0) {
-			out.Layers[i] = s
-		}
-	}
-	return &out, start
-}
-
-// benchBatch is the synthetic batch of bench step: rows of seq positions, the
-// last padding of them padding, and the output tokens just before the padding
-// labelled (their predecessors are the scored positions).
-func benchBatch(rows, seq, output, padding, vocab int) model.Batch {
-	b := model.Batch{Rows: rows, Seq: seq}
-	for i := range rows * seq {
-		pos := i % seq
-		real := pos < seq-padding
-		b.InputIDs = append(b.InputIDs, int32((i*7919+13)%vocab))
-		b.Mask = append(b.Mask, map[bool]int32{true: 1}[real])
-		label := int32(model.IgnoreLabel)
-		if real && pos >= seq-padding-output {
-			label = b.InputIDs[i]
-		}
-		b.Labels = append(b.Labels, label)
-	}
-	return b
 }
 
 // printProfile prints the GPU time per kind of kernel of the dense and the

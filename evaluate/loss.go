@@ -65,8 +65,7 @@ func (e *Evaluator) Loss(ctx context.Context, ds *data.Dataset) (LossResult, err
 		if err := e.ws.Load(e.m, model.Batch(b)); err != nil {
 			return LossResult{}, fmt.Errorf("%s: evaluation batch %d: %w", ds.Path, i, err)
 		}
-		e.ws.Selector = nil
-		if err := e.m.Forward(rec, e.ws); err != nil {
+		if err := e.m.Forward(rec, e.ws, nil); err != nil {
 			return LossResult{}, err
 		}
 		if err := rec.Submit(); err != nil {

@@ -97,7 +97,7 @@ func TestGradientsMatchFiniteDifferences(t *testing.T) {
 			rec := testDevice.NewRecorder()
 			defer rec.Release()
 			loss := func() float64 {
-				if err := m.Forward(rec, ws); err != nil {
+				if err := m.Forward(rec, ws, nil); err != nil {
 					t.Fatal(err)
 				}
 				gputest.Submit(t, rec)
@@ -110,7 +110,7 @@ func TestGradientsMatchFiniteDifferences(t *testing.T) {
 			if err := set.ZeroGrad(rec); err != nil {
 				t.Fatal(err)
 			}
-			if err := m.Forward(rec, ws); err != nil {
+			if err := m.Forward(rec, ws, nil); err != nil {
 				t.Fatal(err)
 			}
 			if err := m.Backward(rec, ws); err != nil {

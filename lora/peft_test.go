@@ -41,7 +41,7 @@ func logitsOf(t *testing.T, m *model.Model) []float32 {
 	defer out.Release()
 	rec := m.Dev.NewRecorder()
 	defer rec.Release()
-	if err := m.Trunk(rec, ws); err != nil {
+	if err := m.Trunk(rec, ws, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Logits(rec, ws, out); err != nil {

@@ -115,9 +115,9 @@ type Workspace struct {
 	// Tokens are the batch's real, context and scored rows (set by Load).
 	Tokens     TokenSets
 	tokenLists *gpu.Buffer
-	// Selector, when set, makes layers it selects channels for run their
-	// frozen projections sparsely on context tokens (SparseLoRA); nil is dense.
-	Selector ChannelSelector
+	// sparseScored records whether the last forward's selector runs scored
+	// tokens sparse too, for the backward of that forward.
+	sparseScored bool
 	// Trace, when set, is called as the passes record: with a decoder layer's
 	// index before that layer's dispatches, and with -1 before those outside
 	// the layers (embedding, final norm, LM head), so that a benchmark can
@@ -420,7 +420,7 @@ type projectionPart struct {
 // the selector runs them sparse too (skip_output_tokens: false); padding is in
 // no part (SPEC 4.5).
 func (w *Workspace) parts(keep *gpu.IndexList) []projectionPart {
-	if keep == nil || w.Selector != nil && w.Selector.SparseScoredTokens() {
+	if keep == nil || w.sparseScored {
 		return []projectionPart{{w.realRows(), keep}}
 	}
 	return []projectionPart{
@@ -567,8 +567,11 @@ func (l *Layer) adapterBackward(rec *gpu.Recorder, p Projection, x, dy, dx *gpu.
 }
 
 // Forward records the whole forward pass and the loss for the loaded batch.
-func (m *Model) Forward(rec *gpu.Recorder, w *Workspace) error {
-	if err := m.Trunk(rec, w); err != nil {
+// sel chooses the channels that the frozen projections of the layers it
+// covers keep on context tokens (SparseLoRA); nil runs every layer dense.
+// Backward follows the same selection.
+func (m *Model) Forward(rec *gpu.Recorder, w *Workspace, sel ChannelSelector) error {
+	if err := m.Trunk(rec, w, sel); err != nil {
 		return err
 	}
 	return w.head.Forward(rec, w.normed, w.scoredRows(), m.Head, w.targets, w.nTargets, w.Loss)
@@ -589,12 +592,14 @@ func (w *Workspace) Hidden(i int) *gpu.Tensor {
 	return w.layers[i].x
 }
 
-// Trunk records the forward pass up to the final norm (no loss).
-func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
+// Trunk records the forward pass up to the final norm (no loss), sparse where
+// sel selects channels (nil: dense).
+func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace, sel ChannelSelector) error {
 	c := m.Config
 	T := w.Rows * w.Seq
 	H, I := c.HiddenSize, c.IntermediateSize
 	eps := float32(c.RMSNormEps)
+	w.sparseScored = sel != nil && sel.SparseScoredTokens()
 	w.trace(-1)
 	if err := EmbeddingForward(rec, m.Embed, w.ids, w.layers[0].x, T, H); err != nil {
 		return fmt.Errorf("embedding: %w", err)
@@ -606,7 +611,7 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
 			next = w.layers[i+1].x
 		}
 		w.trace(i)
-		if err := m.layerForward(rec, w, i, l, a, next, T, H, I, eps); err != nil {
+		if err := m.layerForward(rec, w, sel, i, l, a, next, T, H, I, eps); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
@@ -617,14 +622,14 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace) error {
 	return nil
 }
 
-func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, layer int, l *Layer, a *layerActivations, next *gpu.Tensor, T, H, I int, eps float32) error {
+func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, sel ChannelSelector, layer int, l *Layer, a *layerActivations, next *gpu.Tensor, T, H, I int, eps float32) error {
 	c := m.Config
 	if err := RMSNormForward(rec, a.x, l.InputNorm, a.xn1, a.rstd1, T, H, eps); err != nil {
 		return err
 	}
 	a.attnKeep, a.mlpKeep = AttentionChannels{}, nil
-	if w.Selector != nil {
-		keep, err := w.Selector.Attention(rec, layer, a.xn1, &w.Tokens)
+	if sel != nil {
+		keep, err := sel.Attention(rec, layer, a.xn1, &w.Tokens)
 		if err != nil {
 			return fmt.Errorf("attention channel selection: %w", err)
 		}
@@ -655,8 +660,8 @@ func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, layer int, l *Laye
 	if err := RMSNormForward(rec, a.mid, l.PostNorm, a.xn2, a.rstd2, T, H, eps); err != nil {
 		return err
 	}
-	if w.Selector != nil {
-		keep, err := w.Selector.MLP(rec, layer, a.xn2, &w.Tokens)
+	if sel != nil {
+		keep, err := sel.MLP(rec, layer, a.xn2, &w.Tokens)
 		if err != nil {
 			return fmt.Errorf("MLP channel selection: %w", err)
 		}

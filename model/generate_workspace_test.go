@@ -103,7 +103,7 @@ func fullForwardLogits(t *testing.T, m *model.Model, tokens []int32) []float32 {
 	defer logits.Release()
 	rec := m.Dev.NewRecorder()
 	defer rec.Release()
-	if err := m.Trunk(rec, ws); err != nil {
+	if err := m.Trunk(rec, ws, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Logits(rec, ws, logits); err != nil {
@@ -214,7 +214,7 @@ func TestGenerationLeavesTrainingPassIntact(t *testing.T) {
 		if err := f.set.ZeroGrad(rec); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Forward(rec, ws); err != nil {
+		if err := m.Forward(rec, ws, nil); err != nil {
 			t.Fatal(err)
 		}
 		gputest.Submit(t, rec)

@@ -47,7 +47,7 @@ func TestNewRandomRunsAForwardPass(t *testing.T) {
 	}
 	rec := testDevice.NewRecorder()
 	defer rec.Release()
-	if err := m.Forward(rec, w); err != nil {
+	if err := m.Forward(rec, w, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := rec.Submit(); err != nil {

@@ -111,13 +111,12 @@ func (r *sparseRig) list(t *testing.T, idx []uint32) *gpu.IndexList {
 // every LoRA gradient, concatenated.
 func (r *sparseRig) step(t *testing.T, sel model.ChannelSelector, log func(gpu.Dispatch)) (float64, []float32, *gpu.Recorder) {
 	t.Helper()
-	r.ws.Selector = sel
 	rec := r.m.Dev.NewRecorder()
 	rec.Log = log
 	if err := r.set.ZeroGrad(rec); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.m.Forward(rec, r.ws); err != nil {
+	if err := r.m.Forward(rec, r.ws, sel); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.m.Backward(rec, r.ws); err != nil {

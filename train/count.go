@@ -86,8 +86,8 @@ func CountStep(ctx context.Context, m *model.Model, ws *model.Workspace, b model
 	}
 	var work []logged
 	part := -1
-	ws.Selector, ws.Trace = sel, func(layer int) { part = layer }
-	defer func() { ws.Selector, ws.Trace = nil, nil }()
+	ws.Trace = func(layer int) { part = layer }
+	defer func() { ws.Trace = nil }()
 	rec := m.Dev.NewRecorder()
 	defer rec.Release()
 	// With timestamps, every dispatch gets a pass of its own, so pass i times
@@ -99,7 +99,7 @@ func CountStep(ctx context.Context, m *model.Model, ws *model.Workspace, b model
 			rec.EndPass()
 		}
 	}
-	if err := m.Forward(rec, ws); err != nil {
+	if err := m.Forward(rec, ws, sel); err != nil {
 		return RecordedFLOPs{}, err
 	}
 	if err := m.Backward(rec, ws); err != nil {

@@ -15,7 +15,6 @@ import (
 
 	"github.com/sparselora/sparselora/data"
 	"github.com/sparselora/sparselora/evaluate"
-	"github.com/sparselora/sparselora/full"
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/infer"
 	"github.com/sparselora/sparselora/internal/atomicfile"
@@ -117,20 +116,16 @@ type run struct {
 	cfg   Config
 	hooks Hooks
 	dev   *gpu.Device
-	m     *model.Model
+	// t holds the model, parameters, optimizer, workspace, schedule and
+	// selector (train.New builds them).
+	t *Trainer
 	// configJSON is the config the model came from (written with full
 	// checkpoints), read from configPath.
 	configJSON []byte
 	configPath string
 	tok        *tokenizer.Tokenizer
-	// adapters are the LoRA adapters (nil with --full); params are what the
-	// optimizer trains and save writes them into a directory.
-	adapters *lora.Set
-	params   Trainable
+	// save writes the trained parameters into a directory.
 	save     func(dir string) error
-	opt      *optim.Optimizer
-	ws       *model.Workspace
-	trainer  *Trainer
 	loader   *data.Loader
 	evalData *data.Dataset
 	eval     *evaluate.Evaluator
@@ -138,8 +133,8 @@ type run struct {
 	// metric).
 	session  *infer.Session
 	schedule optim.Schedule
+	// sparsity is the run's table (nil: dense).
 	sparsity *predictor.SparsityConfig
-	selector model.ChannelSelector
 	cleanup  []func()
 	metrics  *metricsLog
 	plan     Plan
@@ -180,69 +175,151 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	if err != nil {
 		return nil, err
 	}
-	if err := r.loadModel(resumeDir); err != nil {
+	if err := r.resolveSparsity(mcfg); err != nil {
 		return nil, err
 	}
-	if err := r.setUpParameters(resumeDir); err != nil {
+	r.fprint = r.fingerprint(r.plan.Seq, r.plan.TotalSteps, r.schedule.WarmupSteps)
+	if resumeDir != "" && st.Fingerprint != r.fprint {
+		return nil, fmt.Errorf("%s was written by a run with other settings (%s); resuming with these would not reproduce it: use the run's %s",
+			resumeDir, settingsDiff(st.Fingerprint, r.fprint), ConfigFileName)
+	}
+	s := r.settings(mcfg, resumeDir)
+	s.Loaded = func(t *Trainer) error {
+		r.t = t
+		if err := r.prepare(t, resumeDir, st); err != nil {
+			return err
+		}
+		if hooks.Start != nil {
+			hooks.Start(r.plan)
+		}
+		return nil
+	}
+	t, err := New(ctx, dev, s)
+	if err != nil {
 		return nil, err
+	}
+	// New released the trainer if it failed; now the run does, last.
+	r.cleanup = append([]func(){t.Release}, r.cleanup...)
+	if est := t.Estimator; est != nil && hooks.Note != nil {
+		how := "computed, cached in"
+		if est.FromCache() {
+			how = "read from the cache"
+		}
+		hooks.Note(fmt.Sprintf("SVD factors (rank %d): %s %s (keyed by %s)", est.Rank(), how, est.CachePath(), est.CacheKeyedBy()))
+	}
+	return r, nil
+}
+
+// settings are what train.New builds for the run: the model from --model (a
+// full-training checkpoint when resuming one, random weights with
+// --init-config), the adapters (a checkpoint's, --adapter-init's or new
+// ones), AdamW with the run's decay and clipping, and the sparsity table.
+func (r *run) settings(mcfg *model.Config, resumeDir string) Settings {
+	cfg := r.cfg
+	s := Settings{
+		Model:    ModelSource{Dir: cfg.Model, DType: gpu.F32},
+		Params:   ParamSource{Full: cfg.Full, AdapterDir: cfg.AdapterInit, Seed: cfg.Seed},
+		AdamW:    optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm},
+		Schedule: r.schedule,
+		Rows:     cfg.BatchSize,
+		Seq:      r.plan.Seq,
+		Sparsity: r.sparsity,
+		Estimate: predictor.EstimateOptions{CacheDir: cfg.SVDCacheDir, VerifyContent: cfg.VerifySVDCache, Progress: r.hooks.SVD},
+	}
+	if cfg.BF16 {
+		s.Model.DType = gpu.BF16
+	}
+	switch {
+	case cfg.Full && resumeDir != "":
+		s.Model.Dir = resumeDir
+	case cfg.InitConfig != "":
+		// As transformers initialises a model.
+		s.Model = ModelSource{Random: mcfg, MaxSeq: mcfg.MaxPositionEmbeddings, InitRange: initializerRange(r.configJSON),
+			Seed: cfg.Seed, DType: gpu.F32}
+	}
+	if !cfg.Full {
+		if resumeDir != "" {
+			s.Params.AdapterDir = resumeDir
+		}
+		if s.Params.AdapterDir == "" {
+			targets, _ := lora.ParseTargets(cfg.Targets)
+			s.Params.LoRA = lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, BaseModel: cfg.Model}
+		}
+	}
+	return s
+}
+
+// prepare completes the run around its freshly built trainer, before the SVD
+// estimator runs: the plan, how to save, the optimizer's moments and the data
+// position when resuming, evaluation, and the run directory's configuration
+// and metrics log.
+func (r *run) prepare(t *Trainer, resumeDir string, st trainerState) error {
+	cfg := r.cfg
+	m := t.Model
+	r.plan.Warnings = t.Warnings
+	r.plan.Config = m.Config
+	r.plan.Total = m.Config.ParameterCount()
+	dtype := gpu.F32
+	if cfg.BF16 {
+		dtype = gpu.BF16
+	}
+	r.plan.Memory = m.Config.EstimateMemory(dtype, cfg.BatchSize, r.plan.Seq)
+	for _, p := range t.Opt.Params() {
+		r.plan.Trainable += int64(p.Value.Len())
+	}
+	if t.Adapters != nil {
+		r.save = t.Adapters.Save
+	} else {
+		r.save = func(dir string) error {
+			if err := m.Save(context.Background(), dir, r.configJSON, safetensors.F32); err != nil {
+				return err
+			}
+			_, err := model.CopyCompanions(cfg.tokenizerDir(), dir)
+			return err
+		}
 	}
 	seq := r.plan.Seq
-	if r.ws, err = r.m.NewWorkspace(cfg.BatchSize, seq); err != nil {
-		return nil, err
-	}
-	r.cleanup = append(r.cleanup, r.ws.Release)
-	if r.trainer, err = NewTrainer(r.m, r.params, r.opt, r.ws); err != nil {
-		return nil, err
-	}
-	r.cleanup = append(r.cleanup, r.trainer.Release)
+	var err error
 	switch {
 	case r.evalData != nil && cfg.EvalMetric == "exact-match":
-		if r.session, err = infer.NewSession(r.m, r.tok, cfg.tokenizerDir(), seq+cfg.EvalMaxNewTokens); err != nil {
-			return nil, err
+		if r.session, err = infer.NewSession(m, r.tok, cfg.tokenizerDir(), seq+cfg.EvalMaxNewTokens); err != nil {
+			return err
 		}
 		r.cleanup = append(r.cleanup, r.session.Release)
 	case r.evalData != nil:
-		if r.eval, err = evaluate.NewEvaluator(r.m, cfg.BatchSize, seq); err != nil {
-			return nil, err
+		if r.eval, err = evaluate.NewEvaluator(m, cfg.BatchSize, seq); err != nil {
+			return err
 		}
 		r.cleanup = append(r.cleanup, r.eval.Release)
 	}
-	if err := r.resolveSparsity(); err != nil {
-		return nil, err
-	}
-	r.fprint = r.fingerprint(seq, r.plan.TotalSteps, r.schedule.WarmupSteps)
 	if resumeDir != "" {
-		if st.Fingerprint != r.fprint {
-			return nil, fmt.Errorf("%s was written by a run with other settings (%s); resuming with these would not reproduce it: use the run's %s",
-				resumeDir, settingsDiff(st.Fingerprint, r.fprint), ConfigFileName)
-		}
-		if err := loadMoments(resumeDir, r.opt, st.Step); err != nil {
-			return nil, err
+		if err := loadMoments(resumeDir, t.Opt, st.Step); err != nil {
+			return err
 		}
 		if err := r.loader.Seek(st.Cursor); err != nil {
-			return nil, fmt.Errorf("%s: %w", resumeDir, err)
+			return fmt.Errorf("%s: %w", resumeDir, err)
 		}
 		r.plan.StartStep, r.plan.ResumedFrom, r.tokens, r.startTokens = st.Step, resumeDir, st.Tokens, st.Tokens
 	}
 	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("--out: %w", err)
+		return fmt.Errorf("--out: %w", err)
 	}
 	resolved, err := yaml.Marshal(cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := atomicfile.WriteFile(filepath.Join(cfg.Out, ConfigFileName), resolved); err != nil {
-		return nil, err
+		return err
 	}
 	keep := -1
 	if resumeDir != "" {
 		keep = st.Step
 	}
 	if r.metrics, err = openMetrics(filepath.Join(cfg.Out, MetricsFileName), keep); err != nil {
-		return nil, err
+		return err
 	}
 	r.cleanup = append(r.cleanup, func() { r.metrics.close() })
-	return r, nil
+	return nil
 }
 
 // sourceConfig reads the config.json the run starts from: --init-config, or
@@ -320,46 +397,6 @@ func (r *run) loadData(ctx context.Context, mcfg *model.Config) error {
 	return nil
 }
 
-// loadModel loads the base model: from the newest checkpoint when resuming
-// full-parameter training, random (as transformers initialises) with
-// --init-config, else from --model.
-func (r *run) loadModel(resumeDir string) error {
-	cfg := r.cfg
-	dtype := gpu.F32
-	if cfg.BF16 {
-		dtype = gpu.BF16
-	}
-	var err error
-	switch {
-	case cfg.Full && resumeDir != "":
-		r.m, r.plan.Warnings, err = model.LoadWithWarnings(r.dev, resumeDir, dtype)
-	case cfg.InitConfig != "":
-		var mcfg *model.Config
-		if mcfg, err = model.ParseConfig(r.configJSON, r.configPath); err == nil {
-			if r.m, err = model.NewRandom(r.dev, mcfg, gpu.F32, mcfg.MaxPositionEmbeddings, cfg.Seed); err == nil {
-				err = full.InitRandom(r.m, initializerRange(r.configJSON), cfg.Seed)
-			}
-		}
-	default:
-		r.m, r.plan.Warnings, err = model.LoadWithWarnings(r.dev, cfg.Model, dtype)
-	}
-	if err != nil {
-		if r.m != nil {
-			r.m.Release()
-		}
-		return err
-	}
-	r.cleanup = append(r.cleanup, r.m.Release)
-	if cfg.Full {
-		// The weights change: the SVD cache must never key on the files.
-		r.m.Sources = nil
-	}
-	r.plan.Config = r.m.Config
-	r.plan.Total = r.m.Config.ParameterCount()
-	r.plan.Memory = r.m.Config.EstimateMemory(dtype, cfg.BatchSize, r.plan.Seq)
-	return nil
-}
-
 // initializerRange is config.json's initializer_range (transformers'
 // default 0.02).
 func initializerRange(configJSON []byte) float64 {
@@ -370,56 +407,6 @@ func initializerRange(configJSON []byte) float64 {
 		return *c.Range
 	}
 	return 0.02
-}
-
-// setUpParameters makes the trainable parameters (LoRA adapters, or every
-// weight with --full) and their optimizer, and how to save them.
-func (r *run) setUpParameters(resumeDir string) error {
-	cfg := r.cfg
-	var params []optim.Param
-	if cfg.Full {
-		set, err := full.New(r.m)
-		if err != nil {
-			return err
-		}
-		r.cleanup = append(r.cleanup, set.Release)
-		r.params, params = set, set.Params()
-		r.save = func(dir string) error {
-			if err := r.m.Save(context.Background(), dir, r.configJSON, safetensors.F32); err != nil {
-				return err
-			}
-			_, err := model.CopyCompanions(cfg.tokenizerDir(), dir)
-			return err
-		}
-	} else {
-		var adapters *lora.Set
-		var err error
-		switch {
-		case resumeDir != "":
-			adapters, err = lora.Load(r.m, resumeDir)
-		case cfg.AdapterInit != "":
-			adapters, err = lora.Load(r.m, cfg.AdapterInit)
-		default:
-			targets, _ := lora.ParseTargets(cfg.Targets)
-			adapters, err = lora.NewSet(r.m, lora.Config{Rank: cfg.Rank, Alpha: cfg.Alpha, Targets: targets, BaseModel: cfg.Model}, cfg.Seed)
-		}
-		if err != nil {
-			return err
-		}
-		r.cleanup = append(r.cleanup, adapters.Release)
-		adapters.Attach(r.m)
-		r.adapters, r.params, params, r.save = adapters, adapters, adapters.Params(), adapters.Save
-	}
-	for _, p := range params {
-		r.plan.Trainable += int64(p.Value.Len())
-	}
-	adamw := optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm}
-	var err error
-	if r.opt, err = optim.NewOptimizer(r.dev, params, adamw); err != nil {
-		return err
-	}
-	r.cleanup = append(r.cleanup, r.opt.Release)
-	return nil
 }
 
 // resumePoint finds the newest complete checkpoint when --resume is set.
@@ -451,13 +438,14 @@ func (r *run) fingerprint(seq, total, warmup int) string {
 		c.WeightDecay, c.MaxGradNorm, !c.NoShuffle, c.Seed, c.Sparsity, c.BF16)
 }
 
-// resolveSparsity picks the run's sparsity table (nil: dense).
-func (r *run) resolveSparsity() error {
+// resolveSparsity picks the run's sparsity table (nil: dense) for the
+// model's config.
+func (r *run) resolveSparsity(mcfg *model.Config) error {
 	if r.cfg.Full {
 		r.plan.Sparsity, r.plan.SparseFrom = "dense (full-parameter training)", r.plan.TotalSteps
 		return nil
 	}
-	table, note, err := ResolveSparsity(r.cfg.Sparsity, r.m.Config)
+	table, note, err := ResolveSparsity(r.cfg.Sparsity, mcfg)
 	if err != nil {
 		return err
 	}
@@ -470,45 +458,10 @@ func (r *run) resolveSparsity() error {
 	return nil
 }
 
-// setUpPredictor computes (or reads from the cache) the SVD factors of the
-// sparse layers and builds the channel selector, unless the run never gets
-// past the dense warm-up.
-func (r *run) setUpPredictor(ctx context.Context) error {
-	table := r.sparsity
-	if table == nil || r.plan.SparseFrom >= r.plan.TotalSteps {
-		return nil
-	}
-	rank := table.Rank
-	if rank == 0 {
-		rank = 8
-	}
-	est, err := predictor.Estimate(ctx, r.dev, r.m, predictor.SparseTargets(table), rank,
-		predictor.EstimateOptions{CacheDir: r.cfg.SVDCacheDir, VerifyContent: r.cfg.VerifySVDCache, Progress: r.hooks.SVD})
-	if err != nil {
-		return fmt.Errorf("SVD estimator: %w", err)
-	}
-	r.cleanup = append(r.cleanup, est.Release)
-	if r.hooks.Note != nil {
-		if est.FromCache() {
-			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): read from the cache %s (keyed by %s)", rank, est.CachePath(), est.CacheKeyedBy()))
-		} else {
-			r.hooks.Note(fmt.Sprintf("SVD factors (rank %d): computed, cached in %s (keyed by %s)", rank, est.CachePath(), est.CacheKeyedBy()))
-		}
-	}
-	sel, err := predictor.NewSelector(r.dev, r.m.Config, table.Layers, predictor.EstimatorFactors(est),
-		r.cfg.BatchSize*r.ws.Seq, r.cfg.BatchSize, predictor.SelectOptions{SparseScoredTokens: !table.SkipOutputTokens})
-	if err != nil {
-		return err
-	}
-	r.cleanup = append(r.cleanup, sel.Release)
-	r.selector = sel
-	return nil
-}
-
 // stepFLOPs is the analytic FLOP count of one optimizer step's micro-batches,
 // dense and as run.
 func (r *run) stepFLOPs(micro []data.Batch, sparse bool) (dense, actual float64, err error) {
-	if r.adapters == nil {
+	if r.t.Adapters == nil {
 		// Full-parameter training runs dense: the ratio is 1.
 		return 1, 1, nil
 	}
@@ -525,7 +478,7 @@ func (r *run) stepFLOPs(micro []data.Batch, sparse bool) (dense, actual float64,
 
 // batchFLOPs is the analytic FLOP report of one micro-batch, sparse or dense.
 func (r *run) batchFLOPs(b data.Batch, sparse bool) (predictor.FLOPReport, error) {
-	shape, err := predictor.BatchShape(model.Batch(b), r.m.Config.VocabSize)
+	shape, err := predictor.BatchShape(model.Batch(b), r.t.Model.Config.VocabSize)
 	if err != nil {
 		return predictor.FLOPReport{}, err
 	}
@@ -533,16 +486,11 @@ func (r *run) batchFLOPs(b data.Batch, sparse bool) (predictor.FLOPReport, error
 	if !sparse {
 		table = nil
 	}
-	return predictor.StepFLOPs(r.m.Config, shape, predictor.LoRATargets{Rank: r.adapters.Config.Rank, Targets: r.adapters.Config.Targets}, table)
+	lc := r.t.Adapters.Config
+	return predictor.StepFLOPs(r.t.Model.Config, shape, predictor.LoRATargets{Rank: lc.Rank, Targets: lc.Targets}, table)
 }
 
 func (r *run) loop(ctx context.Context) (*Result, error) {
-	if r.hooks.Start != nil {
-		r.hooks.Start(r.plan)
-	}
-	if err := r.setUpPredictor(ctx); err != nil {
-		return nil, err
-	}
 	total := r.plan.TotalSteps
 	res := &Result{AdapterDir: r.cfg.Out}
 	start := time.Now()
@@ -558,11 +506,8 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 		epoch, lastMicro = ep, micro
-		sparse := r.sparsity != nil && r.sparsity.SparseAtStep(step, total)
-		var sel model.ChannelSelector
-		if sparse {
-			sel = r.selector
-		}
+		sel := r.t.SelectorAt(step)
+		sparse := sel != nil
 		batches := make([]model.Batch, len(micro))
 		stepTokens := 0
 		for i, b := range micro {
@@ -571,8 +516,8 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 				stepTokens += int(m)
 			}
 		}
-		lr := r.schedule.Rate(step)
-		if err := r.trainer.Step(batches, lr, sel); err != nil {
+		lr := r.t.LR()
+		if err := r.t.Step(batches, sel); err != nil {
 			return nil, fmt.Errorf("step %d: %w", step+1, err)
 		}
 		d, a, err := r.stepFLOPs(micro, sparse)
@@ -600,7 +545,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		// Log: the only read-back, which also checks the step for NaN before a
 		// checkpoint can keep it.
 		readCtx := context.WithoutCancel(ctx)
-		stats, err := r.trainer.ReadStats(readCtx)
+		stats, err := r.t.ReadStats(readCtx)
 		if err != nil {
 			if errors.Is(err, ErrNonFinite) {
 				return nil, fmt.Errorf("step %d: %w; the last checkpoint in %s is intact", step, err, r.cfg.Out)
@@ -615,7 +560,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		rec := Record{Step: step, Epoch: epoch, Loss: stats.Loss, LR: lr, GradNorm: stats.GradNorm, Tokens: r.tokens,
 			TokensPerS: float64(intervalTokens) / elapsed.Seconds(), MSPerStep: float64(elapsed.Milliseconds()) / float64(stats.Steps),
 			FLOPsRatio: a / d, Sparse: sparse}
-		rec.KeptMLP, rec.KeptAttn = keptFractions(r.sparsity, r.m.Config, sparse)
+		rec.KeptMLP, rec.KeptAttn = keptFractions(r.sparsity, r.t.Model.Config, sparse)
 		if evalNow {
 			if err := r.evaluate(readCtx, &rec, res); err != nil {
 				return nil, fmt.Errorf("evaluation at step %d: %w", step, err)
@@ -651,7 +596,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	if res.Interrupted {
 		return res, ErrInterrupted
 	}
-	if r.selector != nil && len(lastMicro) > 0 {
+	if r.t.Selector != nil && len(lastMicro) > 0 {
 		if err := r.measureStepFLOPs(ctx, lastMicro[0], res); err != nil {
 			return nil, fmt.Errorf("counting the work of a step: %w", err)
 		}
@@ -667,8 +612,8 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 // analytic count. It changes no parameter (gradients only).
 func (r *run) measureStepFLOPs(ctx context.Context, b data.Batch, res *Result) error {
 	var counted [2]float64
-	for i, sel := range []model.ChannelSelector{nil, r.selector} {
-		c, err := CountStep(ctx, r.m, r.ws, model.Batch(b), sel)
+	for i, sel := range []model.ChannelSelector{nil, r.t.Selector} {
+		c, err := CountStep(ctx, r.t.Model, r.t.WS, model.Batch(b), sel)
 		if err != nil {
 			return err
 		}
@@ -713,7 +658,7 @@ func (r *run) evaluate(ctx context.Context, rec *Record, res *Result) error {
 func (r *run) checkpoint(ctx context.Context, step int, epoch float64) (string, error) {
 	st := trainerState{Step: step, TotalSteps: r.plan.TotalSteps, Epoch: epoch, Cursor: r.loader.Cursor(),
 		Tokens: r.tokens, Fingerprint: r.fprint}
-	dir, err := saveCheckpoint(ctx, r.cfg.Out, st, r.save, r.opt, r.cfg.Keep)
+	dir, err := saveCheckpoint(ctx, r.cfg.Out, st, r.save, r.t.Opt, r.cfg.Keep)
 	if err != nil {
 		return "", fmt.Errorf("checkpoint at step %d: %w", step, err)
 	}

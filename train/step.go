@@ -12,9 +12,12 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/sparselora/sparselora/full"
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/lora"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/optim"
+	"github.com/sparselora/sparselora/predictor"
 )
 
 // Trainable is what a step trains: LoRA adapters (*lora.Set) or every
@@ -24,13 +27,33 @@ type Trainable interface {
 	ZeroGrad(rec *gpu.Recorder) error
 }
 
-// Trainer runs optimizer steps of a model's trainable parameters in one
-// workspace. It does not own the model, parameters, optimizer or workspace.
+// Trainer holds everything an optimizer step touches: the model with its
+// trainable parameters, the optimizer, the workspace of one micro-batch, the
+// learning-rate schedule and, for SparseLoRA, the sparsity table with the
+// predictor's selector. New builds them; the trainer owns what New built and
+// Release frees it. The fields are for reading (evaluation workspaces,
+// checkpoints, FLOP counts): replacing one does not rewire the others.
 type Trainer struct {
-	Model  *model.Model
-	Params Trainable
-	Opt    *optim.Optimizer
-	WS     *model.Workspace
+	Model *model.Model
+	// Adapters are the LoRA adapters, attached to Model (nil in full
+	// training); Full holds every weight's gradient (nil with LoRA). Params is
+	// whichever of the two the steps train.
+	Adapters *lora.Set
+	Full     *full.Set
+	Params   Trainable
+	Opt      *optim.Optimizer
+	// WS holds the activations of one micro-batch; steps stage their
+	// micro-batches into it one after another.
+	WS       *model.Workspace
+	Schedule optim.Schedule
+	// Sparsity is the SparseLoRA table (nil: dense training). Selector is the
+	// predictor that chooses the kept channels, built from Estimator's SVD
+	// factors when a step of the schedule runs sparse (nil otherwise).
+	Sparsity  *predictor.SparsityConfig
+	Estimator *predictor.Estimator
+	Selector  *predictor.Selector
+	// Warnings are the model loader's (e.g. tensors it ignored).
+	Warnings []string
 
 	rec *gpu.Recorder
 	// lossSum accumulates on the GPU the loss of every step since the last
@@ -38,44 +61,64 @@ type Trainer struct {
 	lossSum *gpu.Tensor
 	// unread counts the steps whose losses lossSum holds.
 	unread int
+	// owned frees what New built, in reverse order.
+	owned []func()
 }
 
-// NewTrainer prepares steps over params (attached to m) in ws (sized for one
+// assemble makes the trainer's own recorder and loss sum around parts the
+// caller built: params (attached to m), its optimizer, and ws (sized for one
 // micro-batch).
-func NewTrainer(m *model.Model, params Trainable, opt *optim.Optimizer, ws *model.Workspace) (*Trainer, error) {
+func assemble(m *model.Model, params Trainable, opt *optim.Optimizer, ws *model.Workspace, schedule optim.Schedule) (*Trainer, error) {
 	if m == nil || params == nil || opt == nil || ws == nil {
-		return nil, errors.New("train: NewTrainer needs a model, trainable parameters, an optimizer and a workspace")
+		return nil, errors.New("train: a trainer needs a model, trainable parameters, an optimizer and a workspace")
 	}
 	sum, err := m.Dev.NewTensor(gpu.F32, "loss sum", 1)
 	if err != nil {
 		return nil, fmt.Errorf("train: %w", err)
 	}
-	return &Trainer{Model: m, Params: params, Opt: opt, WS: ws, rec: m.Dev.NewRecorder(), lossSum: sum}, nil
+	return &Trainer{Model: m, Params: params, Opt: opt, WS: ws, Schedule: schedule, rec: m.Dev.NewRecorder(), lossSum: sum}, nil
 }
 
-// Release frees what the trainer allocated (not the model, parameters,
-// optimizer or workspace).
+// Release frees the trainer's recorder and loss sum and everything New built
+// (model, parameters, optimizer, workspace, estimator, selector).
 func (t *Trainer) Release() {
 	t.rec.Release()
 	t.lossSum.Release()
+	for i := len(t.owned) - 1; i >= 0; i-- {
+		t.owned[i]()
+	}
+	t.owned = nil
 }
 
-// Step records and submits one optimizer update with learning rate lr over the
+// SelectorAt is the selector of step (counted from 0) of the schedule's
+// total: the predictor from the sparsity table's start step on, nil (dense)
+// before it and in dense training. Pass it to Step.
+func (t *Trainer) SelectorAt(step int) model.ChannelSelector {
+	if t.Selector == nil || t.Sparsity == nil {
+		return nil
+	}
+	return t.Sparsity.SelectorAt(t.Selector, step, t.Schedule.TotalSteps)
+}
+
+// LR is the learning rate of the next step: the schedule's rate after the
+// optimizer's step count.
+func (t *Trainer) LR() float64 { return t.Schedule.Rate(t.Opt.Steps()) }
+
+// Step records and submits one optimizer update at rate LR over the
 // micro-batches: zero the gradients; for each micro-batch, copy its inputs,
 // forward and backward with the loss divided by the step's total target count
 // (so the accumulated gradients are those of the step's mean loss); clip and
 // AdamW; add the step's loss to the running sum. sel makes the frozen
-// projections run sparse (SparseLoRA); nil runs dense. Step does not wait for
-// the GPU.
-func (t *Trainer) Step(micro []model.Batch, lr float64, sel model.ChannelSelector) error {
+// projections run sparse (SparseLoRA, see SelectorAt); nil runs dense. Step
+// does not wait for the GPU.
+func (t *Trainer) Step(micro []model.Batch, sel model.ChannelSelector) error {
 	if len(micro) == 0 {
 		return errors.New("train: a step needs at least one micro-batch")
 	}
 	if _, err := t.WS.Stage(t.Model, micro); err != nil {
 		return fmt.Errorf("train: %w", err)
 	}
-	t.WS.Selector = sel
-	if err := t.record(len(micro), lr); err != nil {
+	if err := t.record(len(micro), sel, t.LR()); err != nil {
 		// The recorder holds a partial step that must never be submitted.
 		t.rec.Release()
 		t.rec = t.Model.Dev.NewRecorder()
@@ -88,7 +131,19 @@ func (t *Trainer) Step(micro []model.Batch, lr float64, sel model.ChannelSelecto
 	return nil
 }
 
-func (t *Trainer) record(micro int, lr float64) error {
+// record records the step in two phases: accumulate the gradients of every
+// micro-batch, then update. Between them the gradients of the whole step are
+// complete and nothing has read them yet.
+func (t *Trainer) record(micro int, sel model.ChannelSelector, lr float64) error {
+	if err := t.accumulate(micro, sel); err != nil {
+		return err
+	}
+	return t.Opt.Step(t.rec, lr)
+}
+
+// accumulate records zeroing the gradients and each staged micro-batch's
+// forward (adding its loss to the running sum) and backward.
+func (t *Trainer) accumulate(micro int, sel model.ChannelSelector) error {
 	rec, ws := t.rec, t.WS
 	if err := t.Params.ZeroGrad(rec); err != nil {
 		return err
@@ -97,7 +152,7 @@ func (t *Trainer) record(micro int, lr float64) error {
 		if err := ws.UseStaged(rec, i); err != nil {
 			return err
 		}
-		if err := t.Model.Forward(rec, ws); err != nil {
+		if err := t.Model.Forward(rec, ws, sel); err != nil {
 			return fmt.Errorf("micro-batch %d forward: %w", i, err)
 		}
 		if err := gpu.Axpby(rec, t.lossSum, ws.Loss, 1, 1); err != nil {
@@ -107,7 +162,7 @@ func (t *Trainer) record(micro int, lr float64) error {
 			return fmt.Errorf("micro-batch %d backward: %w", i, err)
 		}
 	}
-	return t.Opt.Step(rec, lr)
+	return nil
 }
 
 // Stats are the figures read back from the GPU at a logging step.

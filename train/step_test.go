@@ -148,7 +148,7 @@ func stepWith(t *testing.T, m *model.Model, set *lora.Set, start [][]float32, ro
 		t.Fatal(err)
 	}
 	defer ws.Release()
-	tr, err := NewTrainer(m, set, opt, ws)
+	tr, err := assemble(m, set, opt, ws, optim.Schedule{Kind: optim.ScheduleConstant, BaseRate: 1e-2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func stepWith(t *testing.T, m *model.Model, set *lora.Set, start [][]float32, ro
 	for i := 0; i < len(rows); i += rowsPer {
 		micro = append(micro, batchOf(rows[i:i+rowsPer], seq))
 	}
-	if err := tr.Step(micro, 1e-2, nil); err != nil {
+	if err := tr.Step(micro, nil); err != nil {
 		t.Fatal(err)
 	}
 	stats, err := tr.ReadStats(context.Background())
@@ -223,7 +223,7 @@ func TestOtherWorkspaceLeavesTrainingIntact(t *testing.T) {
 		if err := ws.Load(m, train); err != nil {
 			t.Fatal(err)
 		}
-		if err := m.Forward(rec, ws); err != nil {
+		if err := m.Forward(rec, ws, nil); err != nil {
 			t.Fatal(err)
 		}
 		gputest.Submit(t, rec)
@@ -231,7 +231,7 @@ func TestOtherWorkspaceLeavesTrainingIntact(t *testing.T) {
 			if err := evalWS.Load(m, other); err != nil {
 				t.Fatal(err)
 			}
-			if err := m.Forward(rec, evalWS); err != nil {
+			if err := m.Forward(rec, evalWS, nil); err != nil {
 				t.Fatal(err)
 			}
 			gputest.Submit(t, rec)

@@ -1,9 +1,10 @@
-package app
+package conformance
 
 import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"math"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/sparselora/sparselora/model/safetensors"
 	"github.com/sparselora/sparselora/optim"
 	"github.com/sparselora/sparselora/predictor"
+	"github.com/sparselora/sparselora/train"
 )
 
 // sparseReferenceJSON is DIR/sparse_reference.json.
@@ -88,10 +90,10 @@ func downloadList(ctx context.Context, l *gpu.IndexList) ([]int32, error) {
 	return out, nil
 }
 
-// sparseConformance runs one SparseLoRA forward and backward with the sparsity
+// Sparse runs one SparseLoRA forward and backward with the sparsity
 // and rank of DIR/sparse_reference.json and compares factors, scores, selected
 // channels, token roles, logits, loss and LoRA gradients.
-func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]check, error) {
+func Sparse(ctx context.Context, dev *gpu.Device, dir string) ([]Check, error) {
 	var ref sparseReferenceJSON
 	refPath := filepath.Join(dir, "sparse_reference.json")
 	if err := readJSON(refPath, &ref); err != nil {
@@ -115,54 +117,48 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 	if err != nil {
 		return nil, err
 	}
-	fx, err := openFixture(df, dir, false, batch)
+	layers := slices.Sorted(maps.Keys(sparsity))
+	table := &predictor.SparsityConfig{Source: refPath, Layers: sparsity, Rank: ref.Rank, SkipOutputTokens: true}
+	// The training step with learning rate 0 leaves the parameters as they
+	// are and the step's gradients in place for the comparison.
+	tr, err := train.New(ctx, dev, train.Settings{
+		Model:    train.ModelSource{Dir: filepath.Join(dir, "model"), DType: gpu.F32},
+		Params:   train.ParamSource{AdapterDir: filepath.Join(dir, "adapter_init")},
+		AdamW:    optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8},
+		Schedule: optim.Schedule{Kind: optim.ScheduleConstant, TotalSteps: 1},
+		Rows:     batch.Rows,
+		Seq:      batch.Seq,
+		Sparsity: table,
+		Estimate: predictor.EstimateOptions{NoCache: true},
+		Loaded: func(t *train.Trainer) error {
+			if n := len(layers); n > 0 && layers[n-1] >= len(t.Model.Layers) {
+				return fmt.Errorf("%s: layer %d, but the model has %d", refPath, layers[n-1], len(t.Model.Layers))
+			}
+			return nil
+		},
+	})
 	if err != nil {
 		return nil, err
 	}
-	defer fx.close()
-	dev, m, adapters := fx.dev, fx.m, fx.adapters
+	defer tr.Release()
+	m, adapters, ws, est, sel := tr.Model, tr.Adapters, tr.WS, tr.Estimator, tr.Selector
+	if sel == nil {
+		return nil, fmt.Errorf("%s: no sparse layer", refPath)
+	}
 	T := batch.Rows * batch.Seq
-
-	var targets []predictor.Target
-	layers := make([]int, 0, len(sparsity))
-	for layer, s := range sparsity {
-		if layer >= len(m.Layers) {
-			return nil, fmt.Errorf("%s: layer %d, but the model has %d", refPath, layer, len(m.Layers))
-		}
-		layers = append(layers, layer)
-		targets = append(targets, predictor.LayerTargets(layer, s.MLP > 0, s.Attention > 0)...)
-	}
-	slices.Sort(layers)
-	est, err := predictor.Estimate(ctx, dev, m, targets, ref.Rank, predictor.EstimateOptions{NoCache: true})
-	if err != nil {
-		return nil, err
-	}
-	defer est.Release()
-	sel, err := predictor.NewSelector(dev, m.Config, sparsity, predictor.EstimatorFactors(est), T, batch.Rows, predictor.SelectOptions{})
-	if err != nil {
-		return nil, err
-	}
-	defer sel.Release()
+	targets := predictor.SparseTargets(table)
 	recSel := &recordingSelector{Selector: sel, attention: map[int]model.AttentionChannels{}, mlp: map[int]*gpu.IndexList{}}
-
-	ws, err := m.NewWorkspace(batch.Rows, batch.Seq)
-	if err != nil {
-		return nil, err
-	}
-	defer ws.Release()
 	logits, err := dev.NewTensor(gpu.F32, "logits", T, m.Config.VocabSize)
 	if err != nil {
 		return nil, err
 	}
 	defer logits.Release()
-	// The training step with learning rate 0 leaves the parameters as they
-	// are and the step's gradients in place for the comparison.
-	loss, err := oneStep(ctx, m, adapters, ws, batch, optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8}, 0, recSel, logits)
+	loss, err := trainStep(ctx, tr, batch, recSel, logits)
 	if err != nil {
 		return nil, err
 	}
 
-	var checks []check
+	var checks []Check
 	// Token roles.
 	for _, role := range []struct {
 		name string
@@ -180,14 +176,14 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 		for _, i := range got {
 			mask[i] = 1
 		}
-		c := check{name: "tokens: " + role.name}
+		c := Check{Name: "tokens: " + role.name}
 		if !slices.Equal(mask, want) {
-			c.err, c.note = 1, "differs"
+			c.Err, c.Note = 1, "differs"
 		}
 		checks = append(checks, c)
 	}
 	// Factors (compare A B: factors are unique only up to sign), scores, selections.
-	worstFactor := check{name: fmt.Sprintf("SVD factors A·B, rank %d (%d matrices)", ref.Rank, len(targets)), tolerance: tolActivations}
+	worstFactor := Check{Name: fmt.Sprintf("SVD factors A·B, rank %d (%d matrices)", ref.Rank, len(targets)), Tolerance: tolActivations}
 	for _, t := range targets {
 		f, _ := est.Factors(t.Layer, t.Proj)
 		got, err := factorProduct(ctx, f)
@@ -200,8 +196,8 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 			return nil, fmt.Errorf("%s: %w", sparse.Path(), errorsJoin(errA, errB))
 		}
 		want := hostProduct(a, b, f.Rank)
-		if e := relErr(got, want, nil); e > worstFactor.err {
-			worstFactor.err, worstFactor.note = e, "worst: "+t.Name()
+		if e := relErr(got, want, nil); e > worstFactor.Err {
+			worstFactor.Err, worstFactor.Note = e, "worst: "+t.Name()
 		}
 	}
 	checks = append(checks, worstFactor)
@@ -223,7 +219,7 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 			if err != nil {
 				return nil, err
 			}
-			checks = append(checks, check{name: name, err: relErr(got, want, nil), tolerance: tolActivations})
+			checks = append(checks, Check{Name: name, Err: relErr(got, want, nil), Tolerance: tolActivations})
 		}
 		lists := map[string]*gpu.IndexList{"mlp": recSel.mlp[layer]}
 		if a := recSel.attention[layer]; !a.Dense() {
@@ -238,14 +234,14 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 			if err != nil {
 				return nil, err
 			}
-			c := check{name: name}
+			c := Check{Name: name}
 			l := lists[part]
 			if l == nil {
-				c.err, c.note = 1, "ran dense"
+				c.Err, c.Note = 1, "ran dense"
 			} else if got, err := downloadList(ctx, l); err != nil {
 				return nil, err
 			} else if !slices.Equal(got, want) {
-				c.err, c.note = 1, fmt.Sprintf("%d of %d channels differ", countDiff(got, want), len(want))
+				c.Err, c.Note = 1, fmt.Sprintf("%d of %d channels differ", countDiff(got, want), len(want))
 			}
 			checks = append(checks, c)
 		}
@@ -261,9 +257,9 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 		return nil, err
 	}
 	V := m.Config.VocabSize
-	checks = append(checks, check{name: "logits (sparse)", err: relErr(gotLogits, wantLogits, func(i int) bool { return mask[i/V] != 0 }), tolerance: tolActivations})
-	checks = append(checks, check{name: "loss (sparse)", err: math.Abs(loss-ref.Loss) / math.Abs(ref.Loss), tolerance: tolActivations})
-	worst := check{name: fmt.Sprintf("LoRA gradients, sparse (%d tensors)", len(adapters.Params())), tolerance: tolGradients}
+	checks = append(checks, Check{Name: "logits (sparse)", Err: relErr(gotLogits, wantLogits, func(i int) bool { return mask[i/V] != 0 }), Tolerance: tolActivations})
+	checks = append(checks, Check{Name: "loss (sparse)", Err: math.Abs(loss-ref.Loss) / math.Abs(ref.Loss), Tolerance: tolActivations})
+	worst := Check{Name: fmt.Sprintf("LoRA gradients, sparse (%d tensors)", len(adapters.Params())), Tolerance: tolGradients}
 	for _, p := range adapters.Params() {
 		want, err := sparse.ReadFloat32("grad." + strings.Replace(p.Name, ".weight", ".default.weight", 1))
 		if err != nil {
@@ -273,8 +269,8 @@ func sparseConformance(ctx context.Context, df *deviceFlags, dir string) ([]chec
 		if err != nil {
 			return nil, err
 		}
-		if e := relErr(got, want, nil); e > worst.err || math.IsInf(e, 0) {
-			worst.err, worst.note = e, "worst: "+p.Name
+		if e := relErr(got, want, nil); e > worst.Err || math.IsInf(e, 0) {
+			worst.Err, worst.Note = e, "worst: "+p.Name
 		}
 	}
 	return append(checks, worst), nil
