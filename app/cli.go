@@ -1,5 +1,8 @@
 // Package app is sparselora's user-facing layer: the command-line interface and
-// its subcommands (device listing, benchmarks), built on the lower packages.
+// its subcommands. It parses flags, calls the library packages (train.New and
+// train.Run for everything that trains, conformance, evaluate, infer...),
+// prints their results and turns errors into exit codes; it sets up no GPU
+// work of its own.
 package app
 
 import (

@@ -11,14 +11,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/sparselora/sparselora/data"
 	"github.com/sparselora/sparselora/data/synth"
 	"github.com/sparselora/sparselora/evaluate"
-	"github.com/sparselora/sparselora/gpu"
-	"github.com/sparselora/sparselora/infer"
-	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/plot"
-	"github.com/sparselora/sparselora/tokenizer"
 	"github.com/sparselora/sparselora/train"
 )
 
@@ -104,7 +99,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "adapter: %s (%s)\n", dev.Info.Name(), dev.Info.Backend)
 
 	start := time.Now()
-	base, err := demoBaseAccuracy(ctx, dev, *modelDir, evalFile)
+	base, err := evaluate.ModelExactMatch(ctx, dev, *modelDir, evalFile, demoMaxNewTokens)
 	if err != nil {
 		return fmt.Errorf("base model: %w", err)
 	}
@@ -134,7 +129,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("%s: no evaluation", v.name)
 		}
 		row := demoVariant{name: v.name, acc: *res.ExactMatch, flops: res.FLOPsRatio, stepAnalytic: res.StepAnalytic, stepMeasured: res.StepMeasured}
-		row.msPerStep, row.tokensPerS = steadyThroughput(cfg.Out, v.sparsity != "dense")
+		// An unreadable metrics log leaves the speed columns at 0.
+		if recs, err := plot.ReadMetrics(filepath.Join(cfg.Out, train.MetricsFileName)); err == nil {
+			row.msPerStep, row.tokensPerS = plot.SteadyThroughput(recs, v.sparsity != "dense")
+		}
 		fmt.Fprintf(stdout, "%s: exact match %s, %.0f ms/step\n", v.name, accuracyText(row.acc), row.msPerStep)
 		rows = append(rows, row)
 	}
@@ -144,54 +142,6 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		_, err := io.WriteString(w, table)
 		return err
 	})
-}
-
-// demoBaseAccuracy measures the base model without an adapter.
-func demoBaseAccuracy(ctx context.Context, dev *gpu.Device, modelDir, evalFile string) (evaluate.Summary, error) {
-	tok, err := tokenizer.Load(modelDir)
-	if err != nil {
-		return evaluate.Summary{}, err
-	}
-	m, err := model.Load(dev, modelDir, gpu.F32)
-	if err != nil {
-		return evaluate.Summary{}, err
-	}
-	defer m.Release()
-	ds, err := data.LoadContext(ctx, evalFile, tok, data.Options{VocabSize: m.Config.VocabSize})
-	if err != nil {
-		return evaluate.Summary{}, err
-	}
-	sess, err := infer.NewSession(m, tok, modelDir, ds.MaxLen+demoMaxNewTokens)
-	if err != nil {
-		return evaluate.Summary{}, err
-	}
-	defer sess.Release()
-	sum, _, err := evaluate.ExactMatch(ctx, sess, ds, demoMaxNewTokens, nil)
-	return sum, err
-}
-
-// steadyThroughput is the mean ms/step and tokens/s of a run's logged
-// intervals after the first (which compiles the kernels), counting for a
-// sparse run only intervals that ran sparse throughout.
-func steadyThroughput(runDir string, sparse bool) (msPerStep, tokensPerS float64) {
-	recs, err := plot.ReadMetrics(filepath.Join(runDir, train.MetricsFileName))
-	if err != nil {
-		return 0, 0
-	}
-	var ms, tps float64
-	n := 0
-	for i := 1; i < len(recs); i++ {
-		if sparse && !(recs[i].Sparse && recs[i-1].Sparse) {
-			continue
-		}
-		ms += recs[i].MSPerStep
-		tps += recs[i].TokensPerS
-		n++
-	}
-	if n == 0 {
-		return 0, 0
-	}
-	return ms / float64(n), tps / float64(n)
 }
 
 func accuracyText(s evaluate.Summary) string {

@@ -9,7 +9,10 @@ import (
 	"strings"
 
 	"github.com/sparselora/sparselora/data"
+	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/infer"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/tokenizer"
 )
 
 // Result is one example's exact-match outcome.
@@ -131,4 +134,29 @@ func Wilson(correct, n int) (lo, hi float64) {
 	center := (p + z*z/(2*nf)) / denom
 	half := z * math.Sqrt(p*(1-p)/nf+z*z/(4*nf*nf)) / denom
 	return max(0, center-half), min(1, center+half)
+}
+
+// ModelExactMatch measures the exact match of the model in modelDir (its
+// tokenizer included, no adapter) on the JSONL file dataPath.
+func ModelExactMatch(ctx context.Context, dev *gpu.Device, modelDir, dataPath string, maxNewTokens int) (Summary, error) {
+	tok, err := tokenizer.Load(modelDir)
+	if err != nil {
+		return Summary{}, err
+	}
+	m, err := model.Load(dev, modelDir, gpu.F32)
+	if err != nil {
+		return Summary{}, err
+	}
+	defer m.Release()
+	ds, err := data.LoadContext(ctx, dataPath, tok, data.Options{VocabSize: m.Config.VocabSize})
+	if err != nil {
+		return Summary{}, err
+	}
+	sess, err := infer.NewSession(m, tok, modelDir, ds.MaxLen+maxNewTokens)
+	if err != nil {
+		return Summary{}, err
+	}
+	defer sess.Release()
+	sum, _, err := ExactMatch(ctx, sess, ds, maxNewTokens, nil)
+	return sum, err
 }

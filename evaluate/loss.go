@@ -1,7 +1,9 @@
 // Package evaluate measures a model on a data set: the loss over the scored
 // tokens (the training loss's masking) and perplexity, and exact match of
 // greedy completions against the examples' answers, with the answer
-// extracted as the SparseLoRA paper's evaluations (LLM-Adapters) do.
+// extracted as the SparseLoRA paper's evaluations (LLM-Adapters) do. An
+// Evaluator owns its workspace (so evaluating never disturbs a training
+// workspace); the model and its adapters stay the caller's.
 package evaluate
 
 import (

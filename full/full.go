@@ -4,7 +4,8 @@
 // model's Adapter hook, the embedding, norms and LM head through
 // model.WeightGrads) and lists them, with the weights themselves, as the
 // optimizer's parameters: AdamW then updates the model in place. Biases and
-// norm weights get no weight decay, as in the transformers Trainer.
+// norm weights get no weight decay, as in the transformers Trainer. The Set
+// owns the gradients only; the weights stay the model's.
 package full
 
 import (

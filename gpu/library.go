@@ -5,6 +5,13 @@
 // kernels, a Recorder that puts many dispatches into one queue submission, GPU
 // timestamps, and the Go wrappers of the kernels in package shaders.
 //
+// Ownership: whoever allocates a GPU buffer frees it. A Tensor made by
+// Device.NewTensor owns its buffer and Release frees it; a view (Sub, Rows, or
+// a Tensor literal over another tensor's Buf) only names a byte range of it,
+// may be read and written like the tensor but never frees it, and must not
+// outlive it. A Recorder references the buffers of the dispatches it records
+// until Submit and owns none of them; the Device owns its compiled kernels.
+//
 // The binding is written here rather than taken from a library because no Go
 // WebGPU binding is served by the module proxy, and because the 2025 webgpu.h ABI
 // (WGPUStringView, callback-info structs, futures) is what Dawn exports.

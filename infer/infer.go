@@ -2,7 +2,8 @@
 // prompt (text, chat messages or ids) in, the completion out as text, streamed
 // as it is produced, ending at the model's end-of-sequence ids, a stop string
 // or a token budget. Decoding runs on a model.Generator (a KV cache), so each
-// new token costs O(context).
+// new token costs O(context). A Session owns its generator (the KV cache);
+// the model, its adapters and the tokenizer stay the caller's.
 package infer
 
 import (

@@ -3,6 +3,12 @@
 // needs live in the caller's workspace), the set of adapters of a model, PEFT
 // adapter files and merging into the base weights. Semantics follow PEFT
 // (SPEC.md section 3); the optimizer that updates the adapters is package optim.
+//
+// Ownership: a Set owns its adapters' A and B and their gradients, and
+// Release frees them. Attach only makes the model call the adapters; the
+// Params it lists share the set's tensors (the optimizer updates them in
+// place and never frees them). Attach before creating the workspaces that run
+// the adapters, and release the set after them.
 package lora
 
 import (

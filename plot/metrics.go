@@ -145,3 +145,24 @@ func parseRecord(line []byte) (Record, error) {
 	}
 	return rec, nil
 }
+
+// SteadyThroughput is the mean ms/step and tokens/s of a run's logged
+// intervals after the first (which compiles the kernels), counting for a
+// sparse run only intervals that ran sparse throughout; zeros when there is
+// none.
+func SteadyThroughput(recs []Record, sparse bool) (msPerStep, tokensPerS float64) {
+	var ms, tps float64
+	n := 0
+	for i := 1; i < len(recs); i++ {
+		if sparse && !(recs[i].Sparse && recs[i-1].Sparse) {
+			continue
+		}
+		ms += recs[i].MSPerStep
+		tps += recs[i].TokensPerS
+		n++
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	return ms / float64(n), tps / float64(n)
+}

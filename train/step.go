@@ -1,9 +1,18 @@
-// Package train owns LoRA fine-tuning around the model: the one optimizer step
-// that every command uses (zero gradients, each micro-batch's forward and
-// backward into one accumulation, clipping and AdamW, one queue submission),
-// the training loop with the Hugging Face Trainer's semantics (SPEC.md section
-// 8), evaluation in its own workspace, checkpoints that resume bit for bit,
-// and the metrics log. It prints nothing: the loop reports through callbacks.
+// Package train owns fine-tuning around the model: the one set-up that every
+// command that trains uses (New builds the model, the LoRA adapters or full
+// training's gradients, the optimizer, the workspace, the schedule and the
+// SparseLoRA selector from Settings), the one optimizer step (zero gradients,
+// each micro-batch's forward and backward into one accumulation, clipping and
+// AdamW, one queue submission), the training loop with the Hugging Face
+// Trainer's semantics (SPEC.md section 8), evaluation in its own workspace,
+// checkpoints that resume bit for bit, the metrics log, and the step
+// benchmark with its count of the work a step records. It prints nothing: the
+// loop reports through callbacks.
+//
+// Ownership: a Trainer from New owns everything New built and Release frees
+// it. The selector reaches the model only as an argument: Step passes the one
+// it is given (SelectorAt says which a step of the schedule uses) to every
+// micro-batch's forward.
 package train
 
 import (
