@@ -73,3 +73,24 @@ func TestPlotReadMetricsErrorsNameFileAndLine(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// SteadyThroughput skips the first interval (kernel compilation) and, for a
+// sparse run, every interval that did not run sparse from end to end.
+func TestSteadyThroughput(t *testing.T) {
+	recs := []Record{
+		{MSPerStep: 900, TokensPerS: 1},
+		{MSPerStep: 100, TokensPerS: 10},
+		{MSPerStep: 60, TokensPerS: 30, Sparse: true},
+		{MSPerStep: 40, TokensPerS: 50, Sparse: true},
+		{MSPerStep: 20, TokensPerS: 70, Sparse: true},
+	}
+	if ms, tps := SteadyThroughput(recs, false); ms != 55 || tps != 40 {
+		t.Errorf("dense: %g ms/step, %g tokens/s, want 55 and 40", ms, tps)
+	}
+	if ms, tps := SteadyThroughput(recs, true); ms != 30 || tps != 60 {
+		t.Errorf("sparse: %g ms/step, %g tokens/s, want 30 and 60", ms, tps)
+	}
+	if ms, tps := SteadyThroughput(recs[:1], false); ms != 0 || tps != 0 {
+		t.Errorf("one record: %g, %g, want zeros", ms, tps)
+	}
+}
