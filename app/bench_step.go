@@ -175,26 +175,15 @@ func printProfile(w io.Writer, counted [2]train.RecordedFLOPs) error {
 }
 
 // printCounted prints the analytic FLOPs of each layer next to those of the
-// dispatches a step recorded. The selection kernels' share of the predictor
-// (not GEMMs) is taken from the analytic count on both sides.
+// dispatches a step recorded (train.CompareFLOPs).
 func printCounted(w io.Writer, flops predictor.FLOPReport, counted [2]train.RecordedFLOPs) error {
 	const giga = 1e9
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "part\tdense analytic GFLOP\tdense recorded\trecorded/analytic\tsparse analytic\tsparse recorded\trecorded/analytic\t")
-	row := func(name string, da, dr, sa, sr float64) {
-		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.4f\t%.3f\t%.3f\t%.4f\t\n", name, da/giga, dr/giga, dr/da, sa/giga, sr/giga, sr/sa)
+	for _, r := range train.CompareFLOPs(flops, counted) {
+		fmt.Fprintf(tw, "%s\t%.3f\t%.3f\t%.4f\t%.3f\t%.3f\t%.4f\t\n", r.Part, r.DenseAnalytic/giga, r.DenseRecorded/giga, r.DenseRecorded/r.DenseAnalytic,
+			r.SparseAnalytic/giga, r.SparseRecorded/giga, r.SparseRecorded/r.SparseAnalytic)
 	}
-	var totals [4]float64
-	for i, l := range flops.Layers {
-		dr := counted[0].Layers[i] + l.DenseParts.PredictorKernels
-		sr := counted[1].Layers[i] + l.SparseParts.PredictorKernels
-		row(fmt.Sprintf("layer %d", i), l.Dense, dr, l.Sparse, sr)
-		for j, v := range []float64{l.Dense, dr, l.Sparse, sr} {
-			totals[j] += v
-		}
-	}
-	row("lm_head", flops.LMHead, counted[0].Other, flops.LMHead, counted[1].Other)
-	row("step", totals[0]+flops.LMHead, totals[1]+counted[0].Other, totals[2]+flops.LMHead, totals[3]+counted[1].Other)
 	if err := tw.Flush(); err != nil {
 		return err
 	}

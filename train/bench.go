@@ -66,8 +66,12 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 	start := time.Now()
 	// Every step is sparse from the first (the benchmark measures a sparse
 	// step, not a run with a dense warm-up).
-	sparsity := *s.Sparsity
-	sparsity.StartStep = 0
+	var sparsity *predictor.SparsityConfig
+	if s.Sparsity != nil {
+		c := *s.Sparsity
+		c.StartStep = 0
+		sparsity = &c
+	}
 	t, err := New(ctx, dev, Settings{
 		Model:    ModelSource{Random: s.Config, MaxSeq: s.Batch.Seq, Seed: 1, DType: s.DType},
 		Params:   ParamSource{LoRA: s.LoRA, Seed: 1},
@@ -75,7 +79,7 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 		Schedule: optim.Schedule{Kind: optim.ScheduleConstant, TotalSteps: 1, BaseRate: 1e-4},
 		Rows:     s.Batch.Rows,
 		Seq:      s.Batch.Seq,
-		Sparsity: &sparsity,
+		Sparsity: sparsity,
 		Estimate: predictor.EstimateOptions{NoCache: true, Progress: s.SVD},
 	})
 	if err != nil {
@@ -138,6 +142,41 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 		}
 	}
 	return res, nil
+}
+
+// FLOPRow is one part of a step (a layer, the LM head, or the whole step)
+// with its analytic FLOPs and those of the dispatches a step recorded, dense
+// and sparse.
+type FLOPRow struct {
+	Part                           string
+	DenseAnalytic, DenseRecorded   float64
+	SparseAnalytic, SparseRecorded float64
+}
+
+// CompareFLOPs sets the analytic count of a step beside the FLOPs the dense
+// and the sparse step recorded (counted), per layer, for the LM head and for
+// the step. The predictor's selection kernels are no GEMMs: the recorded side
+// takes their analytic share.
+func CompareFLOPs(flops predictor.FLOPReport, counted [2]RecordedFLOPs) []FLOPRow {
+	var rows []FLOPRow
+	step := FLOPRow{Part: "step"}
+	for i, l := range flops.Layers {
+		r := FLOPRow{Part: fmt.Sprintf("layer %d", i), DenseAnalytic: l.Dense, SparseAnalytic: l.Sparse,
+			DenseRecorded:  counted[0].Layers[i] + l.DenseParts.PredictorKernels,
+			SparseRecorded: counted[1].Layers[i] + l.SparseParts.PredictorKernels}
+		rows = append(rows, r)
+		step.DenseAnalytic += r.DenseAnalytic
+		step.DenseRecorded += r.DenseRecorded
+		step.SparseAnalytic += r.SparseAnalytic
+		step.SparseRecorded += r.SparseRecorded
+	}
+	head := FLOPRow{Part: "lm_head", DenseAnalytic: flops.LMHead, DenseRecorded: counted[0].Other,
+		SparseAnalytic: flops.LMHead, SparseRecorded: counted[1].Other}
+	step.DenseAnalytic += head.DenseAnalytic
+	step.DenseRecorded += head.DenseRecorded
+	step.SparseAnalytic += head.SparseAnalytic
+	step.SparseRecorded += head.SparseRecorded
+	return append(rows, head, step)
 }
 
 // BenchSparsity maps n built layers onto table layers start.. and returns
