@@ -24,8 +24,9 @@ const trainSynopsis = `train --model DIR --data FILE.jsonl --out DIR [--config t
 Fine-tunes a LoRA adapter (PEFT format) on a Hugging Face model directory with
 SparseLoRA. The run directory receives adapter_model.safetensors +
 adapter_config.json, metrics.jsonl, train_config.yaml and checkpoint-<step>/.
-Ctrl-C finishes the current step, writes a checkpoint and exits 130; --resume
-continues from the newest checkpoint.`
+Ctrl-C (or SIGTERM, SIGHUP) finishes the current step, writes a checkpoint and
+exits 130; --resume continues from the newest checkpoint. A run directory
+holding an earlier run's results is refused unless --resume or --overwrite.`
 
 // trainFlags registers every train.Config field as a flag named as its YAML
 // key, so --config files and flags share one spelling.
@@ -63,7 +64,9 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.IntVar(&c.EvalMaxNewTokens, "eval-max-new-tokens", c.EvalMaxNewTokens, "most tokens generated per example with --eval-metric exact-match")
 	fs.IntVar(&c.SaveEvery, "save-every", c.SaveEvery, "write a checkpoint every N steps (0: none, except on interrupt); the trained parameters are always saved at the end")
 	fs.IntVar(&c.Keep, "keep", c.Keep, "checkpoints kept")
-	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the newest checkpoint in --out")
+	fs.BoolVar(&c.Resume, "resume", c.Resume, "continue from the newest checkpoint in --out (refused when the model, the data or a setting changed)")
+	fs.BoolVar(&c.Overwrite, "overwrite", c.Overwrite, "replace the results of an earlier run in --out (adapter, metrics, checkpoints)")
+	fs.BoolVar(&c.Verify, "verify", c.Verify, "fingerprint the base model by its content (reads every weight file) as well as its files' size, time and header, so --resume accepts a copied model")
 	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "read the loss back and log every N steps")
 	fs.BoolVar(&c.BF16, "bf16", c.BF16, "keep frozen weights as bf16 on the GPU (compute stays f32)")
 }

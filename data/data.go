@@ -13,14 +13,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"unicode/utf8"
 )
 
 // IgnoreIndex marks a label that does not enter the loss (PyTorch's
@@ -119,6 +123,10 @@ type Dataset struct {
 	// Tokens is the total number of ids, ScoredTokens the total number of loss
 	// targets (Example.Targets), MaxLen the longest example.
 	Tokens, ScoredTokens, MaxLen int
+	// Bytes and SHA256 identify the content read (hashed while reading), so
+	// a resumed run can tell an edited file from the one it trained on.
+	Bytes  int64
+	SHA256 string
 }
 
 // LineError is an error in one line of a data file.
@@ -182,7 +190,8 @@ func LoadReader(ctx context.Context, r io.Reader, name string, tok Tokenizer, op
 	}
 	ds := &Dataset{Path: name}
 	p := &parser{name: name, tok: tok, opts: opts}
-	lines := newLineReader(r, maxLine)
+	content := &hashingReader{r: r, h: sha256.New()}
+	lines := newLineReader(content, maxLine)
 	chunk := make([]lineResult, 0, chunkLines)
 	for lineNo, eof := 0, false; !eof; lineNo += len(chunk) {
 		if err := ctx.Err(); err != nil {
@@ -197,6 +206,10 @@ func LoadReader(ctx context.Context, r io.Reader, name string, tok Tokenizer, op
 			}
 			if err != nil && !errors.Is(err, errLineTooLong) {
 				return nil, fmt.Errorf("data: %s:%d: %w", name, lineNo+len(chunk)+1, err)
+			}
+			if err == nil && !utf8.Valid(line) {
+				// encoding/json would turn the bytes into U+FFFD silently.
+				err = invalidUTF8(line)
 			}
 			chunk = append(chunk, lineResult{line: bytes.Clone(line), err: err})
 		}
@@ -226,6 +239,7 @@ func LoadReader(ctx context.Context, r io.Reader, name string, tok Tokenizer, op
 		}
 	}
 	ds.Format = p.format
+	ds.Bytes, ds.SHA256 = content.n, hex.EncodeToString(content.h.Sum(nil))
 	if len(ds.Examples) == 0 {
 		if ds.Skipped > 0 {
 			return nil, fmt.Errorf("data: %s: no usable examples (%d lines skipped; first: %v)", name, ds.Skipped, ds.SkipErrors[0])
@@ -321,6 +335,33 @@ type fatalError struct{ err error }
 func (e *fatalError) Error() string { return e.err.Error() }
 
 var errLineTooLong = errors.New("line too long")
+
+// invalidUTF8 names where a line stops being UTF-8.
+func invalidUTF8(line []byte) error {
+	at := 0
+	for at < len(line) {
+		r, size := utf8.DecodeRune(line[at:])
+		if r == utf8.RuneError && size <= 1 {
+			break
+		}
+		at += size
+	}
+	return fmt.Errorf("invalid UTF-8 at byte %d of the line (0x%02x); the file must be UTF-8 text", at+1, line[at])
+}
+
+// hashingReader hashes and counts what is read through it.
+type hashingReader struct {
+	r io.Reader
+	h hash.Hash
+	n int64
+}
+
+func (hr *hashingReader) Read(p []byte) (int, error) {
+	n, err := hr.r.Read(p)
+	hr.h.Write(p[:n])
+	hr.n += int64(n)
+	return n, err
+}
 
 // lineReader splits input into lines without holding more than max bytes of
 // one line; an over-long line is consumed and reported, so the next line can

@@ -64,8 +64,13 @@ type Config struct {
 	SaveEvery int  `yaml:"save-every"`
 	Keep      int  `yaml:"keep"`
 	Resume    bool `yaml:"resume"`
-	LogEvery  int  `yaml:"log-every"`
-	BF16      bool `yaml:"bf16"`
+	// Overwrite lets a new run replace the results of an earlier one in Out.
+	Overwrite bool `yaml:"overwrite,omitempty"`
+	// Verify fingerprints the base model by its files' content too, not only
+	// their size, modification time and header (see Fingerprint).
+	Verify   bool `yaml:"verify,omitempty"`
+	LogEvery int  `yaml:"log-every"`
+	BF16     bool `yaml:"bf16"`
 }
 
 // DefaultConfig is the flags' defaults: PEFT-style LoRA r16/alpha 32 on every
@@ -135,6 +140,8 @@ func (c *Config) Validate() error {
 		return bad("eval-metric", c.EvalMetric, "want loss or exact-match")
 	case c.EvalMaxNewTokens < 1 || c.EvalMaxNewTokens > 1<<20:
 		return bad("eval-max-new-tokens", c.EvalMaxNewTokens, "want 1..1048576")
+	case c.Resume && c.Overwrite:
+		return errors.New("--resume and --overwrite: give one of them (continue the run in --out, or replace it)")
 	case c.Sparsity == "":
 		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
 	}

@@ -157,6 +157,11 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 			r.release()
 		}
 	}()
+	out, err := claimRunDir(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r.cleanup = append(r.cleanup, out.release)
 	r.plan.Adapter, r.plan.ModelDir = dev.Info, cfg.Model
 	if cfg.InitConfig != "" {
 		r.plan.ModelDir = cfg.InitConfig + " (random weights)"
@@ -301,8 +306,10 @@ func (r *run) prepare(t *Trainer, resumeDir string, st trainerState) error {
 		}
 		r.plan.StartStep, r.plan.ResumedFrom, r.tokens, r.startTokens = st.Step, resumeDir, st.Tokens, st.Tokens
 	}
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return fmt.Errorf("--out: %w", err)
+	if cfg.Overwrite {
+		if err := clearResults(cfg.Out); err != nil {
+			return err
+		}
 	}
 	resolved, err := yaml.Marshal(cfg)
 	if err != nil {
@@ -412,10 +419,7 @@ func initializerRange(configJSON []byte) float64 {
 // resumePoint finds the newest complete checkpoint when --resume is set.
 func (r *run) resumePoint() (string, trainerState, error) {
 	if !r.cfg.Resume {
-		if steps, err := checkpoints(r.cfg.Out); err == nil && len(steps) > 0 {
-			return "", trainerState{}, fmt.Errorf("%s holds checkpoints of an earlier run: pass --resume to continue it, or choose another --out", r.cfg.Out)
-		}
-		return "", trainerState{}, nil
+		return "", trainerState{}, nil // claimRunDir refused earlier results
 	}
 	steps, err := checkpoints(r.cfg.Out)
 	if err != nil {
