@@ -139,14 +139,30 @@ func pruneCheckpoints(out string, keep int) error {
 
 // readState reads a checkpoint's trainer_state.json.
 func readState(dir string) (trainerState, error) {
-	var st trainerState
 	path := filepath.Join(dir, stateFileName)
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return st, err
+		return trainerState{}, err
 	}
+	return parseState(raw, path, filepath.Base(dir))
+}
+
+// parseState parses the trainer_state.json at path of the checkpoint folder
+// named folder (checkpoint-<step>), checking what a resume relies on.
+func parseState(raw []byte, path, folder string) (trainerState, error) {
+	var st trainerState
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return st, fmt.Errorf("%s: %w", path, err)
+	}
+	switch {
+	case st.Step < 1:
+		return st, fmt.Errorf("%s: step %d, want at least 1", path, st.Step)
+	case st.TotalSteps < st.Step:
+		return st, fmt.Errorf("%s: total_steps %d is below step %d", path, st.TotalSteps, st.Step)
+	case folder != fmt.Sprintf("%s%d", checkpointPrefix, st.Step):
+		return st, fmt.Errorf("%s: step %d does not match its folder %s", path, st.Step, folder)
+	case st.Tokens < 0:
+		return st, fmt.Errorf("%s: tokens %d, want 0 or more", path, st.Tokens)
 	}
 	return st, nil
 }

@@ -1,7 +1,6 @@
 package train
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -25,8 +24,10 @@ type Record struct {
 	// clipping.
 	LR       float64 `json:"lr"`
 	GradNorm float64 `json:"grad_norm"`
-	// Tokens counts the real (unpadded) tokens trained on so far.
+	// Tokens counts the real (unpadded) tokens trained on so far (a running
+	// total); StepTokens those of the steps since the previous record.
 	Tokens     int     `json:"tokens"`
+	StepTokens int     `json:"step_tokens"`
 	TokensPerS float64 `json:"tokens_per_s"`
 	MSPerStep  float64 `json:"ms_per_step"`
 	// FLOPsRatio is the analytic sparse/dense FLOP ratio of the step (1 when
@@ -51,38 +52,46 @@ type metricsLog struct {
 
 // openMetrics opens path for appending, first dropping the lines of steps
 // after keepThrough (those of an interrupted run past its last checkpoint,
-// which a resumed run logs again); keepThrough < 0 starts a new log.
-func openMetrics(path string, keepThrough int) (*metricsLog, error) {
+// which a resumed run logs again); keepThrough < 0 starts a new log. It
+// returns the last record kept (zero when none).
+func openMetrics(path string, keepThrough int) (*metricsLog, Record, error) {
+	var last Record
 	if keepThrough < 0 {
 		if err := atomicfile.WriteFile(path, nil); err != nil {
-			return nil, err
+			return nil, last, err
 		}
 	} else if raw, err := os.ReadFile(path); err == nil {
-		var kept bytes.Buffer
-		sc := bufio.NewScanner(bytes.NewReader(raw))
-		sc.Buffer(make([]byte, 1<<16), 1<<26)
-		for line := 1; sc.Scan(); line++ {
-			var r struct {
-				Step int `json:"step"`
-			}
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				// A line torn by a crash ends the usable log.
-				break
-			}
-			if r.Step <= keepThrough {
-				kept.Write(sc.Bytes())
-				kept.WriteByte('\n')
-			}
-		}
-		if err := atomicfile.WriteFile(path, kept.Bytes()); err != nil {
-			return nil, err
+		var kept []byte
+		kept, last = keptMetrics(raw, keepThrough)
+		if err := atomicfile.WriteFile(path, kept); err != nil {
+			return nil, last, err
 		}
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, err
+		return nil, last, err
 	}
-	return &metricsLog{path: path, f: f}, nil
+	return &metricsLog{path: path, f: f}, last, nil
+}
+
+// keptMetrics returns the lines of a metrics log that a run resumed after
+// step keepThrough keeps, and the last of them as a Record: every line that
+// parses as a record of a step up to keepThrough. A line that does not parse
+// (torn by a crash or a full disk, or edited) is dropped alone; the records
+// after it are still the run's.
+func keptMetrics(raw []byte, keepThrough int) ([]byte, Record) {
+	var kept []byte
+	var last Record
+	for line := range bytes.Lines(raw) {
+		line = bytes.TrimRight(line, "\r\n")
+		var r Record
+		if json.Unmarshal(line, &r) != nil || r.Step <= 0 || r.Step > keepThrough {
+			continue
+		}
+		kept = append(append(kept, line...), '\n')
+		last = r
+	}
+	return kept, last
 }
 
 func (l *metricsLog) write(r Record) error {

@@ -8,7 +8,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -142,6 +141,8 @@ type run struct {
 	// tokens counts the real tokens trained on, startTokens those before a
 	// resume.
 	tokens, startTokens int
+	// lastRecord is the metrics log's last record kept on resume.
+	lastRecord Record
 }
 
 func (r *run) release() {
@@ -183,14 +184,29 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	if err := r.resolveSparsity(mcfg); err != nil {
 		return nil, err
 	}
-	r.fprint = r.fingerprint(r.plan.Seq, r.plan.TotalSteps, r.schedule.WarmupSteps)
-	if resumeDir != "" && st.Fingerprint != r.fprint {
-		return nil, fmt.Errorf("%s was written by a run with other settings (%s); resuming with these would not reproduce it: use the run's %s",
-			resumeDir, settingsDiff(st.Fingerprint, r.fprint), ConfigFileName)
+	inputs, err := r.inputsFingerprint()
+	if err != nil {
+		return nil, err
+	}
+	r.fprint = r.fingerprint(r.plan.Seq, r.plan.TotalSteps, r.schedule.WarmupSteps) + " " + inputs
+	// The settings and the data are checked before the model loads, the
+	// model once it has.
+	if err := checkResume(resumeDir, st, r.fprint, fpModel, fpModelContent); err != nil {
+		return nil, err
 	}
 	s := r.settings(mcfg, resumeDir)
 	s.Loaded = func(t *Trainer) error {
 		r.t = t
+		modelFP, err := r.modelFingerprint(ctx, t.Model)
+		if err != nil {
+			return err
+		}
+		if modelFP != "" {
+			r.fprint += " " + modelFP
+		}
+		if err := checkResume(resumeDir, st, r.fprint); err != nil {
+			return err
+		}
 		if err := r.prepare(t, resumeDir, st); err != nil {
 			return err
 		}
@@ -322,7 +338,7 @@ func (r *run) prepare(t *Trainer, resumeDir string, st trainerState) error {
 	if resumeDir != "" {
 		keep = st.Step
 	}
-	if r.metrics, err = openMetrics(filepath.Join(cfg.Out, MetricsFileName), keep); err != nil {
+	if r.metrics, r.lastRecord, err = openMetrics(filepath.Join(cfg.Out, MetricsFileName), keep); err != nil {
 		return err
 	}
 	r.cleanup = append(r.cleanup, func() { r.metrics.close() })
@@ -501,7 +517,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	intervalStart, intervalTokens := start, 0
 	var denseFLOPs, runFLOPs float64
 	var epoch float64
-	var last Record
+	last := r.lastRecord // a resumed run that has no step left reports its last
 	var lastMicro []data.Batch
 	step := r.plan.StartStep
 	for step < total {
@@ -562,7 +578,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		now := time.Now()
 		elapsed := now.Sub(intervalStart)
 		rec := Record{Step: step, Epoch: epoch, Loss: stats.Loss, LR: lr, GradNorm: stats.GradNorm, Tokens: r.tokens,
-			TokensPerS: float64(intervalTokens) / elapsed.Seconds(), MSPerStep: float64(elapsed.Milliseconds()) / float64(stats.Steps),
+			StepTokens: intervalTokens, TokensPerS: float64(intervalTokens) / elapsed.Seconds(), MSPerStep: float64(elapsed.Milliseconds()) / float64(stats.Steps),
 			FLOPsRatio: a / d, Sparse: sparse}
 		rec.KeptMLP, rec.KeptAttn = keptFractions(r.sparsity, r.t.Model.Config, sparse)
 		if evalNow {
@@ -670,25 +686,4 @@ func (r *run) checkpoint(ctx context.Context, step int, epoch float64) (string, 
 		r.hooks.Checkpoint(dir)
 	}
 	return dir, nil
-}
-
-// settingsDiff names the settings of two fingerprints that differ, e.g.
-// "steps=30 then, 200 now".
-func settingsDiff(then, now string) string {
-	old := map[string]string{}
-	for _, kv := range strings.Fields(then) {
-		k, v, _ := strings.Cut(kv, "=")
-		old[k] = v
-	}
-	var diffs []string
-	for _, kv := range strings.Fields(now) {
-		k, v, _ := strings.Cut(kv, "=")
-		if old[k] != v {
-			diffs = append(diffs, fmt.Sprintf("%s=%s then, %s now", k, old[k], v))
-		}
-	}
-	if len(diffs) == 0 {
-		return then
-	}
-	return strings.Join(diffs, "; ")
 }
