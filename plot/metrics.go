@@ -21,7 +21,7 @@ type Record struct {
 	Loss         float64   // training loss of the step
 	LR           float64   // learning rate the update used
 	GradNorm     float64   // gradient norm before clipping
-	Tokens       int       // tokens in the step (0 when absent)
+	Tokens       int       // tokens trained on so far, a running total (0 when absent)
 	TokensPerS   float64   // throughput of the step
 	MSPerStep    float64   // wall time of the step
 	FLOPsRatio   float64   // sparse/dense FLOP ratio of the step (1 = dense)

@@ -107,7 +107,7 @@ type RunStats struct {
 	FinalEvalStep, BestEvalLossStep int
 	FinalEvalAccuracy, BestAccuracy float64
 	BestAccuracyStep                int
-	Tokens                          int
+	Tokens                          int // trained on: the last record's running total
 	MeanTokensPerS, MeanMSPerStep   float64
 	MeanFLOPsRatio                  float64 // over all steps that logged it
 	MeanSparseFLOPsRatio            float64 // over sparse steps only
@@ -150,7 +150,9 @@ func Stats(recs []Record) RunStats {
 		if !math.IsNaN(r.LR) {
 			s.FinalLR = r.LR
 		}
-		s.Tokens += r.Tokens
+		if r.Step >= s.FinalStep && r.Tokens > 0 {
+			s.Tokens = r.Tokens // a running total: the last one counts them all
+		}
 		tps.add(r.TokensPerS)
 		ms.add(r.MSPerStep)
 		ratio.add(r.FLOPsRatio)
@@ -223,7 +225,7 @@ func Summary(recs []Record, images []string, config []byte) string {
 		add("final learning rate", fmt.Sprintf("%.3g", s.FinalLR))
 	}
 	if s.Tokens > 0 {
-		add("tokens (logged steps)", fmt.Sprintf("%d", s.Tokens))
+		add("tokens trained on", fmt.Sprintf("%d", s.Tokens))
 	}
 	if !math.IsNaN(s.MeanTokensPerS) {
 		add("mean tokens/s", fmt.Sprintf("%.1f", s.MeanTokensPerS))
