@@ -26,7 +26,7 @@ func syntheticRun(steps, denseSteps, layers int) []Record {
 	nan := math.NaN()
 	for s := 1; s <= steps; s++ {
 		r := Record{Step: s, Epoch: float64(s) / 20, Loss: 0.8 + 1.5*math.Exp(-float64(s)/12) + 0.03*math.Sin(float64(s)),
-			LR: 2e-4 * math.Min(float64(s-1)/4, float64(steps-s+1)/float64(steps-4)), GradNorm: 1.5, Tokens: 2048,
+			LR: 2e-4 * math.Min(float64(s-1)/4, float64(steps-s+1)/float64(steps-4)), GradNorm: 1.5, Tokens: 2048 * s, // a running total, as the trainer logs it
 			EvalLoss: nan, EvalAccuracy: nan}
 		r.Sparse = s > denseSteps
 		r.KeptMLP, r.KeptAttn = make([]float64, layers), make([]float64, layers)
@@ -40,7 +40,7 @@ func syntheticRun(steps, denseSteps, layers int) []Record {
 		if r.Sparse {
 			r.FLOPsRatio, r.TokensPerS = 0.55, 1200+float64(s%5)
 		}
-		r.MSPerStep = float64(r.Tokens) / r.TokensPerS * 1000
+		r.MSPerStep = 2048 / r.TokensPerS * 1000
 		if s%10 == 0 {
 			r.EvalLoss, r.EvalAccuracy = 1+math.Exp(-float64(s)/14), 0.3+0.004*float64(s)
 		}
@@ -299,7 +299,7 @@ func TestPlotWriteRun(t *testing.T) {
 		fmt.Sprintf("| mean FLOP ratio (sparse / dense), all steps | %.3f |", sumRatio/float64(n)),
 		fmt.Sprintf("| mean FLOP ratio, sparse steps | %.3f |", sumSparse/float64(nSparse)),
 		"| logged steps by kind | 5 dense, 25 sparse (sparse from step 6) |",
-		fmt.Sprintf("| tokens (logged steps) | %d |", 30*2048),
+		fmt.Sprintf("| tokens trained on | %d |", 30*2048),
 		"![loss](loss.png)", "![sparsity](sparsity.png)",
 		"```yaml\nmodel: tiny\nlr: 0.0002\n```",
 	} {
