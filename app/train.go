@@ -99,6 +99,8 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	// through window.Serve (under Serve it cancels the command's).
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// A closed stdout must not end the run (metrics.jsonl has the log too).
+	stdout = &fallbackWriter{w: stdout, fallback: stderr}
 	view := newTrainView(stdout, stderr)
 	hooks := view.hooks()
 	if !*noWindow {
@@ -120,6 +122,10 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err != nil {
 		return err
+	}
+	if p := view.plan; p.ResumedFrom != "" && p.StartStep >= p.TotalSteps {
+		fmt.Fprintf(stdout, "nothing to resume: the run finished at step %d; its final loss %.4f (%s)\n", p.StartStep, res.FinalLoss, train.MetricsFileName)
+		return nil
 	}
 	fmt.Fprintf(stdout, "done: %d steps in %s, %.0f tokens/s; final loss %.4f", res.Steps, res.Wall.Round(time.Second), res.TokensPerS, res.FinalLoss)
 	if res.Eval != nil {
@@ -258,6 +264,7 @@ type trainView struct {
 	terminal       bool
 	bar            *progressbar.ProgressBar
 	last           train.Record
+	plan           train.Plan
 }
 
 func newTrainView(stdout, stderr io.Writer) *trainView {
@@ -290,6 +297,7 @@ func (v *trainView) println(format string, args ...any) {
 }
 
 func (v *trainView) start(p train.Plan) {
+	v.plan = p
 	w := v.stdout
 	fmt.Fprintf(w, "adapter: %s (%s, %s)\n", p.Adapter.Name(), p.Adapter.Backend, p.Adapter.Description)
 	c := p.Config

@@ -16,8 +16,8 @@ import (
 func init() { runtime.LockOSThread() }
 
 func main() {
-	// Ctrl-C or SIGTERM stops the work at its next check; a second one quits
-	// at once. Either way the exit code is 130.
+	// Ctrl-C, SIGTERM or SIGHUP stops the work at its next check; a second
+	// one quits at once. Either way the exit code is 130. SIGPIPE is ignored.
 	ctx, interrupted, stop := app.HandleInterrupts(os.Stderr)
 	// The CLI runs on another goroutine; this one lends the main thread to
 	// `train`'s window, if it opens one, and returns when the CLI does.
