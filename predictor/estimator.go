@@ -276,7 +276,9 @@ type Estimator struct {
 	factors   map[Target]*Factors
 	cachePath string
 	fromCache bool
-	keyedBy   CacheKeySource
+	// cached: the factors are in the cache file (read from it, or written).
+	cached  bool
+	keyedBy CacheKeySource
 }
 
 // CacheKeySource says what identified the model's weights in the cache key.
@@ -323,6 +325,10 @@ func (e *Estimator) CachePath() string { return e.cachePath }
 // FromCache reports whether the factors were read from the cache file (a
 // cache hit), for the caller to log.
 func (e *Estimator) FromCache() bool { return e.fromCache }
+
+// Cached reports whether the cache file holds the factors: read from it, or
+// written to it (false when writing failed, which Estimate only warns about).
+func (e *Estimator) Cached() bool { return e.cached }
 
 // CacheKeyedBy says what identified the weights in the cache key: the
 // checkpoint files, or (models built in memory, or files that changed since
@@ -430,7 +436,11 @@ func Estimate(ctx context.Context, dev *gpu.Device, m *model.Model, targets []Ta
 		}
 		if err := writeCache(e.cachePath, key.name, content, m, targets, rank, host); err != nil {
 			fmt.Fprintf(opts.warnings(), "warning: the SVD factors could not be cached: %v\n", err)
+		} else {
+			e.cached = true
 		}
+	} else {
+		e.cached = true
 	}
 	if err := e.upload(dev, m, host, opts); err != nil {
 		return nil, err

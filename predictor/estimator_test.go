@@ -498,3 +498,23 @@ func TestEstimateSparseTargets(t *testing.T) {
 		t.Errorf("dense mode: SparseTargets = %v, want none", got)
 	}
 }
+
+// A cache that cannot be written is only a warning, and the estimator says
+// that the factors were not cached (a caller must not report "cached in").
+func TestEstimateCacheWriteFailure(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	const out, in, rank = 12, 20, 3
+	gate := Target{0, model.ProjGate}
+	m := syntheticModel(t, gpu.F32, 1, map[Target][]float32{gate: randomMatrix(rng, out*in)}, map[Target][2]int{gate: {out, in}})
+	notADir := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(notADir, nil, 0o644)
+	var warnings bytes.Buffer
+	e := estimate(t, m, []Target{gate}, rank, EstimateOptions{CacheDir: notADir, Warnings: &warnings})
+	if e.Cached() || e.FromCache() || !strings.Contains(warnings.String(), "could not be cached") {
+		t.Errorf("cached %v, from cache %v, warnings %q; want not cached and a warning", e.Cached(), e.FromCache(), warnings.String())
+	}
+	ok := estimate(t, m, []Target{gate}, rank, EstimateOptions{CacheDir: t.TempDir(), Warnings: &warnings})
+	if !ok.Cached() {
+		t.Error("a written cache file is not reported as cached")
+	}
+}

@@ -222,11 +222,14 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	// New released the trainer if it failed; now the run does, last.
 	r.cleanup = append([]func(){t.Release}, r.cleanup...)
 	if est := t.Estimator; est != nil && hooks.Note != nil {
-		how := "computed, cached in"
-		if est.FromCache() {
-			how = "read from the cache"
+		switch {
+		case est.FromCache():
+			hooks.Note(fmt.Sprintf("SVD factors (rank %d): read from the cache %s (keyed by %s)", est.Rank(), est.CachePath(), est.CacheKeyedBy()))
+		case est.Cached():
+			hooks.Note(fmt.Sprintf("SVD factors (rank %d): computed, cached in %s (keyed by %s)", est.Rank(), est.CachePath(), est.CacheKeyedBy()))
+		default:
+			hooks.Note(fmt.Sprintf("SVD factors (rank %d): computed, not cached (writing %s failed: see the warning above)", est.Rank(), est.CachePath()))
 		}
-		hooks.Note(fmt.Sprintf("SVD factors (rank %d): %s %s (keyed by %s)", est.Rank(), how, est.CachePath(), est.CacheKeyedBy()))
 	}
 	return r, nil
 }
@@ -568,7 +571,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		stats, err := r.t.ReadStats(readCtx)
 		if err != nil {
 			if errors.Is(err, ErrNonFinite) {
-				return nil, fmt.Errorf("step %d: %w; the last checkpoint in %s is intact", step, err, r.cfg.Out)
+				return nil, fmt.Errorf("step %d: %w; %s", step, err, checkpointsLeft(r.cfg.Out))
 			}
 			return nil, err
 		}

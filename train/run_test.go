@@ -150,6 +150,10 @@ func TestRunStopsOnNonFiniteLoss(t *testing.T) {
 	if !errors.Is(err, ErrNonFinite) || !strings.Contains(err.Error(), "step ") {
 		t.Fatalf("error %v, want a non-finite loss naming the step", err)
 	}
+	// It blows up before the first checkpoint (step 10): none to speak of.
+	if !strings.Contains(err.Error(), "no checkpoint was written") || strings.Contains(err.Error(), "intact") {
+		t.Errorf("error %v; want it to say that no checkpoint was written", err)
+	}
 }
 
 func copyDir(t *testing.T, src, dst string) {

@@ -221,3 +221,12 @@ func lockRunDir(out string) (*os.File, error) {
 
 // errLocked is lockFile's error when another open file holds the lock.
 var errLocked = errors.New("locked")
+
+// checkpointsLeft says what a run that failed can be resumed from.
+func checkpointsLeft(out string) string {
+	steps, err := checkpoints(out)
+	if err != nil || len(steps) == 0 {
+		return fmt.Sprintf("no checkpoint was written to %s (see --save-every)", out)
+	}
+	return fmt.Sprintf("the last checkpoint, %s, is intact", filepath.Join(out, checkpointPrefix+strconv.Itoa(steps[len(steps)-1])))
+}

@@ -141,3 +141,17 @@ func TestFingerprintDiff(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckpointsLeft(t *testing.T) {
+	out := t.TempDir()
+	if got := checkpointsLeft(out); !strings.Contains(got, "no checkpoint was written") {
+		t.Errorf("no checkpoint: %q", got)
+	}
+	for _, step := range []string{"3", "12"} {
+		os.MkdirAll(filepath.Join(out, "checkpoint-"+step), 0o755)
+		os.WriteFile(filepath.Join(out, "checkpoint-"+step, stateFileName), []byte("{}"), 0o644)
+	}
+	if got := checkpointsLeft(out); !strings.Contains(got, filepath.Join(out, "checkpoint-12")+", is intact") {
+		t.Errorf("two checkpoints: %q", got)
+	}
+}
