@@ -212,7 +212,11 @@ func readAdapter(dir string, cfg *model.Config, ckpt safetensors.Reader) (*Adapt
 		}
 		out, in := info.Shape[0], info.Shape[1]
 		mismatch := func(err error) error {
-			return fmt.Errorf("lora: merge: adapter does not fit base weight %s %v (adapter for a different model?): %w", base, info.Shape, err)
+			// Only a shape says the adapter was trained on another model.
+			if _, ok := errors.AsType[*shapeError](err); ok {
+				return fmt.Errorf("lora: merge: adapter does not fit base weight %s %v (adapter for a different model?): %w", base, info.Shape, err)
+			}
+			return fmt.Errorf("lora: merge: adapter for %s: %w", base, err)
 		}
 		a, err := readShaped(f, pairs[k].A, []int{ac.Rank, in})
 		if err != nil {

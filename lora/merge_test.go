@@ -586,6 +586,7 @@ func TestMergeRejectsBadInput(t *testing.T) {
 		{"adapter as model", llamaAdapter, llamaAdapter, MergeOptions{}, "config.json"},
 		{"f16 output", llamaModel, llamaAdapter, MergeOptions{Dtype: safetensors.F16}, "not supported"},
 		{"same dir", llamaModel, llamaAdapter, MergeOptions{Force: true}, "is the model directory"},
+		{"adapter holding Inf", llamaModel, infAdapter(t, llamaAdapter), MergeOptions{}, "element 0 is +Inf"},
 	} {
 		target := out
 		if c.name == "same dir" {
@@ -594,6 +595,9 @@ func TestMergeRejectsBadInput(t *testing.T) {
 		err := merge(c.modelDir, c.adapter, target, c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: got %v, want an error mentioning %q", c.name, err, c.want)
+		}
+		if c.name == "adapter holding Inf" && err != nil && strings.Contains(err.Error(), "different model") {
+			t.Errorf("%s: %v blames the model for a bad value", c.name, err)
 		}
 		if _, statErr := os.Stat(out); statErr == nil {
 			t.Fatalf("%s: a failed merge left %s behind", c.name, out)
@@ -696,4 +700,36 @@ func TestMergeRefusesOutputHoldingAnInput(t *testing.T) {
 	if _, err := Merge(context.Background(), modelDir, adapterDir, filepath.Join(parent, "merged"), MergeOptions{}); err != nil {
 		t.Errorf("sibling output: %v", err)
 	}
+}
+
+// infAdapter copies an adapter with +Inf as the first element of its first
+// tensor.
+func infAdapter(t *testing.T, src string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "adapter")
+	copyFlatDir(t, src, dir)
+	path := filepath.Join(dir, WeightsFileName)
+	f, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tensors := map[string]safetensors.Tensor{}
+	for i, name := range f.Names() {
+		info, _ := f.Info(name)
+		values, err := f.ReadFloat32(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			values[0] = float32(math.Inf(1))
+		}
+		if tensors[name], err = safetensors.NewFloatTensor(safetensors.F32, info.Shape, values); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	if err := safetensors.WriteFile(path, tensors, nil); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

@@ -284,6 +284,13 @@ func Load(m *model.Model, dir string) (*Set, error) {
 	return s, nil
 }
 
+// shapeError is readShaped's error for a tensor of another shape than the
+// model's projection wants (as opposed to bad values or an unreadable file).
+type shapeError struct{ err error }
+
+func (e *shapeError) Error() string { return e.err.Error() }
+func (e *shapeError) Unwrap() error { return e.err }
+
 // readShaped reads an adapter tensor, checking its shape and that every value
 // is finite (a NaN in an adapter turns every output it touches into NaN).
 func readShaped(f *safetensors.File, name string, shape []int) ([]float32, error) {
@@ -292,7 +299,7 @@ func readShaped(f *safetensors.File, name string, shape []int) ([]float32, error
 		return nil, err
 	}
 	if !slices.Equal(info.Shape, shape) {
-		return nil, fmt.Errorf("%s: tensor %s has shape %v, want %v", f.Path(), name, info.Shape, shape)
+		return nil, &shapeError{fmt.Errorf("%s: tensor %s has shape %v, want %v", f.Path(), name, info.Shape, shape)}
 	}
 	values, err := f.ReadFloat32(name)
 	if err != nil {

@@ -259,17 +259,29 @@ func (sf *File) checkLayout(dataSize int64) error {
 	slices.SortFunc(byOffset, func(a, b TensorInfo) int {
 		return cmp.Or(cmp.Compare(a.Begin, b.Begin), cmp.Compare(a.End, b.End), cmp.Compare(a.Name, b.Name))
 	})
+	// Overlaps first: a tensor whose offsets moved overlaps another where it
+	// went, and leaves a gap where it was, between two sound neighbours; the
+	// overlap names it, the gap would name a neighbour.
 	var end int64
 	prev := ""
 	for _, t := range byOffset {
 		if t.End > dataSize {
 			return fmt.Errorf("tensor %q: data_offsets [%d, %d] run past the end of the %d-byte data region (file truncated or offsets corrupt)", t.Name, t.Begin, t.End, dataSize)
 		}
-		switch {
-		case t.Begin < end:
+		if t.Begin < end {
 			return fmt.Errorf("tensor %q: data_offsets [%d, %d] overlap tensor %q, which ends at %d", t.Name, t.Begin, t.End, prev, end)
-		case t.Begin > end:
-			return fmt.Errorf("tensor %q: data_offsets [%d, %d] leave a gap after byte %d", t.Name, t.Begin, t.End, end)
+		}
+		end = t.End
+		prev = t.Name
+	}
+	end, prev = 0, ""
+	for _, t := range byOffset {
+		if t.Begin > end {
+			if prev == "" {
+				return fmt.Errorf("tensor %q: data_offsets [%d, %d] leave bytes [0, %d) of the data region to no tensor (the first tensor must start at 0)", t.Name, t.Begin, t.End, t.Begin)
+			}
+			return fmt.Errorf("bytes [%d, %d) of the data region belong to no tensor: tensor %q ends at %d, tensor %q (data_offsets [%d, %d]) starts at %d; one of their offsets is wrong",
+				end, t.Begin, prev, end, t.Name, t.Begin, t.End, t.Begin)
 		}
 		end = t.End
 		prev = t.Name

@@ -181,7 +181,13 @@ func TestOpenCorrupt(t *testing.T) {
 		{"overlap", `{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}`,
 			make([]byte, 24), []string{`"b"`, `overlap tensor "a"`}},
 		{"gap", `{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]}}`,
-			sixteen, []string{`"b"`, "gap"}},
+			sixteen, []string{`tensor "a" ends at 8, tensor "b"`, "bytes [8, 12) of the data region belong to no tensor"}},
+		// a moved onto c: the overlap names a (and c), not b, whose start the move
+		// left after a gap.
+		{"moved tensor", `{"a": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}, "c": {"dtype": "F32", "shape": [2], "data_offsets": [16, 24]}}`,
+			make([]byte, 24), []string{`"a"`, `"c"`, "overlap"}},
+		{"gap at the start", `{"a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}`,
+			sixteen, []string{`tensor "a"`, "bytes [0, 8)"}},
 		{"trailing bytes", `{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}`, sixteen,
 			[]string{"8 bytes after the last tensor"}},
 		{"duplicate name", `{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "a": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}`,
