@@ -281,6 +281,13 @@ func (r *run) prepare(t *Trainer, resumeDir string, st trainerState) error {
 	cfg := r.cfg
 	m := t.Model
 	r.plan.Warnings = t.Warnings
+	if a := t.Adapters; a != nil {
+		if w := rankWarning(a.Config.Rank, a.Config.Targets, func(p model.Projection) (int, int) {
+			return m.Layers[0].Proj[p].In, m.Layers[0].Proj[p].Out
+		}); w != "" {
+			r.plan.Warnings = append(r.plan.Warnings, w)
+		}
+	}
 	r.plan.Config = m.Config
 	r.plan.Total = m.Config.ParameterCount()
 	dtype := gpu.F32

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sparselora/sparselora/model"
 )
 
 func TestRunDirIsLockedWhileClaimed(t *testing.T) {
@@ -153,5 +155,20 @@ func TestCheckpointsLeft(t *testing.T) {
 	}
 	if got := checkpointsLeft(out); !strings.Contains(got, filepath.Join(out, "checkpoint-12")+", is intact") {
 		t.Errorf("two checkpoints: %q", got)
+	}
+}
+
+func TestRankWarning(t *testing.T) {
+	shape := func(p model.Projection) (int, int) {
+		if p == model.ProjK {
+			return 64, 32
+		}
+		return 64, 64
+	}
+	if w := rankWarning(32, []model.Projection{model.ProjQ, model.ProjK}, shape); w != "" {
+		t.Errorf("rank 32 of 64x32: %q", w)
+	}
+	if w := rankWarning(33, []model.Projection{model.ProjQ, model.ProjK}, shape); !strings.Contains(w, "--rank 33 exceeds 32, the smaller side of k_proj (32x64)") {
+		t.Errorf("rank 33 of 64x32: %q", w)
 	}
 }
