@@ -16,7 +16,7 @@ import (
 	"github.com/sparselora/sparselora/predictor"
 )
 
-func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("inspect", "inspect DIR [--batch B --seq T --bf16 --rank R --targets q,k,v,o,gate,up,down] (flags before or after DIR)", stdout, stderr)
 	batch := fs.Int("batch", 4, "sequences per batch for the memory estimate")
 	seq := fs.Int("seq", 512, "tokens per sequence for the memory estimate (at most the model's max_position_embeddings)")
@@ -99,6 +99,18 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "rope:         %s, theta %g\n", cfg.Rope.Type, cfg.Rope.Theta)
 	fmt.Fprintf(stdout, "parameters:   %d (%s)\n", cfg.ParameterCount(), countString(cfg.ParameterCount()))
 	fmt.Fprintf(stdout, "stored as:    %s\n", strings.Join(stored, ", "))
+	nonFinite, scanned, err := safetensors.ScanNonFinite(ctx, ckpt)
+	if err != nil {
+		return err
+	}
+	if len(nonFinite) == 0 {
+		fmt.Fprintf(stdout, "values:       all finite (%d tensors read)\n", scanned)
+	} else {
+		fmt.Fprintf(stdout, "values:       %d of %d tensors hold NaN or Inf:\n", len(nonFinite), scanned)
+		for _, n := range nonFinite {
+			fmt.Fprintf(stdout, "  %s\n", n)
+		}
+	}
 	fmt.Fprintf(stdout, "training memory, batch %d x %d tokens, weights %s, LoRA r=%d on %s:\n", *batch, *seq, dtype, *rank, *targets)
 	fmt.Fprintf(stdout, "  frozen weights  %s\n", bytesString(mem.Weights))
 	fmt.Fprintf(stdout, "  LoRA + AdamW    %s (%d trainable parameters)\n", bytesString(loraBytes), loraParams)
@@ -106,6 +118,9 @@ func runInspect(_ context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "  total           %s\n", bytesString(mem.Weights+loraBytes+mem.Activations))
 	if *singular > 0 {
 		printSpectra(stdout, cfg, ckpt, *singular)
+	}
+	if len(nonFinite) > 0 {
+		return fmt.Errorf("%s: %d tensors hold NaN or Inf values (first: %s): training or generating from it gives NaN", ckpt.Path(), len(nonFinite), nonFinite[0].Name)
 	}
 	return nil
 }

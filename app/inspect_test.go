@@ -1,12 +1,14 @@
 package app
 
 import (
+	"math"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/sparselora/sparselora/internal/fixtures"
+	"github.com/sparselora/sparselora/model/safetensors"
 )
 
 // The llama-gqa fixture has max_position_embeddings 128 (its config.json).
@@ -68,5 +70,44 @@ func TestInspectShowsSpectra(t *testing.T) {
 	}
 	if !(sixth > 0 && first/sixth > 2) {
 		t.Errorf("q_proj of the last layer: sigma_1 %g, sigma_6 %g; want a spectrum that falls off (ratio > 2)\n%s", first, sixth, out)
+	}
+}
+
+// inspect reads every tensor and names those holding NaN or Inf (a dense
+// run would only stop at its first logged step).
+func TestInspectNamesNonFiniteTensors(t *testing.T) {
+	dir := filepath.Join(fixtures.HF(t, "llama-gqa"), "model")
+	code, out, errOut := run(t, "inspect", dir, "--singular-values", "0")
+	if code != 0 || !strings.Contains(out, "values:       all finite (") {
+		t.Fatalf("the fixture: exit %d\n%s%s", code, out, errOut)
+	}
+	poisoned := copyDir(t, dir)
+	const name = "model.layers.1.mlp.up_proj.weight"
+	path := filepath.Join(poisoned, "model.safetensors")
+	f, err := safetensors.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tensors := map[string]safetensors.Tensor{}
+	for _, n := range f.Names() {
+		info, _ := f.Info(n)
+		raw, err := f.ReadRaw(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tensors[n] = safetensors.Tensor{Dtype: info.Dtype, Shape: info.Shape, Data: raw}
+		if n == name {
+			values, _ := f.ReadFloat32(n)
+			values[5], values[9] = float32(math.NaN()), float32(math.Inf(1))
+			tensors[n], _ = safetensors.NewFloatTensor(info.Dtype, info.Shape, values)
+		}
+	}
+	f.Close()
+	if err := safetensors.WriteFile(path, tensors, nil); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = run(t, "inspect", poisoned, "--singular-values", "0")
+	if code == 0 || !strings.Contains(out, name+": 1 NaN, 1 Inf (first at element 5)") || !strings.Contains(errOut, name) {
+		t.Errorf("a NaN and an Inf in %s: exit %d\n%s%s", name, code, out, errOut)
 	}
 }
