@@ -12,8 +12,12 @@
 //     activation gradient dY W (2 + 2 = 4 T in out). Frozen weights get no
 //     weight gradient. The input gradient of layer 0 into the frozen embedding
 //     is counted too, as the trainer computes it.
-//   - Attention core: causal (query, key) pairs of each row, rows assumed to
-//     hold T/Rows real tokens each, pairs = Rows L (L+1) / 2 with L = T/Rows.
+//   - Attention core: causal (query, key) pairs of each row, n (n+1) / 2 for
+//     a row of n real tokens, summed over the rows (StepShape.CausalPairs, as
+//     BatchShape counts them: the rows of a partial micro-batch, or of
+//     examples of different lengths, are not alike); for a shape without
+//     them, rows assumed to hold T/Rows real tokens each, pairs = Rows L
+//     (L+1) / 2 with L = T/Rows.
 //     Per pair and query head, 2 head_dim FLOPs for each of: QK^T and PV
 //     (forward); QK^T again, dP = dO V^T and dQ = dS K (the dq pass); QK^T,
 //     dP, dV = P^T dO and dK = dS^T Q (the dk/dv pass): 18 H head_dim pairs in
@@ -61,6 +65,10 @@ type StepShape struct {
 	// ScoredTokens' next-token predictions enter the loss. Context + Scored =
 	// Real.
 	RealTokens, ContextTokens, ScoredTokens int
+	// CausalPairs is the (query, key) pairs causal attention computes: the
+	// sum over rows of n (n+1) / 2 for a row's n real tokens. 0 takes the
+	// real tokens as spread evenly over the rows.
+	CausalPairs int
 }
 
 // BatchShape counts a batch's real, context and scored tokens for StepFLOPs
@@ -71,6 +79,13 @@ func BatchShape(b model.Batch, vocab int) (StepShape, error) {
 		return StepShape{}, err
 	}
 	shape := StepShape{Rows: b.Rows, Seq: b.Seq}
+	for r := range b.Rows {
+		n := 0
+		for _, m := range b.Mask[r*b.Seq : (r+1)*b.Seq] {
+			n += int(m)
+		}
+		shape.CausalPairs += n * (n + 1) / 2
+	}
 	for i, m := range b.Mask {
 		if m == 0 {
 			continue
@@ -198,6 +213,8 @@ func checkFLOPInputs(cfg *model.Config, shape StepShape, lora LoRATargets, spars
 		return fmt.Errorf("%s: shape %+v: RealTokens must be in [1, Rows*Seq = %d]", op, shape, shape.Rows*shape.Seq)
 	case shape.ContextTokens < 0 || shape.ScoredTokens < 0 || shape.ContextTokens+shape.ScoredTokens != shape.RealTokens:
 		return fmt.Errorf("%s: shape %+v: ContextTokens and ScoredTokens must be non-negative and sum to RealTokens", op, shape)
+	case shape.CausalPairs < 0 || (shape.CausalPairs > 0 && shape.CausalPairs < shape.RealTokens):
+		return fmt.Errorf("%s: shape %+v: CausalPairs must be 0 (rows alike) or at least RealTokens", op, shape)
 	}
 	if lora.Rank < 0 || (lora.Rank == 0 && len(lora.Targets) > 0) {
 		return fmt.Errorf("%s: LoRA rank must be positive with targets %v, got %d", op, lora.Targets, lora.Rank)
@@ -226,12 +243,19 @@ type layerDims struct {
 	qDim, kvDim, group   float64
 	rows, tokens         float64
 	positions            float64 // Rows*Seq
+	pairs                float64 // causal (query, key) pairs of all rows
 	loraRank             float64
 	lora                 []model.Projection
 }
 
 func newLayerDims(cfg *model.Config, shape StepShape, lora LoRATargets) layerDims {
+	pairs := float64(shape.CausalPairs)
+	if pairs == 0 {
+		perRow := float64(shape.RealTokens) / float64(shape.Rows)
+		pairs = float64(shape.Rows) * perRow * (perRow + 1) / 2
+	}
 	return layerDims{
+		pairs:        pairs,
 		hidden:       float64(cfg.HiddenSize),
 		intermediate: float64(cfg.IntermediateSize),
 		heads:        float64(cfg.NumAttentionHeads),
@@ -267,11 +291,6 @@ func (d layerDims) projectionShape(p model.Projection) (in, out float64) {
 // projection with the given (possibly gathered) in and out sizes.
 func frozen(tokens, in, out float64) float64 { return 4 * tokens * in * out }
 
-// causalPairs is the (query, key) pairs of the first n positions of each row.
-func (d layerDims) causalPairs(tokensPerRow float64) float64 {
-	return d.rows * tokensPerRow * (tokensPerRow + 1) / 2
-}
-
 func (d layerDims) loraFLOPs() float64 {
 	var total float64
 	for _, p := range d.lora {
@@ -284,7 +303,7 @@ func (d layerDims) loraFLOPs() float64 {
 func (d layerDims) denseParts() FLOPBreakdown {
 	return FLOPBreakdown{
 		AttentionProjections: frozen(d.tokens, d.hidden, 2*d.qDim+2*d.kvDim),
-		AttentionCore:        18 * d.heads * d.headDim * d.causalPairs(d.tokens/d.rows),
+		AttentionCore:        18 * d.heads * d.headDim * d.pairs,
 		MLPProjections:       frozen(d.tokens, d.hidden, 3*d.intermediate),
 		LoRA:                 d.loraFLOPs(),
 	}

@@ -224,3 +224,30 @@ func TestStepFLOPsRejectsBadInputs(t *testing.T) {
 		}
 	}
 }
+
+// BatchShape counts the causal pairs of each row, and StepFLOPs uses them: a
+// batch of rows 3 and 0 tokens long has 6 pairs, not the 2*1.5*2.5/2 = 3.75 of
+// rows alike.
+func TestBatchShapeCountsCausalPairsPerRow(t *testing.T) {
+	b := model.Batch{Rows: 2, Seq: 4, InputIDs: make([]int32, 8),
+		Mask: []int32{1, 1, 1, 0, 0, 0, 0, 0}, Labels: []int32{-100, 1, 2, -100, -100, -100, -100, -100}}
+	shape, err := BatchShape(b, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shape.CausalPairs != 6 || shape.RealTokens != 3 {
+		t.Fatalf("shape %+v, want 6 causal pairs of 3 real tokens", shape)
+	}
+	report, err := StepFLOPs(tinyConfig(), shape, LoRATargets{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := tinyConfig()
+	if want := 18.0 * float64(cfg.NumAttentionHeads*cfg.HeadDim) * 6; report.Layers[0].DenseParts.AttentionCore != want {
+		t.Errorf("attention core %g, want %g", report.Layers[0].DenseParts.AttentionCore, want)
+	}
+	shape.CausalPairs = 2 // fewer than the real tokens: impossible
+	if _, err := StepFLOPs(tinyConfig(), shape, LoRATargets{}, nil); err == nil {
+		t.Error("CausalPairs below RealTokens accepted")
+	}
+}

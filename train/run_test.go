@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -242,5 +243,32 @@ func TestRunFullFromRandomInit(t *testing.T) {
 	got, err := os.ReadFile(filepath.Join(resumed, "model.safetensors"))
 	if err != nil || !bytes.Equal(got, want) {
 		t.Errorf("the resumed full run's weights differ from the uninterrupted run's (%v)", err)
+	}
+}
+
+// TestMeasuredFLOPsOfAPartialMicroBatch ends a sparse run on a micro-batch
+// with one example in two rows (3 examples, batch 2): the FLOPs recorded from
+// the dispatches equal the analytic count (the attention's causal pairs are
+// counted per row, not as if the real tokens filled the rows evenly).
+func TestMeasuredFLOPsOfAPartialMicroBatch(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "three.jsonl")
+	raw, err := os.ReadFile(filepath.Join("testdata", "sequences.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.SplitAfter(raw, []byte("\n"))
+	os.WriteFile(data, bytes.Join(lines[:3], nil), 0o644)
+	for _, steps := range []int{3, 4} { // 3 ends on a full micro-batch, 4 on a partial one
+		c := DefaultConfig()
+		c.Model, c.Data, c.Out = filepath.Join("..", "models", "tiny"), data, t.TempDir()
+		c.Rank, c.Alpha, c.BatchSize, c.LR, c.NoShuffle, c.MaxSteps = 4, 8, 2, 1e-3, true, steps
+		c.Sparsity, c.SVDCacheDir = filepath.Join("..", "models", "tiny", "sparsity.yaml"), t.TempDir()
+		res, err := Run(context.Background(), testDevice, c, Hooks{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !(res.StepAnalytic > 0 && res.StepAnalytic < 1) || math.Abs(res.StepMeasured-res.StepAnalytic) > 1e-9*res.StepAnalytic {
+			t.Errorf("%d steps: FLOP ratio analytic %.6f, measured from the dispatches %.6f; want them equal", steps, res.StepAnalytic, res.StepMeasured)
+		}
 	}
 }
