@@ -15,7 +15,7 @@ import (
 )
 
 // SIGHUP (a closed terminal or SSH session) stops a run as SIGINT does: a
-// checkpoint and exit 130.
+// checkpoint and exit 130. While it runs, its --out is locked.
 func TestInterruptByHangupCheckpoints(t *testing.T) {
 	interruptChild()
 	out := t.TempDir()
@@ -23,10 +23,16 @@ func TestInterruptByHangupCheckpoints(t *testing.T) {
 	t.Setenv("SPARSELORA_CHILD_ARGS", strings.Join(args, "\n"))
 	cmd, stderr := startChild(t, "main")
 	waitForSteps(t, cmd, stderr, out, 2)
+	// A second run on the same --out, started meanwhile, refuses at once.
+	start := time.Now()
+	code, _, errOut := run(t, append(args, "--resume")...)
+	if code == 0 || !strings.Contains(errOut, "in use by another sparselora train") || time.Since(start) > 10*time.Second {
+		t.Errorf("a concurrent run: exit %d after %v, stderr %q; want a refusal naming the lock", code, time.Since(start), errOut)
+	}
 	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	code, _ := waitExit(t, cmd, 30*time.Second)
+	code, _ = waitExit(t, cmd, 30*time.Second)
 	checkpoints, _ := filepath.Glob(filepath.Join(out, "checkpoint-*"))
 	if code != ExitInterrupted || len(checkpoints) != 1 {
 		t.Fatalf("SIGHUP: exit %d, checkpoints %v; want %d and one checkpoint; stderr:\n%s", code, checkpoints, ExitInterrupted, stderr)
