@@ -109,6 +109,10 @@ func TestTrainRunDirOwnership(t *testing.T) {
 	if now, _ := os.ReadFile(filepath.Join(out, "adapter_model.safetensors")); bytes.Equal(now, adapter) {
 		t.Error("--overwrite kept the first run's adapter")
 	}
+	// The resolved config, passed back with --resume, does not carry --overwrite.
+	if resolved, _ := os.ReadFile(filepath.Join(out, "train_config.yaml")); strings.Contains(string(resolved), "overwrite") {
+		t.Errorf("train_config.yaml records --overwrite:\n%s", resolved)
+	}
 	code, _, errOut = run(t, trainArgs(t, fixtureModel(t), "--max-steps", "1")...)
 	if code == 0 || !strings.Contains(errOut, "is the model directory") {
 		t.Errorf("--out = --model: exit %d, stderr %q", code, errOut)

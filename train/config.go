@@ -65,7 +65,10 @@ type Config struct {
 	Keep      int  `yaml:"keep"`
 	Resume    bool `yaml:"resume"`
 	// Overwrite lets a new run replace the results of an earlier one in Out.
-	Overwrite bool `yaml:"overwrite,omitempty"`
+	// It is what to do with the folder, not a setting of the run: the
+	// resolved config leaves it out, so passing it back with --config and
+	// --resume is not refused as contradictory.
+	Overwrite bool `yaml:"-"`
 	// Verify fingerprints the base model by its files' content too, not only
 	// their size, modification time and header (see Fingerprint).
 	Verify   bool `yaml:"verify,omitempty"`
