@@ -153,6 +153,15 @@ func clearResults(out string) error {
 	if err != nil {
 		return err
 	}
+	// A sharded full checkpoint: its shards go with its index.
+	if sharded, err := safetensors.OpenSharded(filepath.Join(out, safetensors.IndexFileName)); err == nil {
+		for _, shard := range sharded.Shards() {
+			if filepath.Dir(shard) == filepath.Clean(out) {
+				found = append(found, filepath.Base(shard))
+			}
+		}
+		sharded.Close()
+	}
 	for _, name := range found {
 		if err := os.RemoveAll(filepath.Join(out, name)); err != nil {
 			return fmt.Errorf("--overwrite: %w", err)

@@ -1,13 +1,16 @@
 package train
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/model/safetensors"
 )
 
 func TestRunDirIsLockedWhileClaimed(t *testing.T) {
@@ -170,5 +173,29 @@ func TestRankWarning(t *testing.T) {
 	}
 	if w := rankWarning(33, []model.Projection{model.ProjQ, model.ProjK}, shape); !strings.Contains(w, "--rank 33 exceeds 32, the smaller side of k_proj (32x64)") {
 		t.Errorf("rank 33 of 64x32: %q", w)
+	}
+}
+
+// --overwrite removes an earlier full-parameter run's shards with their index.
+func TestClearResultsRemovesShards(t *testing.T) {
+	out := t.TempDir()
+	weightMap := map[string]string{}
+	for i, name := range []string{"a", "b"} {
+		file := fmt.Sprintf("model-%05d-of-00002.safetensors", i+1)
+		tensor, _ := safetensors.NewFloatTensor(safetensors.F32, []int{1}, []float32{1})
+		if err := safetensors.WriteFile(filepath.Join(out, file), map[string]safetensors.Tensor{name: tensor}, nil); err != nil {
+			t.Fatal(err)
+		}
+		weightMap[name] = file
+	}
+	index, _ := json.Marshal(map[string]any{"metadata": map[string]any{}, "weight_map": weightMap})
+	os.WriteFile(filepath.Join(out, safetensors.IndexFileName), index, 0o644)
+	os.WriteFile(filepath.Join(out, "notes.txt"), nil, 0o644)
+	if err := clearResults(out); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(out)
+	if len(entries) != 1 || entries[0].Name() != "notes.txt" {
+		t.Errorf("left %v; want only notes.txt", entries)
 	}
 }
