@@ -5,7 +5,9 @@
 // each micro-batch's forward and backward into one accumulation, clipping and
 // AdamW, one queue submission), the training loop with the Hugging Face
 // Trainer's semantics (SPEC.md section 8), evaluation in its own workspace,
-// checkpoints that resume bit for bit, the metrics log, and the step
+// the run directory (owned by one run, locked while it trains), checkpoints
+// that resume bit for bit (fingerprinted, so that another base model, data or
+// setting is refused), the metrics log, and the step
 // benchmark with its count of the work a step records. It prints nothing: the
 // loop reports through callbacks.
 //
