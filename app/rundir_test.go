@@ -191,3 +191,25 @@ func TestTrainResumeChecksInputs(t *testing.T) {
 		t.Errorf("resuming the finished run: exit %d, last loss %v\n%s\n%s", code, last.Loss, stdout, errOut)
 	}
 }
+
+// With --verify on both runs, a resume accepts the same model copied to
+// another folder (its files' paths and times differ, their content does not);
+// without it, the copy is refused.
+func TestTrainResumeVerifyAcceptsACopiedModel(t *testing.T) {
+	modelDir := copyDir(t, fixtureModel(t))
+	out := filepath.Join(t.TempDir(), "run")
+	args := func(model string, extra ...string) []string {
+		return append([]string{"train", "--model", model, "--data", filepath.Join("..", "train", "testdata", "sequences.jsonl"), "--out", out,
+			"--batch-size", "2", "--rank", "4", "--sparsity", "dense", "--no-window", "--max-steps", "2", "--save-every", "1", "--keep", "1"}, extra...)
+	}
+	if code, stdout, errOut := run(t, args(modelDir, "--verify")...); code != 0 {
+		t.Fatalf("first run: exit %d\n%s\n%s", code, stdout, errOut)
+	}
+	copied := copyDir(t, modelDir)
+	if code, _, errOut := run(t, args(copied, "--resume")...); code == 0 || !strings.Contains(errOut, "model=") {
+		t.Errorf("a copied model without --verify: exit %d, stderr %q; want a refusal naming the model", code, errOut)
+	}
+	if code, stdout, errOut := run(t, args(copied, "--resume", "--verify")...); code != 0 || !strings.Contains(stdout, "nothing to resume") {
+		t.Errorf("a copied model with --verify: exit %d\n%s\n%s", code, stdout, errOut)
+	}
+}
