@@ -57,7 +57,7 @@ func (r *run) inputsFingerprint() (string, error) {
 	}
 	d := r.plan.TrainData
 	add(fpDataBytes, fmt.Sprint(d.Bytes))
-	add(fpDataSHA256, d.SHA256[:16])
+	add(fpDataSHA256, short(d.SHA256))
 	return strings.Join(fields, " "), nil
 }
 
@@ -72,13 +72,13 @@ func (r *run) modelFingerprint(ctx context.Context, m *model.Model) (string, err
 	if err != nil {
 		return "", fmt.Errorf("--model: %w", err)
 	}
-	fp := fpModel + "=" + key[:16]
+	fp := fpModel + "=" + short(key)
 	if r.cfg.Verify {
 		content, err := predictor.SourcesContentHash(ctx, m.Sources)
 		if err != nil {
 			return "", fmt.Errorf("--verify: %w", err)
 		}
-		fp += " " + fpModelContent + "=" + content[:16]
+		fp += " " + fpModelContent + "=" + short(content)
 	}
 	return fp, nil
 }
@@ -162,3 +162,6 @@ func fingerprintFields(fp string) map[string]string {
 	}
 	return m
 }
+
+// short cuts a hex hash to the 16 digits a fingerprint keeps.
+func short(hash string) string { return hash[:min(16, len(hash))] }
