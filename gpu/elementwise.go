@@ -1,7 +1,6 @@
 package gpu
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -16,7 +15,6 @@ const (
 	// elementwiseWorkgroupSize is injected as WORKGROUP_SIZE; the tree reduction
 	// needs a power of two.
 	elementwiseWorkgroupSize = 256
-	elementwiseParamsSize    = 32
 )
 
 // elementwiseOp values are the OP_* consts of elementwise.wgsl.
@@ -41,14 +39,7 @@ type elementwiseParams struct {
 }
 
 func (p elementwiseParams) bytes() []byte {
-	b := make([]byte, elementwiseParamsSize)
-	binary.LittleEndian.PutUint32(b[0:], p.n)
-	binary.LittleEndian.PutUint32(b[4:], p.rows)
-	binary.LittleEndian.PutUint32(b[8:], p.dstBase)
-	binary.LittleEndian.PutUint32(b[12:], p.srcBase)
-	binary.LittleEndian.PutUint32(b[16:], math.Float32bits(p.alpha))
-	binary.LittleEndian.PutUint32(b[20:], math.Float32bits(p.beta))
-	return b
+	return PackParams(p.n, p.rows, p.dstBase, p.srcBase, math.Float32bits(p.alpha), math.Float32bits(p.beta))
 }
 
 // Axpby records y = alpha*x + beta*y elementwise (alpha = beta = 1 adds x to y).

@@ -1,7 +1,6 @@
 package gpu
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -246,15 +245,12 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 	bkl, ok := list(g.GatherK)
 	bc, oc := list(g.ScatterCM)
 
-	params := make([]byte, 64)
-	for i, v := range []uint32{
+	params := PackParams(
 		uint32(g.M), uint32(g.N), uint32(g.K), uint32(lda),
 		uint32(ldb), uint32(ldc), uint32(offA), uint32(offB),
 		uint32(offC), math.Float32bits(alpha), math.Float32bits(g.Beta), om,
 		on, ok, oc, 0,
-	} {
-		binary.LittleEndian.PutUint32(params[4*i:], v)
-	}
+	)
 	bindings := []Binding{viewA, viewB, viewC, bm, bnl, bkl, bc}
 	work := &GemmWork{M: g.M, N: g.N, K: g.K, Rows: g.GatherAM, Cols: g.GatherBN, Inner: g.GatherK}
 	if work.Rows == nil {
@@ -301,10 +297,7 @@ func gemmGrid(rec *Recorder, m, n int, tile Tile, rows Binding, offRows uint32, 
 	if err != nil {
 		return Binding{}, err
 	}
-	params := make([]byte, 32)
-	for i, v := range []uint32{uint32(m), uint32(n), uint32(tile.BM), uint32(tile.BN), offRows, offCols, uint32(grid.Offset / 4), 0} {
-		binary.LittleEndian.PutUint32(params[4*i:], v)
-	}
+	params := PackParams(uint32(m), uint32(n), uint32(tile.BM), uint32(tile.BN), offRows, offCols, uint32(grid.Offset/4), 0)
 	if err := rec.Dispatch(k, params, []Binding{rows, cols, Bind(grid.Buffer)}, 1, 1, 1); err != nil {
 		return Binding{}, err
 	}

@@ -1,7 +1,6 @@
 package model
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -43,8 +42,7 @@ import (
 // fused projection, say).
 
 const (
-	attentionShader     = "attention.wgsl"
-	attentionParamsSize = 64
+	attentionShader = "attention.wgsl"
 	// attentionLanes invocations serve each owned row: enough to split the head
 	// dimensions of the accumulators, few enough that a workgroup of 16 rows
 	// stays at 128 invocations.
@@ -419,13 +417,9 @@ func (k attentionKernel) dispatch(rec *gpu.Recorder, s AttentionShape, b attenti
 	for i, x := range tensors {
 		bindings[i], bases[i] = x.View()
 	}
-	params := make([]byte, attentionParamsSize)
 	words := append([]uint32{uint32(s.Seq), uint32(s.Heads), uint32(s.KVHeads), uint32(s.Heads / s.KVHeads)}, bases...)
 	words = append(words, math.Float32bits(float32(1/math.Sqrt(float64(s.HeadDim)))), uint32(s.HeadDim), uint32(k.tiles.Tile))
-	for i, w := range words {
-		binary.LittleEndian.PutUint32(params[4*i:], w)
-	}
-	if err := rec.Dispatch(k.kernel, params, bindings, k.grid[0], k.grid[1], k.grid[2]); err != nil {
+	if err := rec.Dispatch(k.kernel, gpu.PackParams(words...), bindings, k.grid[0], k.grid[1], k.grid[2]); err != nil {
 		return fmt.Errorf("%s: %w", k.pass, err)
 	}
 	return nil

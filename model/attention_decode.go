@@ -110,7 +110,7 @@ func DecodeAttention(rec *gpu.Recorder, s DecodeAttentionShape, q, kCache, vCach
 	for i, t := range tensors {
 		bindings[i], bases[i] = t.View()
 	}
-	params := packKernelParams(uint32(s.Start), uint32(s.Heads), uint32(s.KVHeads), uint32(s.Heads/s.KVHeads),
+	params := gpu.PackParams(uint32(s.Start), uint32(s.Heads), uint32(s.KVHeads), uint32(s.Heads/s.KVHeads),
 		bases[0], bases[1], bases[2], bases[3],
 		math.Float32bits(float32(1/math.Sqrt(float64(s.HeadDim)))), uint32(s.HeadDim), 0, 0)
 	if err := rec.Dispatch(kernel, params, bindings, uint32(s.Heads), uint32(s.Rows), 1); err != nil {

@@ -38,6 +38,6 @@ func addBias(rec *gpu.Recorder, y, b *gpu.Tensor, rows, cols int, gridLimit uint
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	n := rows * cols
-	params := packKernelParams(uint32(n), uint32(cols), bases[0], bases[1])
+	params := gpu.PackParams(uint32(n), uint32(cols), bases[0], bases[1])
 	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }

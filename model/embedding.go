@@ -75,7 +75,7 @@ func embeddingForward(rec *gpu.Recorder, table, ids, x *gpu.Tensor, tokens, cols
 		if start == 0 {
 			zeroInvalid = 1
 		}
-		params := packKernelParams(uint32(n), uint32(cols), uint32(vocab), uint32(start), uint32(rows),
+		params := gpu.PackParams(uint32(n), uint32(cols), uint32(vocab), uint32(start), uint32(rows),
 			bases[0], bases[1], bases[2], zeroInvalid)
 		if err := dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit); err != nil {
 			return err

@@ -1,7 +1,6 @@
 package model
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -32,7 +31,6 @@ const (
 	// crossEntropyWorkgroupSize is injected as WORKGROUP_SIZE; the tree
 	// reductions need a power of two.
 	crossEntropyWorkgroupSize = 256
-	crossEntropyParamsSize    = 32
 
 	// lmHeadScratchBytes caps a chunk's logits: large enough that each GEMM
 	// fills the GPU, small next to a model's activations.
@@ -444,13 +442,10 @@ func (l *LMHead) dispatch(rec *gpu.Recorder, op crossEntropyOp, targets *gpu.Ten
 	logitsView, logitsBase := l.logits.View()
 	stateView, stateBase := l.state.View()
 	targetsView, targetsBase := targets.View()
-	params := make([]byte, crossEntropyParamsSize)
-	for i, v := range []uint32{
+	params := gpu.PackParams(
 		uint32(l.rows), uint32(cols), uint32(l.chunk), uint32(col0),
 		logitsBase, stateBase, targetsBase, extra,
-	} {
-		binary.LittleEndian.PutUint32(params[4*i:], v)
-	}
+	)
 	gx := min(groups, l.maxGroups)
 	gy := (groups + gx - 1) / gx
 	if gy > l.maxGroups {

@@ -132,7 +132,7 @@ func rope(op string, rec *gpu.Recorder, table *RopeTable, x *gpu.Tensor, rows, s
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	pairs := rows * heads * table.HalfDim
-	params := packKernelParams(uint32(pairs), uint32(heads), uint32(table.HalfDim), uint32(seq), uint32(table.Seq),
+	params := gpu.PackParams(uint32(pairs), uint32(heads), uint32(table.HalfDim), uint32(seq), uint32(table.Seq),
 		bases[0], bases[1], math.Float32bits(sinSign), uint32(start))
 	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(pairs), activationWorkgroupSize, gridLimit)
 }

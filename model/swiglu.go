@@ -48,7 +48,7 @@ func swiGLUForward(rec *gpu.Recorder, g, u, h *gpu.Tensor, n int, gridLimit uint
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	params := packKernelParams(uint32(n), bases[0], bases[1], bases[2])
+	params := gpu.PackParams(uint32(n), bases[0], bases[1], bases[2])
 	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }
 
@@ -71,6 +71,6 @@ func swiGLUBackward(rec *gpu.Recorder, g, u, dh, dg, du *gpu.Tensor, n int, grid
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	params := packKernelParams(uint32(n), bases[0], bases[1], bases[2], bases[3], bases[4])
+	params := gpu.PackParams(uint32(n), bases[0], bases[1], bases[2], bases[3], bases[4])
 	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }

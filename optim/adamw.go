@@ -1,7 +1,6 @@
 package optim
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -54,7 +53,6 @@ func (c AdamWConfig) validate() error {
 const (
 	adamwShader        = "adamw.wgsl"
 	adamwWorkgroupSize = 256
-	adamwParamsSize    = 64
 	// maxReductionCols bounds the row length the gradient norm hands to
 	// gpu.RowSumSquares, which gives each row one workgroup: long rows would
 	// serialise a large tensor on a few workgroups, short ones waste lanes.
@@ -301,21 +299,16 @@ type adamwParams struct {
 }
 
 func (p adamwParams) bytes() []byte {
-	b := make([]byte, adamwParamsSize)
 	var publish uint32
 	if p.publish {
 		publish = 1
 	}
-	words := []uint32{
+	return gpu.PackParams(
 		p.n, p.paramBase, p.gradBase, p.stateBase,
 		math.Float32bits(p.beta1), math.Float32bits(p.beta2), math.Float32bits(p.oneMinusBeta1), math.Float32bits(p.oneMinusBeta2),
 		math.Float32bits(p.eps), math.Float32bits(p.decay), math.Float32bits(p.stepSize), math.Float32bits(p.biasCorrection2Sqrt),
 		math.Float32bits(p.maxNorm), p.statsBase, publish, 0,
-	}
-	for i, w := range words {
-		binary.LittleEndian.PutUint32(b[4*i:], w)
-	}
-	return b
+	)
 }
 
 // elements is a 1-D f32 view of n elements of t starting at element offset.

@@ -7,7 +7,6 @@
 package predictor
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -93,8 +92,7 @@ const (
 	selectTileFloats = 2048
 	// MaxSelectRank is the largest factor rank the selection kernels take: each
 	// invocation holds a column of B (two for the FFN) in registers.
-	MaxSelectRank     = 128
-	selectParamsWords = 20
+	MaxSelectRank = 128
 )
 
 // selectOp values are the OP_* consts of sparse_select.wgsl.
@@ -132,15 +130,11 @@ type selectParams struct {
 }
 
 func (p selectParams) bytes() []byte {
-	b := make([]byte, 4*selectParamsWords)
-	for i, w := range []uint32{
+	return gpu.PackParams(
 		p.n, p.rows, p.seq, p.width, p.tokens, p.chunks, p.k, p.group, p.headDim, p.mode,
 		p.srcBase, p.src2Base, p.src3Base, p.factorABase, p.factorBBase,
 		p.wordsInBase, p.dstBase, p.dst2Base, p.wordsOutBase, math.Float32bits(1),
-	} {
-		binary.LittleEndian.PutUint32(b[4*i:], w)
-	}
-	return b
+	)
 }
 
 // selectBindings are a dispatch's storage bindings 1-6; unset ones get a
