@@ -51,7 +51,7 @@ func queueBusyWork(t *testing.T, dev *gpu.Device, trips int) (release func()) {
 		t.Fatal(err)
 	}
 	rec := dev.NewRecorder()
-	if err := rec.Dispatch(k, nil, []gpu.Binding{gpu.Bind(buf)}, n/64, 1, 1); err != nil {
+	if err := rec.Dispatch(gpu.KindElementwise, k, nil, []gpu.Binding{gpu.Bind(buf)}, n/64, 1, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := rec.Submit(); err != nil {

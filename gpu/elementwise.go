@@ -212,7 +212,11 @@ func dispatchElementwise(rec *Recorder, op elementwiseOp, params elementwisePara
 		}
 		srcBinding = Bind(placeholder)
 	}
-	if err := rec.Dispatch(kernel, params.bytes(), []Binding{dstBinding, srcBinding}, gx, gy, 1); err != nil {
+	kind := KindElementwise
+	if op == opRowSum || op == opRowSumSquares {
+		kind = KindReduction
+	}
+	if err := rec.Dispatch(kind, kernel, params.bytes(), []Binding{dstBinding, srcBinding}, gx, gy, 1); err != nil {
 		return fmt.Errorf("gpu.%s: %w", op, err)
 	}
 	return nil

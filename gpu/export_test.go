@@ -23,3 +23,9 @@ func PendingCalls(in *Instance) int {
 	defer in.mu.Unlock()
 	return len(in.orphans)
 }
+
+// CompileWithPrelude compiles src as the kernel file `file` the way Device.Kernel
+// compiles a file of package shaders: the consts, then the prelude, then src.
+func CompileWithPrelude(d *Device, file, src string, consts ...Const) (*Kernel, error) {
+	return d.compileWithPrelude(file, file, src, consts)
+}

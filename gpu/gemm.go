@@ -261,7 +261,7 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		rec.gemm = work
 		gx := uint32((g.N + tile.BN - 1) / tile.BN)
 		gy := uint32((g.M + tile.BM - 1) / tile.BM)
-		return rec.Dispatch(k, params, bindings, gx, gy, 1)
+		return rec.Dispatch(gemmKind(work), k, params, bindings, gx, gy, 1)
 	}
 	// M or N is only known on the GPU: size the grid there.
 	rows, offRows := bm, om
@@ -273,7 +273,7 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		return err
 	}
 	rec.gemm = work
-	return rec.DispatchIndirect(k, params, bindings, grid)
+	return rec.DispatchIndirect(gemmKind(work), k, params, bindings, grid)
 }
 
 // GemmWork describes a recorded GEMM's size: M x N x K, where an index list
@@ -298,7 +298,7 @@ func gemmGrid(rec *Recorder, m, n int, tile Tile, rows Binding, offRows uint32, 
 		return Binding{}, err
 	}
 	params := PackParams(uint32(m), uint32(n), uint32(tile.BM), uint32(tile.BN), offRows, offCols, uint32(grid.Offset/4), 0)
-	if err := rec.Dispatch(k, params, []Binding{rows, cols, Bind(grid.Buffer)}, 1, 1, 1); err != nil {
+	if err := rec.Dispatch(KindGemmGrid, k, params, []Binding{rows, cols, Bind(grid.Buffer)}, 1, 1, 1); err != nil {
 		return Binding{}, err
 	}
 	return grid, nil

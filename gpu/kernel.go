@@ -7,8 +7,11 @@ package gpu
 import "C"
 
 import (
+	"errors"
 	"fmt"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"unsafe"
 
@@ -47,7 +50,9 @@ func constKey(file string, consts []Const) string {
 }
 
 // Kernel returns the compiled kernel for the WGSL file of package shaders and the
-// constants, compiling it on first use and caching it on the device.
+// constants, compiling it on first use and caching it on the device. The kernel
+// is compiled as the constants, then shaders/prelude.wgsl, then the file (see
+// compileWithPrelude).
 func (d *Device) Kernel(file string, consts ...Const) (*Kernel, error) {
 	key := constKey(file, consts)
 	d.mu.Lock()
@@ -59,7 +64,7 @@ func (d *Device) Kernel(file string, consts ...Const) (*Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, err := d.CompileKernel(key, prelude(consts)+src)
+	k, err := d.compileWithPrelude(key, file, src, consts)
 	if err != nil {
 		return nil, err
 	}
@@ -67,12 +72,67 @@ func (d *Device) Kernel(file string, consts ...Const) (*Kernel, error) {
 	return k, nil
 }
 
-func prelude(consts []Const) string {
+// preludeFile holds the WGSL that every kernel of package shaders shares.
+const preludeFile = "prelude.wgsl"
+
+// sourcePart is one piece of an assembled kernel source: what it is called in
+// error messages and how many lines it spans.
+type sourcePart struct {
+	name  string
+	lines int
+}
+
+// compileWithPrelude compiles file's source src behind the constants and the
+// shared prelude into an uncached kernel. Compiler messages give lines of the
+// whole text; they are rewritten to name the part a line falls in and its line
+// there ("constants:2", "prelude.wgsl:40", "gemm.wgsl:12"), so that a reported
+// line is the line of the file to edit.
+func (d *Device) compileWithPrelude(name, file, src string, consts []Const) (*Kernel, error) {
+	prelude, err := shaders.Source(preludeFile)
+	if err != nil {
+		return nil, err
+	}
 	var b strings.Builder
 	for _, c := range consts {
 		fmt.Fprintf(&b, "const %s = %s;\n", c.Name, c.Value)
 	}
-	return b.String()
+	parts := []sourcePart{{"constants", len(consts)}}
+	for _, p := range []struct{ name, text string }{{preludeFile, prelude}, {file, src}} {
+		if !strings.HasSuffix(p.text, "\n") {
+			p.text += "\n"
+		}
+		b.WriteString(p.text)
+		parts = append(parts, sourcePart{p.name, strings.Count(p.text, "\n")})
+	}
+	k, err := d.CompileKernel(name, b.String())
+	var werr *Error
+	if errors.As(err, &werr) {
+		return nil, fmt.Errorf("compiling kernel %s: %w", name, &Error{Type: werr.Type, Message: attributeLines(werr.Message, parts)})
+	}
+	return k, err
+}
+
+// compilerLine matches the ":line:column" that starts a position in the WGSL
+// compiler's messages (it names no file: the source is a string).
+var compilerLine = regexp.MustCompile(`(^|\s):(\d+):(\d+)`)
+
+// attributeLines rewrites each ":line:column" of a compiler message about the
+// concatenation of parts to "part:line:column" with the part's own line.
+func attributeLines(msg string, parts []sourcePart) string {
+	return compilerLine.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := compilerLine.FindStringSubmatch(m)
+		line, err := strconv.Atoi(sub[2])
+		if err != nil {
+			return m
+		}
+		for _, p := range parts {
+			if line <= p.lines {
+				return fmt.Sprintf("%s%s:%d:%s", sub[1], p.name, line, sub[3])
+			}
+			line -= p.lines
+		}
+		return m
+	})
 }
 
 // CompileKernel compiles WGSL source with entry point `main` into an uncached

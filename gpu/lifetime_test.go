@@ -39,7 +39,7 @@ func lifetimeRound(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := testDevice.NewRecorder()
-	if err := rec.Dispatch(k, nil, []gpu.Binding{gpu.Bind(buf)}, 4, 1, 1); err != nil {
+	if err := rec.Dispatch(gpu.KindElementwise, k, nil, []gpu.Binding{gpu.Bind(buf)}, 4, 1, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := rec.Submit(); err != nil {

@@ -74,11 +74,14 @@ type Recorder struct {
 // Groups and its grid in Indirect (three u32, valid from Submit until the
 // recorder records again).
 type Dispatch struct {
+	// Kind is what the dispatch computes; Kernel names the compiled kernel
+	// (its cache key) for messages.
+	Kind     Kind
 	Kernel   string
 	Groups   [3]uint32
 	Indirect *Binding
-	// Gemm is the GEMM a gemm.wgsl dispatch computes (nil for other kernels),
-	// so that the work a step issues can be counted.
+	// Gemm is the GEMM a dispatch of a GEMM kind computes (nil for other
+	// kinds), so that the work a step issues can be counted.
 	Gemm *GemmWork
 }
 
@@ -244,9 +247,13 @@ func (r *Recorder) scratch(size uint64) (Binding, error) {
 	return b, nil
 }
 
-// Dispatch records kernel k over a grid of workgroups. params (may be nil) is
-// bound at binding 0 as a uniform; bindings follow at 1, 2, ...
-func (r *Recorder) Dispatch(k *Kernel, params []byte, bindings []Binding, x, y, z uint32) error {
+// Dispatch records kernel k, computing what kind says, over a grid of
+// workgroups. params (may be nil; see PackParams) is bound at binding 0 as a
+// uniform; bindings follow at 1, 2, ...
+func (r *Recorder) Dispatch(kind Kind, k *Kernel, params []byte, bindings []Binding, x, y, z uint32) error {
+	if err := checkKind(kind, k, r.gemm); err != nil {
+		return err
+	}
 	if x == 0 || y == 0 || z == 0 {
 		return nil
 	}
@@ -258,7 +265,7 @@ func (r *Recorder) Dispatch(k *Kernel, params []byte, bindings []Binding, x, y, 
 		return err
 	}
 	C.sl_wgpuComputePassEncoderDispatchWorkgroups(r.pass, C.uint32_t(x), C.uint32_t(y), C.uint32_t(z))
-	r.logged(Dispatch{Kernel: k.Name, Groups: [3]uint32{x, y, z}})
+	r.logged(Dispatch{Kind: kind, Kernel: k.Name, Groups: [3]uint32{x, y, z}})
 	return nil
 }
 
@@ -276,6 +283,18 @@ func (r *Recorder) setKernel(k *Kernel, params []byte, bindings []Binding) error
 	return nil
 }
 
+// checkKind checks that a dispatch of k has a kind, and a GEMM kind exactly
+// when Gemm describes its work.
+func checkKind(kind Kind, k *Kernel, gemm *GemmWork) error {
+	if kind == 0 || int(kind) >= len(kindNames) {
+		return fmt.Errorf("kernel %s: dispatch of unknown kind %d", k.Name, kind)
+	}
+	if kind.IsGemm() != (gemm != nil) {
+		return fmt.Errorf("kernel %s: a %s dispatch must be recorded by Gemm, and Gemm's only", k.Name, kind)
+	}
+	return nil
+}
+
 func (r *Recorder) logged(d Dispatch) {
 	d.Gemm, r.gemm = r.gemm, nil
 	r.Dispatches++
@@ -284,14 +303,18 @@ func (r *Recorder) logged(d Dispatch) {
 	}
 }
 
-// DispatchIndirect records kernel k with its grid read on the GPU from three u32
-// at args.Offset: sizes computed on the device never visit the host.
-func (r *Recorder) DispatchIndirect(k *Kernel, params []byte, bindings []Binding, args Binding) error {
+// DispatchIndirect records kernel k, computing what kind says, with its grid
+// read on the GPU from three u32 at args.Offset: sizes computed on the device
+// never visit the host.
+func (r *Recorder) DispatchIndirect(kind Kind, k *Kernel, params []byte, bindings []Binding, args Binding) error {
+	if err := checkKind(kind, k, r.gemm); err != nil {
+		return err
+	}
 	if err := r.setKernel(k, params, bindings); err != nil {
 		return err
 	}
 	C.sl_wgpuComputePassEncoderDispatchWorkgroupsIndirect(r.pass, args.Buffer.h, C.uint64_t(args.Offset))
-	r.logged(Dispatch{Kernel: k.Name, Indirect: &args})
+	r.logged(Dispatch{Kind: kind, Kernel: k.Name, Indirect: &args})
 	return nil
 }
 

@@ -87,6 +87,11 @@ func (p attentionPass) String() string {
 	return [...]string{"attention forward", "attention backward (dq)", "attention backward (dk, dv)"}[p]
 }
 
+// kind is the pass's dispatch kind.
+func (p attentionPass) kind() gpu.Kind {
+	return [...]gpu.Kind{gpu.KindAttentionForward, gpu.KindAttentionQueryGrad, gpu.KindAttentionKeyValueGrad}[p]
+}
+
 // attentionTiles is a kernel's blocking: a workgroup owns Own rows (queries, or
 // keys for the dk/dv pass) with Lanes invocations each, and streams the other
 // side through workgroup memory Tile rows at a time.
@@ -419,7 +424,7 @@ func (k attentionKernel) dispatch(rec *gpu.Recorder, s AttentionShape, b attenti
 	}
 	words := append([]uint32{uint32(s.Seq), uint32(s.Heads), uint32(s.KVHeads), uint32(s.Heads / s.KVHeads)}, bases...)
 	words = append(words, math.Float32bits(float32(1/math.Sqrt(float64(s.HeadDim)))), uint32(s.HeadDim), uint32(k.tiles.Tile))
-	if err := rec.Dispatch(k.kernel, gpu.PackParams(words...), bindings, k.grid[0], k.grid[1], k.grid[2]); err != nil {
+	if err := rec.Dispatch(k.pass.kind(), k.kernel, gpu.PackParams(words...), bindings, k.grid[0], k.grid[1], k.grid[2]); err != nil {
 		return fmt.Errorf("%s: %w", k.pass, err)
 	}
 	return nil

@@ -113,7 +113,7 @@ func DecodeAttention(rec *gpu.Recorder, s DecodeAttentionShape, q, kCache, vCach
 	params := gpu.PackParams(uint32(s.Start), uint32(s.Heads), uint32(s.KVHeads), uint32(s.Heads/s.KVHeads),
 		bases[0], bases[1], bases[2], bases[3],
 		math.Float32bits(float32(1/math.Sqrt(float64(s.HeadDim)))), uint32(s.HeadDim), 0, 0)
-	if err := rec.Dispatch(kernel, params, bindings, uint32(s.Heads), uint32(s.Rows), 1); err != nil {
+	if err := rec.Dispatch(gpu.KindAttentionDecode, kernel, params, bindings, uint32(s.Heads), uint32(s.Rows), 1); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

@@ -39,5 +39,5 @@ func addBias(rec *gpu.Recorder, y, b *gpu.Tensor, rows, cols int, gridLimit uint
 	}
 	n := rows * cols
 	params := gpu.PackParams(uint32(n), uint32(cols), bases[0], bases[1])
-	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
+	return dispatchActivationKernel(op, gpu.KindElementwise, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }

@@ -150,13 +150,13 @@ func activationGroups(n int) uint64 {
 	return (uint64(n) + activationWorkgroupSize - 1) / activationWorkgroupSize
 }
 
-// dispatchActivationKernel records kernel over at least groups workgroups, laid
+// dispatchActivationKernel records kernel, of the given kind, over at least groups workgroups, laid
 // out as a 2-D grid within gridLimit (0: the device's
 // maxComputeWorkgroupsPerDimension) workgroups per dimension. indicesPerGroup is
 // how many u32 work indices each workgroup takes (WORKGROUP_SIZE for the
 // elementwise kernels, 1 for the row kernels): the rounded-up grid must not run
 // past 2^32 of them.
-func dispatchActivationKernel(op string, rec *gpu.Recorder, dev *gpu.Device, kernel *gpu.Kernel, params []byte, views []gpu.Binding,
+func dispatchActivationKernel(op string, kind gpu.Kind, rec *gpu.Recorder, dev *gpu.Device, kernel *gpu.Kernel, params []byte, views []gpu.Binding,
 	groups, indicesPerGroup uint64, gridLimit uint32) error {
 	limit := dev.Limits.MaxComputeWorkgroupsPerDimension
 	if gridLimit != 0 {
@@ -169,7 +169,7 @@ func dispatchActivationKernel(op string, rec *gpu.Recorder, dev *gpu.Device, ker
 	if uint64(gx)*uint64(gy)*indicesPerGroup > math.MaxUint32+1 {
 		return fmt.Errorf("%s: a %d x %d grid of workgroups taking %d indices each runs past u32 indices", op, gx, gy, indicesPerGroup)
 	}
-	if err := rec.Dispatch(kernel, params, views, gx, gy, 1); err != nil {
+	if err := rec.Dispatch(kind, kernel, params, views, gx, gy, 1); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

@@ -77,7 +77,7 @@ func embeddingForward(rec *gpu.Recorder, table, ids, x *gpu.Tensor, tokens, cols
 		}
 		params := gpu.PackParams(uint32(n), uint32(cols), uint32(vocab), uint32(start), uint32(rows),
 			bases[0], bases[1], bases[2], zeroInvalid)
-		if err := dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit); err != nil {
+		if err := dispatchActivationKernel(op, gpu.KindEmbedding, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit); err != nil {
 			return err
 		}
 	}

@@ -77,7 +77,7 @@ func matVec(rec *gpu.Recorder, x, w, y *gpu.Tensor, rows, outs, in, ldy int, bet
 	}
 	params := gpu.PackParams(uint32(rows), uint32(outs), uint32(in), uint32(ldy), bases[0], bases[1], bases[2], gx,
 		math.Float32bits(1), math.Float32bits(beta), 0, 0)
-	if err := rec.Dispatch(kernel, params, views, gx, gy, 1); err != nil {
+	if err := rec.Dispatch(gpu.KindLinearDecode, kernel, params, views, gx, gy, 1); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil

@@ -451,7 +451,7 @@ func (l *LMHead) dispatch(rec *gpu.Recorder, op crossEntropyOp, targets *gpu.Ten
 	if gy > l.maxGroups {
 		return fmt.Errorf("%s kernel: %d rows exceed a %d x %d workgroup grid", op, groups, l.maxGroups, l.maxGroups)
 	}
-	if err := rec.Dispatch(kernel, params, []gpu.Binding{logitsView, stateView, targetsView}, gx, gy, 1); err != nil {
+	if err := rec.Dispatch(gpu.KindLoss, kernel, params, []gpu.Binding{logitsView, stateView, targetsView}, gx, gy, 1); err != nil {
 		return fmt.Errorf("%s kernel: %w", op, err)
 	}
 	return nil

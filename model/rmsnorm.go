@@ -61,7 +61,7 @@ func rmsNormForward(rec *gpu.Recorder, x, w, y, rstd *gpu.Tensor, rows, cols int
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	params := gpu.PackParams(uint32(rows), uint32(cols), bases[0], bases[1], bases[2], bases[3], math.Float32bits(eps))
-	return dispatchActivationKernel(op, rec, dev, kernel, params, views, uint64(rows), 1, gridLimit)
+	return dispatchActivationKernel(op, gpu.KindNorm, rec, dev, kernel, params, views, uint64(rows), 1, gridLimit)
 }
 
 func rmsNormBackward(rec *gpu.Recorder, x, w, rstd, dy, dx *gpu.Tensor, rows, cols int, accumulate bool, gridLimit uint32) error {
@@ -86,7 +86,7 @@ func rmsNormBackward(rec *gpu.Recorder, x, w, rstd, dy, dx *gpu.Tensor, rows, co
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	params := gpu.PackParams(uint32(rows), uint32(cols), bases[0], bases[1], bases[2], bases[3], bases[4])
-	return dispatchActivationKernel(op, rec, dev, kernel, params, views, uint64(rows), 1, gridLimit)
+	return dispatchActivationKernel(op, gpu.KindNorm, rec, dev, kernel, params, views, uint64(rows), 1, gridLimit)
 }
 
 // checkNormShape checks a [rows, cols] shape whose rows are normalised: a row

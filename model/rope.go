@@ -134,5 +134,5 @@ func rope(op string, rec *gpu.Recorder, table *RopeTable, x *gpu.Tensor, rows, s
 	pairs := rows * heads * table.HalfDim
 	params := gpu.PackParams(uint32(pairs), uint32(heads), uint32(table.HalfDim), uint32(seq), uint32(table.Seq),
 		bases[0], bases[1], math.Float32bits(sinSign), uint32(start))
-	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(pairs), activationWorkgroupSize, gridLimit)
+	return dispatchActivationKernel(op, gpu.KindElementwise, rec, dev, kernel, params, views, activationGroups(pairs), activationWorkgroupSize, gridLimit)
 }

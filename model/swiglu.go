@@ -49,7 +49,7 @@ func swiGLUForward(rec *gpu.Recorder, g, u, h *gpu.Tensor, n int, gridLimit uint
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	params := gpu.PackParams(uint32(n), bases[0], bases[1], bases[2])
-	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
+	return dispatchActivationKernel(op, gpu.KindElementwise, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }
 
 func swiGLUBackward(rec *gpu.Recorder, g, u, dh, dg, du *gpu.Tensor, n int, gridLimit uint32) error {
@@ -72,5 +72,5 @@ func swiGLUBackward(rec *gpu.Recorder, g, u, dh, dg, du *gpu.Tensor, n int, grid
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	params := gpu.PackParams(uint32(n), bases[0], bases[1], bases[2], bases[3], bases[4])
-	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
+	return dispatchActivationKernel(op, gpu.KindElementwise, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }

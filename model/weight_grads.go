@@ -77,5 +77,5 @@ func weightGrad(rec *gpu.Recorder, op string, kind int, scaled bool, rows, cols,
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	params := gpu.PackParams(uint32(n), uint32(rows), uint32(cols), bases[0], bases[1], bases[2], bases[3], uint32(vocab), 0, 0, 0, 0)
-	return dispatchActivationKernel(op, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, 0)
+	return dispatchActivationKernel(op, gpu.KindReduction, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, 0)
 }

@@ -263,7 +263,7 @@ func (o *Optimizer) Step(rec *gpu.Recorder, lr float64) error {
 			return fmt.Errorf("optim: Step: AdamW on %s: %w", p.Name, err)
 		}
 		bindings := []gpu.Binding{gradBinding, paramBinding, stateBinding, statsBinding}
-		if err := rec.Dispatch(kernel, params.bytes(), bindings, gx, gy, 1); err != nil {
+		if err := rec.Dispatch(gpu.KindOptimizer, kernel, params.bytes(), bindings, gx, gy, 1); err != nil {
 			return fmt.Errorf("optim: Step: AdamW on %s: %w", p.Name, err)
 		}
 	}

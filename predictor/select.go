@@ -720,7 +720,7 @@ func (s *Selector) dispatch(rec *gpu.Recorder, op selectOp, rank int, p selectPa
 		return bind
 	}
 	bindings := []gpu.Binding{read(b.src), read(b.factorA), read(b.factorB), read(b.wordsIn), write(b.dst), write(b.wordsOut)}
-	if err := rec.Dispatch(kernel, p.bytes(), bindings, gx, gy, 1); err != nil {
+	if err := rec.Dispatch(gpu.KindSelection, kernel, p.bytes(), bindings, gx, gy, 1); err != nil {
 		return fmt.Errorf("%s kernel: %w", op, err)
 	}
 	return nil

@@ -89,7 +89,6 @@ struct Params {
 
 var<workgroup> query: array<f32, HEAD_DIM>;        // scale * q of the row
 var<workgroup> probs: array<f32, WORKGROUP_SIZE>;  // the tile's probabilities
-var<workgroup> reduce: array<f32, WORKGROUP_SIZE>; // tree reductions
 var<workgroup> partial: array<f32, PARTS * PART_STRIDE>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -127,15 +126,7 @@ fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
             score = dot;
         }
         // 2. the tile's max
-        reduce[li] = score;
-        workgroupBarrier();
-        for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-            if (li < stride) {
-                reduce[li] = max(reduce[li], reduce[li + stride]);
-            }
-            workgroupBarrier();
-        }
-        let new_max = max(run_max, reduce[0]);
+        let new_max = max(run_max, workgroup_max(li, score));
         let rescale = exp(run_max - new_max);
         // 3. probabilities
         var prob = 0.0;
@@ -167,22 +158,14 @@ fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
         workgroupBarrier();
     }
 
-    reduce[li] = run_sum;
     if (part < PARTS) {
         for (var i = 0u; i < DIMS_PER_LANE; i++) {
             partial[part * PART_STRIDE + i * DIM_LANES + lane] = acc[i];
         }
     }
-    workgroupBarrier();
-    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-        if (li < stride) {
-            reduce[li] += reduce[li + stride];
-        }
-        workgroupBarrier();
-    }
-    // The key with the maximum score contributes exp(0) = 1, so the sum is at
-    // least 1.
-    let inv_sum = 1.0 / reduce[0];
+    // The sum's barriers also publish partial. The key with the maximum score
+    // contributes exp(0) = 1, so the sum is at least 1.
+    let inv_sum = 1.0 / workgroup_sum(li, run_sum);
     for (var d = li; d < hd; d += WORKGROUP_SIZE) {
         var sum = 0.0;
         for (var part_i = 0u; part_i < PARTS; part_i++) {

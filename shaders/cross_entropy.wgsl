@@ -164,15 +164,9 @@ fn finish(lane: u32) {
         state[state_index(STATE_ROW_LOSS, row)] = row_loss;
         acc += row_loss;
     }
-    part_sum[lane] = acc;
-    for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
-        workgroupBarrier();
-        if (lane < half) {
-            part_sum[lane] += part_sum[lane + half];
-        }
-    }
+    let total = workgroup_sum(lane, acc);
     if (lane == 0u) {
-        state[state_index(STATE_MEAN, 0u)] = part_sum[0] * inv_count;
+        state[state_index(STATE_MEAN, 0u)] = total * inv_count;
     }
 }
 
@@ -197,14 +191,12 @@ fn grad(row: u32, lane: u32) {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
-        @builtin(num_workgroups) grid: vec3<u32>,
-        @builtin(local_invocation_index) lane: u32) {
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
     if (OP == OP_FINISH) {
         finish(lane);
         return;
     }
-    let row = workgroup.y * grid.x + workgroup.x;
+    let row = flat_workgroup(workgroup);
     // The whole workgroup leaves together, so no barrier is skipped by some
     // invocations only.
     if (row >= p.rows) {

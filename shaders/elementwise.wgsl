@@ -71,8 +71,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 
-var<workgroup> partial: array<f32, WORKGROUP_SIZE>;
-
 // load_input reads element i (relative to src_base) of the input.
 fn load_input(i: u32) -> f32 {
     if (SHARED) {
@@ -115,23 +113,15 @@ fn reduce_row(row: u32, lane: u32) {
             acc += v;
         }
     }
-    partial[lane] = acc;
-    for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
-        workgroupBarrier();
-        if (lane < half) {
-            partial[lane] += partial[lane + half];
-        }
-    }
+    let total = workgroup_sum(lane, acc);
     if (lane == 0u) {
-        dst[p.dst_base + row] = partial[0];
+        dst[p.dst_base + row] = total;
     }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
-        @builtin(num_workgroups) grid: vec3<u32>,
-        @builtin(local_invocation_index) lane: u32) {
-    let group = workgroup.y * grid.x + workgroup.x;
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let group = flat_workgroup(workgroup);
     if (OP == OP_AXPBY || OP == OP_SCALE) {
         update_element(group, lane);
     } else {

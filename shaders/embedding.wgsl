@@ -67,20 +67,14 @@ struct Params {
 fn table_value(i: u32) -> f32 {
     let j = p.table_base + i;
     if (TABLE_BF16) {
-        let word = table[j >> 1u];
-        if ((j & 1u) == 0u) {
-            return bitcast<f32>(word << 16u);
-        }
-        return bitcast<f32>(word & 0xffff0000u);
+        return bf16_at(table[j >> 1u], j);
     }
     return bitcast<f32>(table[j]);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
-        @builtin(num_workgroups) grid: vec3<u32>,
-        @builtin(local_invocation_index) lane: u32) {
-    let i = (workgroup.y * grid.x + workgroup.x) * WORKGROUP_SIZE + lane;
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let i = flat_element(workgroup, lane);
     if (i >= p.n) {
         return;
     }

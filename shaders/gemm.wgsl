@@ -54,7 +54,7 @@ struct Params {
 
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
-const THREADS: u32 = WX * WY;
+const WORKGROUP_SIZE: u32 = WX * WY;
 
 var<workgroup> tileA: array<f32, BK * BM>; // [k][m]
 var<workgroup> tileB: array<f32, BK * BN>; // [k][n]
@@ -62,9 +62,7 @@ var<workgroup> dims: vec3u;
 
 fn loadB(e: u32) -> f32 {
   if (B_BF16) {
-    let w = b[e >> 1u];
-    let half = select(w & 0xffffu, w >> 16u, (e & 1u) == 1u);
-    return bitcast<f32>(half << 16u);
+    return bf16_at(b[e >> 1u], e);
   }
   return bitcast<f32>(b[e]);
 }
@@ -100,7 +98,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
 
   for (var k0 = 0u; k0 < K; k0 += BK) {
     // Stage op(A)[row0.., k0..] into tileA, reading along A's contiguous axis.
-    for (var e = tid; e < BM * BK; e += THREADS) {
+    for (var e = tid; e < BM * BK; e += WORKGROUP_SIZE) {
       var mm: u32;
       var kk: u32;
       if (A_TRANS) { kk = e / BM; mm = e % BM; } else { mm = e / BK; kk = e % BK; }
@@ -117,7 +115,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
       tileA[kk * BM + mm] = v;
     }
     // Stage op(B)[k0.., col0..] into tileB.
-    for (var e = tid; e < BK * BN; e += THREADS) {
+    for (var e = tid; e < BK * BN; e += WORKGROUP_SIZE) {
       var kk: u32;
       var nn: u32;
       if (B_TRANS) { nn = e / BK; kk = e % BK; } else { kk = e / BN; nn = e % BN; }

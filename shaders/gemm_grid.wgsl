@@ -18,7 +18,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> cols: array<u32>;
 @group(0) @binding(3) var<storage, read_write> grid: array<u32>;
 
-@compute @workgroup_size(1)
+const WORKGROUP_SIZE = 1u;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
 fn main() {
   var m = p.m;
   var n = p.n;

@@ -63,11 +63,7 @@ var<workgroup> partial: array<f32, SUMS * WORKGROUP_SIZE>;
 fn weight(e: u32) -> f32 {
     let j = p.w_base + e;
     if (W_BF16) {
-        let word = w[j >> 1u];
-        if ((j & 1u) == 0u) {
-            return bitcast<f32>(word << 16u);
-        }
-        return bitcast<f32>(word & 0xffff0000u);
+        return bf16_at(w[j >> 1u], j);
     }
     return bitcast<f32>(w[j]);
 }

@@ -58,26 +58,18 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
 
-var<workgroup> partial: array<f32, WORKGROUP_SIZE>;
-
 // weight widens element c of the weight to f32.
 fn weight(c: u32) -> f32 {
     let i = p.w_base + c;
     if (W_BF16) {
-        let word = w[i >> 1u];
-        if ((i & 1u) == 0u) {
-            return bitcast<f32>(word << 16u);
-        }
-        return bitcast<f32>(word & 0xffff0000u);
+        return bf16_at(w[i >> 1u], i);
     }
     return bitcast<f32>(w[i]);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
-        @builtin(num_workgroups) grid: vec3<u32>,
-        @builtin(local_invocation_index) lane: u32) {
-    let row = workgroup.y * grid.x + workgroup.x;
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let row = flat_workgroup(workgroup);
     if (row >= p.rows) {
         return;
     }
@@ -87,15 +79,7 @@ fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
         let v = x[x_row + c];
         acc += v * v;
     }
-    partial[lane] = acc;
-    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lane < stride) {
-            partial[lane] += partial[lane + stride];
-        }
-    }
-    workgroupBarrier();
-    let r = inverseSqrt(partial[0] / f32(p.cols) + p.eps);
+    let r = inverseSqrt(workgroup_sum(lane, acc) / f32(p.cols) + p.eps);
     if (lane == 0u) {
         rstd[p.rstd_base + row] = r;
     }

@@ -67,26 +67,18 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dy: array<f32>;
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>;
 
-var<workgroup> partial: array<f32, WORKGROUP_SIZE>;
-
 // weight widens element c of the weight to f32.
 fn weight(c: u32) -> f32 {
     let i = p.w_base + c;
     if (W_BF16) {
-        let word = w[i >> 1u];
-        if ((i & 1u) == 0u) {
-            return bitcast<f32>(word << 16u);
-        }
-        return bitcast<f32>(word & 0xffff0000u);
+        return bf16_at(w[i >> 1u], i);
     }
     return bitcast<f32>(w[i]);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
-        @builtin(num_workgroups) grid: vec3<u32>,
-        @builtin(local_invocation_index) lane: u32) {
-    let row = workgroup.y * grid.x + workgroup.x;
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let row = flat_workgroup(workgroup);
     if (row >= p.rows) {
         return;
     }
@@ -96,17 +88,10 @@ fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
     for (var c = lane; c < p.cols; c += WORKGROUP_SIZE) {
         acc += weight(c) * dy[dy_row + c] * x[x_row + c];
     }
-    partial[lane] = acc;
-    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-        workgroupBarrier();
-        if (lane < stride) {
-            partial[lane] += partial[lane + stride];
-        }
-    }
-    workgroupBarrier();
+    let dot = workgroup_sum(lane, acc);
     let r = rstd[p.rstd_base + row];
     // x_c's coefficient: rstd^3 * mean_j(g_j x_j).
-    let x_coef = r * r * r * (partial[0] / f32(p.cols));
+    let x_coef = r * r * r * (dot / f32(p.cols));
     let dx_row = p.dx_base + row * p.cols;
     for (var c = lane; c < p.cols; c += WORKGROUP_SIZE) {
         let grad = r * weight(c) * dy[dy_row + c] - x_coef * x[x_row + c];

@@ -57,10 +57,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
-        @builtin(num_workgroups) grid: vec3<u32>,
-        @builtin(local_invocation_index) lane: u32) {
-    let i = (workgroup.y * grid.x + workgroup.x) * WORKGROUP_SIZE + lane;
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let i = flat_element(workgroup, lane);
     if (i >= p.pairs) {
         return;
     }

@@ -55,10 +55,8 @@ fn sigmoid(z: f32) -> f32 {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
-        @builtin(num_workgroups) grid: vec3<u32>,
-        @builtin(local_invocation_index) lane: u32) {
-    let i = (workgroup.y * grid.x + workgroup.x) * WORKGROUP_SIZE + lane;
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let i = flat_element(workgroup, lane);
     if (i >= p.n) {
         return;
     }

@@ -5,10 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"maps"
-	"regexp"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/sparselora/sparselora/gpu"
@@ -35,38 +32,20 @@ type KernelTime struct {
 	FLOPs      float64 `json:"flops"`
 }
 
-// thinGEMM is the largest inner or outer size of the adapters' and the
-// predictor's GEMMs (their rank), far below any model dimension.
-const thinGEMM = 64
-
-// kernelKind groups dispatches for the profile.
-func kernelKind(d gpu.Dispatch) string {
-	g := d.Gemm
-	switch {
-	case g != nil && (g.Cols != nil || g.Inner != nil):
-		return "GEMM, kept channels (sparse rows)"
-	case g != nil && g.Rows != nil:
-		return "GEMM, row list, all channels"
-	case g != nil && min(g.M, g.N, g.K) <= thinGEMM:
-		return "GEMM, thin (LoRA, predictor)"
-	case g != nil:
-		return "GEMM, dense"
-	case strings.HasPrefix(d.Kernel, "gemm_grid.wgsl"):
-		return "GEMM grid sizing"
-	case strings.HasPrefix(d.Kernel, "attention.wgsl"):
-		return "attention"
-	case strings.HasPrefix(d.Kernel, "sparse_select.wgsl"):
-		return "channel selection"
-	case strings.HasPrefix(d.Kernel, "cross_entropy.wgsl"):
-		return "cross-entropy"
+// attentionFLOPsPerPair is the work of an attention pass per causal (query,
+// key) pair and head dimension: 4, 6 and 8 for the forward, dq and dk/dv
+// passes, 0 for other kinds.
+func attentionFLOPsPerPair(k gpu.Kind) float64 {
+	switch k {
+	case gpu.KindAttentionForward:
+		return 4
+	case gpu.KindAttentionQueryGrad:
+		return 6
+	case gpu.KindAttentionKeyValueGrad:
+		return 8
 	}
-	return "other (norms, RoPE, SwiGLU, bias, embedding)"
+	return 0
 }
-
-var (
-	attentionPassConst = regexp.MustCompile(`PASS=(\d+)u`)
-	headDimConst       = regexp.MustCompile(`HEAD_DIM=(\d+)u`)
-)
 
 // CountStep records one forward and backward of b (dense when sel is nil)
 // outside any optimizer step (the gradients accumulate into the trainable
@@ -154,13 +133,13 @@ func CountStep(ctx context.Context, m *model.Model, ws *model.Workspace, b model
 			return RecordedFLOPs{}, fmt.Errorf("%d timed passes for %d dispatches", len(times), len(work))
 		}
 	}
-	kinds := map[string]*KernelTime{}
+	kinds := map[gpu.Kind]*KernelTime{}
 	c := m.Config
 	out := RecordedFLOPs{Layers: make([]float64, len(m.Layers))}
 	for i, w := range work {
 		var flops float64
 		switch {
-		case w.d.Gemm != nil:
+		case w.d.Kind.IsGemm():
 			g := w.d.Gemm
 			mm, err := count(g.Rows, g.M)
 			if err != nil {
@@ -175,18 +154,15 @@ func CountStep(ctx context.Context, m *model.Model, ws *model.Workspace, b model
 				return out, err
 			}
 			flops = gpu.GemmFLOPs(mm, nn, kk)
-		case strings.HasPrefix(w.d.Kernel, "attention.wgsl"):
-			pass, dim := attentionPassConst.FindStringSubmatch(w.d.Kernel), headDimConst.FindStringSubmatch(w.d.Kernel)
-			if pass == nil || dim == nil || w.d.Indirect != nil {
-				return out, fmt.Errorf("attention dispatch %s: no PASS or HEAD_DIM, or an indirect grid", w.d.Kernel)
+		case attentionFLOPsPerPair(w.d.Kind) != 0:
+			if w.d.Indirect != nil {
+				return out, fmt.Errorf("%s dispatch %s: an indirect grid", w.d.Kind, w.d.Kernel)
 			}
-			hd, _ := strconv.Atoi(dim[1])
 			heads := float64(w.d.Groups[1]) // query heads, or kv heads for dk/dv
-			perPair := map[string]float64{"0": 4, "1": 6, "2": 8}[pass[1]]
-			if pass[1] == "2" {
+			if w.d.Kind == gpu.KindAttentionKeyValueGrad {
 				heads *= float64(c.NumAttentionHeads / c.NumKeyValueHeads)
 			}
-			flops = perPair * float64(hd) * heads * pairs * float64(w.d.Groups[2]) / float64(b.Rows)
+			flops = attentionFLOPsPerPair(w.d.Kind) * float64(c.HeadDim) * heads * pairs * float64(w.d.Groups[2]) / float64(b.Rows)
 		}
 		if w.part >= 0 {
 			out.Layers[w.part] += flops
@@ -195,11 +171,10 @@ func CountStep(ctx context.Context, m *model.Model, ws *model.Workspace, b model
 		}
 		out.Total += flops
 		if times != nil {
-			kind := kernelKind(w.d)
-			k := kinds[kind]
+			k := kinds[w.d.Kind]
 			if k == nil {
-				k = &KernelTime{Kind: kind}
-				kinds[kind] = k
+				k = &KernelTime{Kind: w.d.Kind.String()}
+				kinds[w.d.Kind] = k
 			}
 			k.Dispatches++
 			k.MS += times[i].Seconds() * 1e3

@@ -1,0 +1,226 @@
+package gpu_test
+
+import (
+	"encoding/binary"
+	"math"
+	"math/rand/v2"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/internal/gputest"
+	"github.com/sparselora/sparselora/shaders"
+)
+
+// preludeWorkgroup is the WORKGROUP_SIZE of the prelude's test kernels.
+const preludeWorkgroup = 64
+
+// widenKernel widens element e of the packed words four ways: bf16_at, f16_at,
+// and bf16_pair and f16_pair picking e's half.
+const widenKernel = `
+@group(0) @binding(1) var<storage, read> words: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let e = flat_element(workgroup, lane);
+    let n = 2u * arrayLength(&words);
+    if (e >= n) {
+        return;
+    }
+    let word = words[e >> 1u];
+    let odd = (e & 1u) == 1u;
+    out[e] = bf16_at(word, e);
+    out[n + e] = f16_at(word, e);
+    let bf = bf16_pair(word);
+    out[2u * n + e] = select(bf.x, bf.y, odd);
+    let hf = f16_pair(word);
+    out[3u * n + e] = select(hf.x, hf.y, odd);
+}
+`
+
+// f16Value decodes a normal IEEE half-precision number.
+func f16Value(h uint16) float64 {
+	v := math.Ldexp(1+float64(h&0x3ff)/1024, int(h>>10&0x1f)-15)
+	if h&0x8000 != 0 {
+		return -v
+	}
+	return v
+}
+
+func TestPreludeWidensPackedHalves(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const words = 501 // 1002 elements: 16 workgroups, laid out 5 x 4
+	halves := make([]uint16, 2*words)
+	for i := range halves {
+		for {
+			h := uint16(rng.Uint32())
+			bfExp, f16Exp := h>>7&0xff, h>>10&0x1f
+			// Normal numbers both ways: zero exponents are subnormal, all-ones
+			// infinite or NaN.
+			if bfExp != 0 && bfExp != 0xff && f16Exp != 0 && f16Exp != 0x1f {
+				halves[i] = h
+				break
+			}
+		}
+	}
+	raw := make([]byte, 4*words)
+	for i := range words {
+		binary.LittleEndian.PutUint32(raw[4*i:], uint32(halves[2*i])|uint32(halves[2*i+1])<<16)
+	}
+	in, err := testDevice.NewBuffer(uint64(len(raw)), "packed halves")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Release()
+	if err := in.Write(0, raw); err != nil {
+		t.Fatal(err)
+	}
+	n := len(halves)
+	out := gputest.Poisoned(t, testDevice, 4*n)
+	defer out.Release()
+	k, err := gpu.CompileWithPrelude(testDevice, "widen.wgsl", widenKernel, gpu.U32("WORKGROUP_SIZE", preludeWorkgroup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Release()
+	gx, gy, err := gpu.SplitGrid(uint64((n+preludeWorkgroup-1)/preludeWorkgroup), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := testDevice.NewRecorder()
+	defer rec.Release()
+	if err := rec.Dispatch(gpu.KindElementwise, k, nil, []gpu.Binding{gpu.Bind(in), gpu.Bind(out.Buf)}, gx, gy, 1); err != nil {
+		t.Fatal(err)
+	}
+	gputest.Submit(t, rec)
+	got := gputest.Download(t, out)
+	for e, h := range halves {
+		bf := float64(math.Float32frombits(uint32(h) << 16))
+		f := f16Value(h)
+		for i, want := range []float64{bf, f, bf, f} {
+			if g := float64(got[i*n+e]); g != want {
+				t.Fatalf("element %d (half %#04x), widening %d of [bf16_at f16_at bf16_pair f16_pair]: got %v, want %v",
+					e, h, i, g, want)
+			}
+		}
+	}
+}
+
+// reduceKernel gives each row of a [rows, cols] input one workgroup, reduces it
+// three times back to back (sum, max, sum of squares) and has every invocation
+// write what it got.
+const reduceKernel = `
+@group(0) @binding(0) var<uniform> p: vec4<u32>; // rows, cols
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let row = flat_workgroup(workgroup);
+    if (row >= p.x) {
+        return;
+    }
+    var sum = 0.0;
+    var top = -3.0e38;
+    var squares = 0.0;
+    for (var c = lane; c < p.y; c += WORKGROUP_SIZE) {
+        let v = x[row * p.y + c];
+        sum += v;
+        top = max(top, v);
+        squares += v * v;
+    }
+    let at = 3u * (row * WORKGROUP_SIZE + lane);
+    out[at] = workgroup_sum(lane, sum);
+    out[at + 1u] = workgroup_max(lane, top);
+    out[at + 2u] = workgroup_sum(lane, squares);
+}
+`
+
+func TestPreludeWorkgroupReductions(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	const rows, cols = 5, 333
+	data := gputest.RandFloats(rng, rows*cols)
+	x := gputest.Upload(t, testDevice, gpu.F32, data, rows, cols)
+	defer x.Release()
+	out := gputest.Poisoned(t, testDevice, rows*preludeWorkgroup*3)
+	defer out.Release()
+	k, err := gpu.CompileWithPrelude(testDevice, "reduce.wgsl", reduceKernel, gpu.U32("WORKGROUP_SIZE", preludeWorkgroup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Release()
+	gx, gy, err := gpu.SplitGrid(rows, 3) // 3 x 2: one workgroup past the last row
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := testDevice.NewRecorder()
+	defer rec.Release()
+	if err := rec.Dispatch(gpu.KindElementwise, k, gpu.PackParams(rows, cols), []gpu.Binding{gpu.Bind(x.Buf), gpu.Bind(out.Buf)}, gx, gy, 1); err != nil {
+		t.Fatal(err)
+	}
+	gputest.Submit(t, rec)
+	got := gputest.Download(t, out)
+	for r := range rows {
+		var sum, squares float64
+		top := math.Inf(-1)
+		for _, v := range data[r*cols : (r+1)*cols] {
+			sum += float64(v)
+			top = max(top, float64(v))
+			squares += float64(v) * float64(v)
+		}
+		for lane := range preludeWorkgroup {
+			at := 3 * (r*preludeWorkgroup + lane)
+			if g := float64(got[at]); !(math.Abs(g-sum) <= 1e-5*squares) {
+				t.Fatalf("row %d lane %d: workgroup_sum %v, want %v", r, lane, g, sum)
+			}
+			if g := float64(got[at+1]); g != top {
+				t.Fatalf("row %d lane %d: workgroup_max %v, want %v", r, lane, g, top)
+			}
+			if g := float64(got[at+2]); !(math.Abs(g-squares) <= 1e-5*squares) {
+				t.Fatalf("row %d lane %d: second workgroup_sum %v, want %v", r, lane, g, squares)
+			}
+		}
+	}
+}
+
+func TestCompileErrorsNameThePartAndItsLine(t *testing.T) {
+	const broken = "@compute @workgroup_size(WORKGROUP_SIZE)\nfn main() {\n    let x: f32 = undefined_name;\n}\n"
+	_, err := gpu.CompileWithPrelude(testDevice, "broken.wgsl", broken, gpu.U32("WORKGROUP_SIZE", 1), gpu.U32("OTHER", 2))
+	if err == nil || !strings.Contains(err.Error(), "broken.wgsl:3:") || !strings.Contains(err.Error(), "undefined_name") {
+		t.Fatalf("want the error at broken.wgsl:3, got %v", err)
+	}
+
+	_, err = gpu.CompileWithPrelude(testDevice, "fine.wgsl", "@compute @workgroup_size(1)\nfn main() {}\n",
+		gpu.Const{Name: "BAD", Value: "undefined_value"})
+	if err == nil || !strings.Contains(err.Error(), "constants:1:") {
+		t.Fatalf("want the error at constants:1, got %v", err)
+	}
+
+	// Without WORKGROUP_SIZE the prelude's reductions do not compile: the error
+	// must point at a prelude line that uses it.
+	_, err = gpu.CompileWithPrelude(testDevice, "fine.wgsl", "@compute @workgroup_size(1)\nfn main() {}\n")
+	m := regexp.MustCompile(`prelude\.wgsl:(\d+):`).FindStringSubmatch(errorText(err))
+	if m == nil {
+		t.Fatalf("want an error in prelude.wgsl, got %v", err)
+	}
+	prelude, perr := shaders.Source("prelude.wgsl")
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	line, _ := strconv.Atoi(m[1])
+	lines := strings.Split(prelude, "\n")
+	if line < 1 || line > len(lines) || !strings.Contains(lines[line-1], "WORKGROUP_SIZE") {
+		t.Fatalf("error at prelude.wgsl:%d, which does not use WORKGROUP_SIZE: %v", line, err)
+	}
+}
+
+// errorText is err's message, or "" for nil.
+func errorText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,119 @@
+// prelude.wgsl: the WGSL every kernel shares. WGSL has no #include, so package
+// gpu compiles each kernel as its injected consts, then this file, then the
+// kernel's own file; compile errors name the part and its own line
+// (`prelude.wgsl:12:5`, `rmsnorm.wgsl:80:9`). Kernels call what is here instead
+// of repeating it.
+//
+// Contract: every kernel declares WORKGROUP_SIZE, the number of invocations of
+// its workgroup (injected, or a const of its own); the reductions size their
+// scratch with it. A module-scope variable that a kernel does not use costs it
+// nothing, so unused parts are free. Names here are kept out of the kernels'
+// own.
+
+// ---- bf16 and f16 widening ----
+// Frozen weights and tables may be 16-bit floats packed two per u32 word,
+// element 2i in the low half (the little-endian layout of the file). A kernel
+// binds them as array<u32> and widens element e from its word, array[e >> 1u].
+// bf16 is the top half of an f32, so widening it is exact.
+
+// bf16_at widens bf16 element e, given the word that holds it.
+fn bf16_at(word: u32, e: u32) -> f32 {
+    if ((e & 1u) == 0u) {
+        return bitcast<f32>(word << 16u);
+    }
+    return bitcast<f32>(word & 0xffff0000u);
+}
+
+// bf16_pair widens both bf16 elements of a word: (element 2i, element 2i + 1).
+fn bf16_pair(word: u32) -> vec2<f32> {
+    return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
+}
+
+// f16_at widens IEEE half-precision element e, given the word that holds it.
+// (WGSL lets unpack2x16float flush f16 subnormals to zero.)
+fn f16_at(word: u32, e: u32) -> f32 {
+    let pair = unpack2x16float(word);
+    return select(pair.x, pair.y, (e & 1u) == 1u);
+}
+
+// f16_pair widens both f16 elements of a word: (element 2i, element 2i + 1).
+fn f16_pair(word: u32) -> vec2<f32> {
+    return unpack2x16float(word);
+}
+
+// ---- Quantized weight loads ----
+// Reserved for loading quantized frozen weights (packed integers with
+// per-group scales and biases), shared the way the widening above is.
+
+// ---- Grid index ----
+// A kernel that gives each workgroup (or each invocation) one index of a flat
+// range may need more than maxComputeWorkgroupsPerDimension (65535) workgroups,
+// so the host lays them out as a 2-D grid (gpu.SplitGrid): workgroup (x, y) is
+// number y * num_workgroups.x + x, and numbers past the end exit. Such a kernel
+// takes a WorkgroupGrid as its entry point's argument:
+//   @compute @workgroup_size(WORKGROUP_SIZE)
+//   fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+//       let i = flat_element(workgroup, lane);
+// local_invocation_index stays a separate argument: the uniformity analysis
+// counts a struct argument as varying across the workgroup if any member is,
+// and the workgroup's number must count as uniform for the reductions' barriers.
+
+struct WorkgroupGrid {
+    @builtin(workgroup_id) id: vec3<u32>,
+    @builtin(num_workgroups) size: vec3<u32>,
+}
+
+// flat_workgroup is the workgroup's number in the flat range.
+fn flat_workgroup(workgroup: WorkgroupGrid) -> u32 {
+    return workgroup.id.y * workgroup.size.x + workgroup.id.x;
+}
+
+// flat_element is the number of invocation lane of the workgroup in the flat
+// range when each workgroup of WORKGROUP_SIZE invocations takes WORKGROUP_SIZE
+// elements.
+fn flat_element(workgroup: WorkgroupGrid, lane: u32) -> u32 {
+    return flat_workgroup(workgroup) * WORKGROUP_SIZE + lane;
+}
+
+// ---- Workgroup reductions ----
+// Trees over the WORKGROUP_SIZE invocations (a power of two) of a workgroup:
+// at step h = WORKGROUP_SIZE/2, ..., 1, invocation i < h combines its value with
+// that of i + h, so the order of the operations depends on the workgroup size
+// only. Every invocation of the workgroup calls them (they hold barriers, so in
+// uniform control flow) with lane = local_invocation_index, and all get the
+// result. They end with a barrier, so they may be called back to back.
+
+var<workgroup> reduction_scratch: array<f32, WORKGROUP_SIZE>;
+
+// workgroup_sum is the sum of value over the workgroup's invocations.
+fn workgroup_sum(lane: u32, value: f32) -> f32 {
+    reduction_scratch[lane] = value;
+    for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if (lane < half) {
+            reduction_scratch[lane] += reduction_scratch[lane + half];
+        }
+    }
+    return reduction_result();
+}
+
+// workgroup_max is the maximum of value over the workgroup's invocations (as
+// WGSL's max, which may return either operand when one is NaN).
+fn workgroup_max(lane: u32, value: f32) -> f32 {
+    reduction_scratch[lane] = value;
+    for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
+        workgroupBarrier();
+        if (lane < half) {
+            reduction_scratch[lane] = max(reduction_scratch[lane], reduction_scratch[lane + half]);
+        }
+    }
+    return reduction_result();
+}
+
+// reduction_result hands every invocation the tree's root, then frees the
+// scratch for the next reduction.
+fn reduction_result() -> f32 {
+    let result = workgroupUniformLoad(&reduction_scratch[0]);
+    workgroupBarrier();
+    return result;
+}
