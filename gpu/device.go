@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -227,6 +228,8 @@ func (d *Device) createBuffer(size uint64, usage uint64, label string) (*Buffer,
 	desc.label = C.WGPUStringView{data: clabel, length: C.size_t(len(label))}
 	desc.usage = C.WGPUBufferUsage(usage)
 	desc.size = C.uint64_t(size)
+	runtime.LockOSThread() // error scopes are per OS thread (see CompileKernel)
+	defer runtime.UnlockOSThread()
 	C.sl_wgpuDevicePushErrorScope(d.h, 2) // OutOfMemory
 	h := C.sl_wgpuDeviceCreateBuffer(d.h, &desc)
 	if err := d.popErrorScope("creating buffer " + label); err != nil {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,6 +140,10 @@ func attributeLines(msg string, parts []sourcePart) string {
 // kernel that the caller must Release. Compile and validation errors come back
 // with the compiler's message (line and column refer to the source given here).
 func (d *Device) CompileKernel(name, source string) (*Kernel, error) {
+	// Dawn keeps error scopes per OS thread: push, create and pop must run on
+	// one, or the compiler's error lands in no scope and is lost.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	cname := C.CString(name)
 	defer C.free(unsafe.Pointer(cname))
 	csrc := C.CString(source)

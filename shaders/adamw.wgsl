@@ -53,31 +53,18 @@
 // The bases let tensors sit at any 4-byte offset although storage bindings start
 // at multiples of minStorageBufferOffsetAlignment (see gpu.Tensor.View).
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each; the grid is
-// 2-D so that more than maxComputeWorkgroupsPerDimension workgroups fit, and
-// workgroup (x, y) covers elements from (y*num_workgroups.x + x)*WORKGROUP_SIZE.
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each, element
+// flat_element over the 2-D grid (prelude.wgsl).
 // Invocations past n only take part in publishing (element 0's invocation).
 //
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup.
 
 struct Params {
-    n: u32,
-    param_base: u32,
-    grad_base: u32,
-    state_base: u32,
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
-    eps: f32,
-    decay: f32,
-    step_size: f32,
-    bias_correction2_sqrt: f32,
-    max_norm: f32,
-    stats_base: u32,
-    publish: u32,
-    pad: u32,
+    n: u32, param_base: u32, grad_base: u32, state_base: u32,
+    beta1: f32, beta2: f32, one_minus_beta1: f32, one_minus_beta2: f32,
+    eps: f32, decay: f32, step_size: f32, bias_correction2_sqrt: f32,
+    max_norm: f32, stats_base: u32, publish: u32, pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

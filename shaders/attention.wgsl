@@ -140,22 +140,10 @@ const NEG_BIG = -3.0e38;
 const PADDING_D = 3.0e38;
 
 struct Params {
-    seq: u32,
-    heads: u32,
-    kv_heads: u32,
-    group: u32,
-    q_base: u32,
-    k_base: u32,
-    v_base: u32,
-    flags_base: u32,
-    dout_base: u32,
-    lse_base: u32,
-    out_a_base: u32,
-    out_b_base: u32,
-    scale: f32,
-    head_dim: u32,
-    tile_rows: u32,
-    pad0: u32,
+    seq: u32, heads: u32, kv_heads: u32, group: u32,
+    q_base: u32, k_base: u32, v_base: u32, flags_base: u32,
+    dout_base: u32, lse_base: u32, out_a_base: u32, out_b_base: u32,
+    scale: f32, head_dim: u32, tile_rows: u32, pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -20,7 +20,7 @@
 // stream through in tiles of WORKGROUP_SIZE positions; for each tile:
 //   1. scores: invocation i takes key tile0 + i (a full hd-long dot product
 //      with the scaled query, staged once in workgroup memory);
-//   2. the tile's maximum by a tree reduction in workgroup memory; the running
+//   2. the tile's maximum by workgroup_max (prelude.wgsl); the running
 //      max m moves to max(m, tile max) and everything accumulated so far is
 //      rescaled by exp(m_old - m_new) (the online softmax: no score is ever
 //      exponentiated above the running max, so nothing overflows);
@@ -67,18 +67,9 @@ const DIMS_PER_LANE = (HEAD_DIM + DIM_LANES - 1u) / DIM_LANES;
 const PART_STRIDE = DIM_LANES * DIMS_PER_LANE; // >= HEAD_DIM
 
 struct Params {
-    start: u32,
-    heads: u32,
-    kv_heads: u32,
-    group: u32,
-    q_base: u32,
-    k_base: u32,
-    v_base: u32,
-    out_base: u32,
-    scale: f32,
-    head_dim: u32,
-    pad0: u32,
-    pad1: u32,
+    start: u32, heads: u32, kv_heads: u32, group: u32,
+    q_base: u32, k_base: u32, v_base: u32, out_base: u32,
+    scale: f32, head_dim: u32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

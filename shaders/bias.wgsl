@@ -11,10 +11,8 @@
 //
 // Params (16 bytes, little-endian u32): n (rows*cols), cols (>= 1), y_base, b_base.
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: invocation
-// `lane` of workgroup y*num_workgroups.x + x (a 2-D grid, so that more than
-// maxComputeWorkgroupsPerDimension workgroups fit) handles
-// i = (y*num_workgroups.x + x)*WORKGROUP_SIZE + lane; those with i >= n exit.
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: element
+// i = flat_element over the 2-D grid (prelude.wgsl); those with i >= n exit.
 //
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup.
@@ -31,20 +29,11 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<u32>;
 
-// bias widens element c of the bias to f32.
-fn bias(c: u32) -> f32 {
-    let j = p.b_base + c;
-    if (B_BF16) {
-        return bf16_at(b[j >> 1u], j);
-    }
-    return bitcast<f32>(b[j]);
-}
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
     let i = flat_element(workgroup, lane);
     if (i >= p.n) {
         return;
     }
-    y[p.y_base + i] += bias(i % p.cols);
+    y[p.y_base + i] += load_f32_or_bf16(&b, p.b_base + i % p.cols, B_BF16);
 }

@@ -51,11 +51,11 @@
 //              on the host, so the mean needs no read-back.
 //
 // Workgroup: WORKGROUP_SIZE x 1 x 1 invocations. CHUNK_STATS and GRAD give
-// workgroup g = y*num_workgroups.x + x row g (a 2-D grid so that more rows than
-// maxComputeWorkgroupsPerDimension fit; workgroups past the last row exit); its
-// invocations stride over the row's columns, and CHUNK_STATS combines their
-// (max, sum) pairs in a tree in workgroup memory. FINISH runs one workgroup whose
-// invocations stride over the rows.
+// workgroup g = flat_workgroup over the 2-D grid (prelude.wgsl) row g
+// (workgroups past the last row exit); its invocations stride over the row's
+// columns, and CHUNK_STATS combines their (max, sum) pairs in a tree in
+// workgroup memory. FINISH runs one workgroup whose invocations stride over the
+// rows and add their losses with workgroup_sum.
 //
 // Injected consts:
 //   OP: u32              one of the OP_* values above.

@@ -33,13 +33,12 @@
 // start at multiples of minStorageBufferOffsetAlignment: the caller binds from
 // the aligned offset at or below the tensor and passes the remainder here.
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations; the grid is 2-D so that more than
-// maxComputeWorkgroupsPerDimension workgroups fit, and workgroup (x, y) has the
-// linear index g = y*num_workgroups.x + x. Elementwise ops give invocation `lane`
-// of workgroup g element g*WORKGROUP_SIZE + lane. Row reductions give workgroup g
-// row g: its invocations stride over the columns, then combine their partial sums
-// in a tree in workgroup memory. Workgroups past the end do nothing, so the grid
-// may be rounded up to a rectangle.
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations; workgroup g = flat_workgroup
+// over the 2-D grid (prelude.wgsl). Elementwise ops give invocation `lane` of
+// workgroup g element g*WORKGROUP_SIZE + lane. Row reductions give workgroup g
+// row g: its invocations stride over the columns, then add their partial sums
+// with workgroup_sum. Workgroups past the end do nothing, so the grid may be
+// rounded up to a rectangle.
 //
 // Injected consts:
 //   OP: u32              one of the OP_* values above.
@@ -57,14 +56,8 @@ const OP_ROW_SUM = 2u;
 const OP_ROW_SUM_SQUARES = 3u;
 
 struct Params {
-    n: u32,
-    rows: u32,
-    dst_base: u32,
-    src_base: u32,
-    alpha: f32,
-    beta: f32,
-    pad0: u32,
-    pad1: u32,
+    n: u32, rows: u32, dst_base: u32, src_base: u32,
+    alpha: f32, beta: f32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

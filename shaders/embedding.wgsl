@@ -33,10 +33,8 @@
 //   offset 32  zero_invalid  1: write zeros for ids >= vocab
 //   offset 36  12 bytes of padding
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element of x each:
-// invocation `lane` of workgroup y*num_workgroups.x + x (a 2-D grid, so that
-// more than maxComputeWorkgroupsPerDimension workgroups fit) handles
-// i = (y*num_workgroups.x + x)*WORKGROUP_SIZE + lane, t = i / cols,
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element of x each: element
+// i = flat_element over the 2-D grid (prelude.wgsl), t = i / cols,
 // c = i mod cols; those with i >= n exit.
 //
 // Injected consts:
@@ -44,33 +42,15 @@
 //   TABLE_BF16: bool     the table is bf16 packed in u32 words (else f32 bits).
 
 struct Params {
-    n: u32,
-    cols: u32,
-    vocab: u32,
-    block_start: u32,
-    block_rows: u32,
-    table_base: u32,
-    ids_base: u32,
-    x_base: u32,
-    zero_invalid: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    n: u32, cols: u32, vocab: u32, block_start: u32,
+    block_rows: u32, table_base: u32, ids_base: u32, x_base: u32,
+    zero_invalid: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> table: array<u32>;
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
-
-// table_value widens element i (relative to table_base) of the block to f32.
-fn table_value(i: u32) -> f32 {
-    let j = p.table_base + i;
-    if (TABLE_BF16) {
-        return bf16_at(table[j >> 1u], j);
-    }
-    return bitcast<f32>(table[j]);
-}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
@@ -85,7 +65,7 @@ fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
     // comparison bounds both sides.
     let v = id - p.block_start;
     if (v < p.block_rows) {
-        x[p.x_base + i] = table_value(v * p.cols + c);
+        x[p.x_base + i] = load_f32_or_bf16(&table, p.table_base + v * p.cols + c, TABLE_BF16);
     } else if (p.zero_invalid != 0u && id >= p.vocab) {
         x[p.x_base + i] = 0.0;
     }

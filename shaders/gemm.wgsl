@@ -60,13 +60,6 @@ var<workgroup> tileA: array<f32, BK * BM>; // [k][m]
 var<workgroup> tileB: array<f32, BK * BN>; // [k][n]
 var<workgroup> dims: vec3u;
 
-fn loadB(e: u32) -> f32 {
-  if (B_BF16) {
-    return bf16_at(b[e >> 1u], e);
-  }
-  return bitcast<f32>(b[e]);
-}
-
 @compute @workgroup_size(WX, WY, 1)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
   if (tid == 0u) {
@@ -127,7 +120,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         if (GATHER_K) { bk = idx_k[p.offIdxK + 1u + gk]; }
         var bn = gn;
         if (GATHER_BN) { bn = idx_n[p.offIdxN + 1u + gn]; }
-        if (B_TRANS) { v = loadB(p.offB + bn * p.ldb + bk); } else { v = loadB(p.offB + bk * p.ldb + bn); }
+        if (B_TRANS) { v = load_f32_or_bf16(&b, p.offB + bn * p.ldb + bk, B_BF16); } else { v = load_f32_or_bf16(&b, p.offB + bk * p.ldb + bn, B_BF16); }
       }
       tileB[kk * BN + nn] = v;
     }

@@ -37,18 +37,9 @@
 // Injected consts: WORKGROUP_SIZE, OUTS, ROWS (u32); W_BF16 (bool).
 
 struct Params {
-    rows: u32,
-    out_n: u32,
-    in_n: u32,
-    ldy: u32,
-    x_base: u32,
-    w_base: u32,
-    y_base: u32,
-    groups_x: u32,
-    alpha: f32,
-    beta: f32,
-    pad0: u32,
-    pad1: u32,
+    rows: u32, out_n: u32, in_n: u32, ldy: u32,
+    x_base: u32, w_base: u32, y_base: u32, groups_x: u32,
+    alpha: f32, beta: f32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,15 +49,6 @@ struct Params {
 
 const SUMS = OUTS * ROWS; // dot products per workgroup, (output j, row r) at j*ROWS + r
 var<workgroup> partial: array<f32, SUMS * WORKGROUP_SIZE>;
-
-// weight widens element e (relative to w_base) to f32.
-fn weight(e: u32) -> f32 {
-    let j = p.w_base + e;
-    if (W_BF16) {
-        return bf16_at(w[j >> 1u], j);
-    }
-    return bitcast<f32>(w[j]);
-}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
@@ -81,7 +63,7 @@ fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
         for (var j = 0u; j < OUTS; j++) {
             let o = first + j;
             if (o < p.out_n) {
-                let wv = weight(o * p.in_n + k);
+                let wv = load_f32_or_bf16(&w, p.w_base + o * p.in_n + k, W_BF16);
                 for (var r = 0u; r < ROWS; r++) {
                     acc[j * ROWS + r] += xs[r] * wv;
                 }

@@ -29,6 +29,16 @@ fn bf16_pair(word: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(word << 16u), bitcast<f32>(word & 0xffff0000u));
 }
 
+// load_f32_or_bf16 reads element e of an array bound as array<u32> that holds
+// f32 bits, or with is_bf16 bf16 halves (then e counts halves). (A storage
+// pointer argument is WGSL's unrestricted_pointer_parameters, which Dawn has.)
+fn load_f32_or_bf16(words: ptr<storage, array<u32>, read>, e: u32, is_bf16: bool) -> f32 {
+    if (is_bf16) {
+        return bf16_at((*words)[e >> 1u], e);
+    }
+    return bitcast<f32>((*words)[e]);
+}
+
 // f16_at widens IEEE half-precision element e, given the word that holds it.
 // (WGSL lets unpack2x16float flush f16 subnormals to zero.)
 fn f16_at(word: u32, e: u32) -> f32 {

@@ -30,11 +30,10 @@
 //   offset 24  eps: f32
 //   offset 28  4 bytes of padding
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one workgroup per row. The grid
-// is 2-D so that more than maxComputeWorkgroupsPerDimension rows fit: workgroup
-// (x, y) handles row y*num_workgroups.x + x, and workgroups past the last row
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one workgroup per row: row
+// flat_workgroup over the 2-D grid (prelude.wgsl); workgroups past the last row
 // exit. A row's invocations stride over its columns, then add their partial sums
-// of squares in a tree in workgroup memory.
+// of squares with workgroup_sum.
 //
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup; a power of two (the tree
@@ -42,14 +41,8 @@
 //   W_BF16: bool         the weight is bf16 packed in u32 words (else f32 bits).
 
 struct Params {
-    rows: u32,
-    cols: u32,
-    x_base: u32,
-    w_base: u32,
-    y_base: u32,
-    rstd_base: u32,
-    eps: f32,
-    pad0: u32,
+    rows: u32, cols: u32, x_base: u32, w_base: u32,
+    y_base: u32, rstd_base: u32, eps: f32, pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -60,11 +53,7 @@ struct Params {
 
 // weight widens element c of the weight to f32.
 fn weight(c: u32) -> f32 {
-    let i = p.w_base + c;
-    if (W_BF16) {
-        return bf16_at(w[i >> 1u], i);
-    }
-    return bitcast<f32>(w[i]);
+    return load_f32_or_bf16(&w, p.w_base + c, W_BF16);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)

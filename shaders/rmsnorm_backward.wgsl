@@ -40,9 +40,9 @@
 //   offset 28  4 bytes of padding
 //
 // Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one workgroup per row, row
-// y*num_workgroups.x + x of a 2-D grid (workgroups past the last row exit). The
-// row's invocations stride over its columns and add their partial dot products
-// sum_j g_j x_j in a tree in workgroup memory.
+// flat_workgroup over the 2-D grid (prelude.wgsl; workgroups past the last row
+// exit). The row's invocations stride over its columns and add their partial
+// dot products sum_j g_j x_j with workgroup_sum.
 //
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup; a power of two.
@@ -50,14 +50,8 @@
 //   ACCUMULATE: bool     dx += gradient instead of dx = gradient.
 
 struct Params {
-    rows: u32,
-    cols: u32,
-    x_base: u32,
-    w_base: u32,
-    rstd_base: u32,
-    dy_base: u32,
-    dx_base: u32,
-    pad0: u32,
+    rows: u32, cols: u32, x_base: u32, w_base: u32,
+    rstd_base: u32, dy_base: u32, dx_base: u32, pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -69,11 +63,7 @@ struct Params {
 
 // weight widens element c of the weight to f32.
 fn weight(c: u32) -> f32 {
-    let i = p.w_base + c;
-    if (W_BF16) {
-        return bf16_at(w[i >> 1u], i);
-    }
-    return bitcast<f32>(w[i]);
+    return load_f32_or_bf16(&w, p.w_base + c, W_BF16);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)

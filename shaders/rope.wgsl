@@ -32,23 +32,16 @@
 //   offset 36  12 bytes of padding
 //
 // Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one pair each: invocation
-// `lane` of workgroup g = y*num_workgroups.x + x (a 2-D grid, so that more than
-// maxComputeWorkgroupsPerDimension workgroups fit) rotates pair
-// i = g*WORKGROUP_SIZE + lane, where e = i mod half, i / half = t*heads + head.
+// rotates pair i = flat_element over the 2-D grid (prelude.wgsl), where
+// e = i mod half, i / half = t*heads + head.
 // Invocations past the last pair do nothing.
 //
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup.
 
 struct Params {
-    pairs: u32,
-    heads: u32,
-    half: u32,
-    seq: u32,
-    table_rows: u32,
-    table_base: u32,
-    x_base: u32,
-    sin_sign: f32,
+    pairs: u32, heads: u32, half: u32, seq: u32,
+    table_rows: u32, table_base: u32, x_base: u32, sin_sign: f32,
     start: u32,
 }
 

@@ -1,7 +1,11 @@
 // Package shaders holds the WGSL source of every kernel, one file per kernel
 // family, embedded into the binary. Each file's header comment documents its
 // bindings, data layouts, workgroup shape and the compile-time constants the gpu
-// package prepends (`const NAME = value;`) to specialise it.
+// package prepends (`const NAME = value;`) to specialise it. prelude.wgsl is not
+// a kernel: it holds what kernels share (16-bit float widening, the 2-D grid
+// index, workgroup reductions), and package gpu compiles every kernel as its
+// constants, then the prelude, then its file. Every kernel therefore declares
+// WORKGROUP_SIZE, and no kernel repeats what the prelude has.
 package shaders
 
 import (

@@ -136,26 +136,11 @@ const MAP_GQA = 1u;
 const MAP_GROUP_MAJOR = 2u;
 
 struct Params {
-    n: u32,
-    rows: u32,
-    seq: u32,
-    width: u32,
-    tokens: u32,
-    chunks: u32,
-    k: u32,
-    group: u32,
-    head_dim: u32,
-    mode: u32,
-    src_base: u32,
-    src2_base: u32,
-    src3_base: u32,
-    factor_a_base: u32,
-    factor_b_base: u32,
-    words_in_base: u32,
-    dst_base: u32,
-    dst2_base: u32,
-    words_out_base: u32,
-    unit: f32,
+    n: u32, rows: u32, seq: u32, width: u32,
+    tokens: u32, chunks: u32, k: u32, group: u32,
+    head_dim: u32, mode: u32, src_base: u32, src2_base: u32,
+    src3_base: u32, factor_a_base: u32, factor_b_base: u32, words_in_base: u32,
+    dst_base: u32, dst2_base: u32, words_out_base: u32, unit: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

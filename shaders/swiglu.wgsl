@@ -15,10 +15,8 @@
 //
 // Params (16 bytes, little-endian u32): n, g_base, u_base, h_base.
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: invocation
-// `lane` of workgroup y*num_workgroups.x + x (a 2-D grid, so that more than
-// maxComputeWorkgroupsPerDimension workgroups fit) handles
-// i = (y*num_workgroups.x + x)*WORKGROUP_SIZE + lane; those with i >= n exit.
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: element
+// i = flat_element over the 2-D grid (prelude.wgsl); those with i >= n exit.
 //
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup.

@@ -22,22 +22,15 @@
 // Params (32 bytes, little-endian u32): n, g_base, u_base, dh_base, dg_base,
 // du_base, then 8 bytes of padding.
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: invocation
-// `lane` of workgroup y*num_workgroups.x + x (a 2-D grid) handles
-// i = (y*num_workgroups.x + x)*WORKGROUP_SIZE + lane; those with i >= n exit.
+// Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: element
+// i = flat_element over the 2-D grid (prelude.wgsl); those with i >= n exit.
 //
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup.
 
 struct Params {
-    n: u32,
-    g_base: u32,
-    u_base: u32,
-    dh_base: u32,
-    dg_base: u32,
-    du_base: u32,
-    pad0: u32,
-    pad1: u32,
+    n: u32, g_base: u32, u_base: u32, dh_base: u32,
+    dg_base: u32, du_base: u32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

@@ -29,8 +29,8 @@
 // Params (48 bytes, u32): n (output elements), rows, cols, out_base, a_base,
 // b_base, c_base, vocab, then padding.
 //
-// Workgroup: WORKGROUP_SIZE x 1 x 1; invocation (y * num_workgroups.x + x) *
-// WORKGROUP_SIZE + lane handles output element i < n.
+// Workgroup: WORKGROUP_SIZE x 1 x 1; invocation flat_element over the 2-D grid
+// (prelude.wgsl) handles output element i < n.
 //
 // Injected consts: WORKGROUP_SIZE: u32; OP: u32 (0 column sum, 1 embedding);
 // SCALED: bool.
@@ -39,18 +39,9 @@ const OP_COLUMN_SUM = 0u;
 const OP_EMBEDDING = 1u;
 
 struct Params {
-    n: u32,
-    rows: u32,
-    cols: u32,
-    out_base: u32,
-    a_base: u32,
-    b_base: u32,
-    c_base: u32,
-    vocab: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-    pad3: u32,
+    n: u32, rows: u32, cols: u32, out_base: u32,
+    a_base: u32, b_base: u32, c_base: u32, vocab: u32,
+    pad0: u32, pad1: u32, pad2: u32, pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
