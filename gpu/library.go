@@ -5,6 +5,12 @@
 // kernels, a Recorder that puts many dispatches into one queue submission, GPU
 // timestamps, and the Go wrappers of the kernels in package shaders.
 //
+// Kernels: Device.Kernel compiles a file of package shaders behind its
+// constants and shaders/prelude.wgsl (what every kernel shares), and compile
+// errors name the part and its line. Every dispatch is recorded with a Kind
+// (what it computes), which work counting and profiles read, and its uniform
+// parameters packed by PackParams.
+//
 // Ownership: whoever allocates a GPU buffer frees it. A Tensor made by
 // Device.NewTensor owns its buffer and Release frees it; a view (Sub, Rows, or
 // a Tensor literal over another tensor's Buf) only names a byte range of it,
