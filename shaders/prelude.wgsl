@@ -85,6 +85,17 @@ fn flat_element(workgroup: WorkgroupGrid, lane: u32) -> u32 {
     return flat_workgroup(workgroup) * WORKGROUP_SIZE + lane;
 }
 
+// ---- Activation math ----
+
+// sigmoid is 1 / (1 + e^-z) evaluated through exp(-|z|), which never
+// overflows: large |z| gives 0 or 1, never inf/inf.
+fn sigmoid(z: f32) -> f32 {
+    let e = exp(-abs(z));
+    let s = 1.0 / (1.0 + e);
+    // For z < 0, sigmoid(z) = e^z / (1 + e^z) = e * s.
+    return select(e * s, s, z >= 0.0);
+}
+
 // ---- Workgroup reductions ----
 // Trees over the WORKGROUP_SIZE invocations (a power of two) of a workgroup:
 // at step h = WORKGROUP_SIZE/2, ..., 1, invocation i < h combines its value with

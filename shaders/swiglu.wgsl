@@ -1,6 +1,6 @@
 // swiglu.wgsl: the gated activation of the LLaMA MLP, elementwise over n values:
 //   h[i] = silu(g[i]) * u[i],   silu(z) = z * sigmoid(z)
-// (g = gate_proj output, u = up_proj output). The sigmoid is evaluated through
+// (g = gate_proj output, u = up_proj output). The sigmoid (prelude.wgsl) goes through
 // exp(-|z|), which never overflows, so large |z| gives 0 or z, not inf/inf.
 // The backward pass is swiglu_backward.wgsl.
 //
@@ -32,13 +32,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> g: array<f32>;
 @group(0) @binding(2) var<storage, read_write> u: array<f32>;
 @group(0) @binding(3) var<storage, read_write> h: array<f32>;
-
-fn sigmoid(z: f32) -> f32 {
-    let e = exp(-abs(z));
-    let s = 1.0 / (1.0 + e);
-    // For z < 0, sigmoid(z) = e^z / (1 + e^z) = e * s.
-    return select(e * s, s, z >= 0.0);
-}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {

@@ -40,13 +40,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> dg: array<f32>;
 @group(0) @binding(5) var<storage, read_write> du: array<f32>;
 
-fn sigmoid(z: f32) -> f32 {
-    let e = exp(-abs(z));
-    let s = 1.0 / (1.0 + e);
-    // For z < 0, sigmoid(z) = e^z / (1 + e^z) = e * s.
-    return select(e * s, s, z >= 0.0);
-}
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
     let i = flat_element(workgroup, lane);
