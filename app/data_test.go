@@ -14,22 +14,16 @@ import (
 	"github.com/sparselora/sparselora/tokenizer"
 )
 
-func runDataCLI(args ...string) (int, string, string) {
-	var out, errOut bytes.Buffer
-	code := Main(context.Background(), append([]string{"data"}, args...), &out, &errOut)
-	return code, out.String(), errOut.String()
-}
-
 // The built-in pipeline: corpus -> tokenizer -> task files that the data loader reads as
 // prompt/completion examples with exact-match answers.
 func TestDataCommands(t *testing.T) {
 	dir := t.TempDir()
 	corpus := filepath.Join(dir, "corpus.jsonl")
 	tokDir := filepath.Join(dir, "tok")
-	if code, out, errOut := runDataCLI("corpus", "--n", "400", "--seed", "2", "--out", corpus); code != 0 {
+	if code, out, errOut := run(t, "data", "corpus", "--n", "400", "--seed", "2", "--out", corpus); code != 0 {
 		t.Fatalf("corpus: exit %d: %s %s", code, out, errOut)
 	}
-	if code, out, errOut := runDataCLI("tokenizer", "--corpus", corpus, "--vocab", "400", "--out", tokDir); code != 0 || !strings.Contains(out, "400 ids") {
+	if code, out, errOut := run(t, "data", "tokenizer", "--corpus", corpus, "--vocab", "400", "--out", tokDir); code != 0 || !strings.Contains(out, "400 ids") {
 		t.Fatalf("tokenizer: exit %d: %s %s", code, out, errOut)
 	}
 	tok, err := tokenizer.Load(tokDir)
@@ -39,10 +33,10 @@ func TestDataCommands(t *testing.T) {
 	for _, task := range []string{"arith", "lookup"} {
 		train := filepath.Join(dir, task+"-train.jsonl")
 		eval := filepath.Join(dir, task+"-eval.jsonl")
-		if code, out, errOut := runDataCLI("synth", task, "--n", "40", "--seed", "3", "--out", train, "--tokenizer", tokDir); code != 0 || !strings.Contains(out, "tokens per example") {
+		if code, out, errOut := run(t, "data", "synth", task, "--n", "40", "--seed", "3", "--out", train, "--tokenizer", tokDir); code != 0 || !strings.Contains(out, "tokens per example") {
 			t.Fatalf("synth %s: exit %d: %s %s", task, code, out, errOut)
 		}
-		if code, out, errOut := runDataCLI("synth", "--split", "eval", task, "--n", "20", "--out", eval, "--seed", "3"); code != 0 {
+		if code, out, errOut := run(t, "data", "synth", "--split", "eval", task, "--n", "20", "--out", eval, "--seed", "3"); code != 0 {
 			t.Fatalf("synth %s eval: exit %d: %s %s", task, code, out, errOut)
 		}
 		ds, err := data.Load(train, tok, data.Options{})
@@ -81,7 +75,7 @@ func TestDataCommands(t *testing.T) {
 	}
 	// Same arguments, same bytes.
 	again := filepath.Join(dir, "again.jsonl")
-	runDataCLI("synth", "arith", "--n", "40", "--seed", "3", "--out", again)
+	run(t, "data", "synth", "arith", "--n", "40", "--seed", "3", "--out", again)
 	a, _ := os.ReadFile(filepath.Join(dir, "arith-train.jsonl"))
 	b, _ := os.ReadFile(again)
 	if !bytes.Equal(a, b) {
@@ -117,7 +111,7 @@ func TestDataUsageErrors(t *testing.T) {
 		{[]string{"tokenizer", "--corpus", filepath.Join(dir, "missing.jsonl"), "--out", dir}, 1},
 		{[]string{"--help"}, 0},
 	} {
-		if code, out, errOut := runDataCLI(c.args...); code != c.code {
+		if code, out, errOut := run(t, append([]string{"data"}, c.args...)...); code != c.code {
 			t.Errorf("data %v: exit %d, want %d (%s %s)", c.args, code, c.code, out, errOut)
 		}
 	}
@@ -143,7 +137,7 @@ func TestDataSynthChecksBeforeWriting(t *testing.T) {
 		{[]string{"synth", "lookup", "--n", "3", "--out", dir}, "is a directory"},
 		{[]string{"corpus", "--n", "-1", "--out", out}, "--n -1"},
 	} {
-		code, _, errOut := runDataCLI(c.args...)
+		code, _, errOut := run(t, append([]string{"data"}, c.args...)...)
 		if code != 1 || !strings.Contains(errOut, c.want) {
 			t.Errorf("data %v: exit %d, stderr %q; want exit 1 naming %q", c.args, code, errOut, c.want)
 		}
@@ -151,7 +145,7 @@ func TestDataSynthChecksBeforeWriting(t *testing.T) {
 			t.Fatalf("data %v: failed but wrote %s", c.args, out)
 		}
 	}
-	if code, _, errOut := runDataCLI("synth", "lookup", "--n", "3", "--out", out); code != 0 {
+	if code, _, errOut := run(t, "data", "synth", "lookup", "--n", "3", "--out", out); code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	if st, err := os.Stat(out); err != nil || st.Mode().Perm()&0o044 != 0o044 {
@@ -159,7 +153,7 @@ func TestDataSynthChecksBeforeWriting(t *testing.T) {
 	}
 	empty := filepath.Join(dir, "empty.jsonl")
 	os.WriteFile(empty, nil, 0o644)
-	if code, _, errOut := runDataCLI("tokenizer", "--corpus", empty, "--out", filepath.Join(dir, "tok")); code != 1 || !strings.Contains(errOut, "no texts") {
+	if code, _, errOut := run(t, "data", "tokenizer", "--corpus", empty, "--out", filepath.Join(dir, "tok")); code != 1 || !strings.Contains(errOut, "no texts") {
 		t.Errorf("tokenizer on an empty corpus: exit %d, %q", code, errOut)
 	}
 }

@@ -15,12 +15,6 @@ import (
 	"github.com/sparselora/sparselora/internal/fixtures"
 )
 
-func runTokenizeCLI(args ...string) (int, string, string) {
-	var out, errOut bytes.Buffer
-	code := Main(context.Background(), append([]string{"tokenize"}, args...), &out, &errOut)
-	return code, out.String(), errOut.String()
-}
-
 func TestTokenizeCommandMatchesHF(t *testing.T) {
 	for _, name := range []string{"llama2", "qwen3"} {
 		dir := fixtures.Tokenizer(t, name)
@@ -57,7 +51,7 @@ func TestTokenizeCommandMatchesHF(t *testing.T) {
 		if err := os.WriteFile(file, in.Bytes(), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		code, stdout, stderr := runTokenizeCLI("--tokenizer", dir, file)
+		code, stdout, stderr := run(t, "tokenize", "--tokenizer", dir, file)
 		if code != 0 {
 			t.Fatalf("%s: exit %d: %s", name, code, stderr)
 		}
@@ -91,7 +85,7 @@ func TestTokenizeCommandBadInput(t *testing.T) {
 	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	code, stdout, stderr := runTokenizeCLI("--tokenizer", dir, file)
+	code, stdout, stderr := run(t, "tokenize", "--tokenizer", dir, file)
 	if code != 1 || !strings.Contains(stderr, file+":4:") || !strings.Contains(stderr, `"text"`) {
 		t.Errorf("malformed line 4: exit %d, stderr %q; want exit 1 naming %s:4", code, stderr, file)
 	}
@@ -120,13 +114,13 @@ func TestTokenizeCommandBadInput(t *testing.T) {
 			t.Errorf("%s: got %v; want an error naming in.jsonl:2 and %q", tc.line, err, tc.want)
 		}
 	}
-	if code, _, _ := runTokenizeCLI("--tokenizer", dir, file, "extra"); code != 2 {
+	if code, _, _ := run(t, "tokenize", "--tokenizer", dir, file, "extra"); code != 2 {
 		t.Errorf("stray argument: exit %d, want 2", code)
 	}
-	if code, _, _ := runTokenizeCLI(file); code != 2 {
+	if code, _, _ := run(t, "tokenize", file); code != 2 {
 		t.Errorf("missing --tokenizer: exit %d, want 2", code)
 	}
-	if code, _, stderr := runTokenizeCLI("--tokenizer", t.TempDir(), file); code != 1 || !strings.Contains(stderr, "tokenizer.json") {
+	if code, _, stderr := run(t, "tokenize", "--tokenizer", t.TempDir(), file); code != 1 || !strings.Contains(stderr, "tokenizer.json") {
 		t.Errorf("directory without tokenizer.json: exit %d, stderr %q", code, stderr)
 	}
 }
