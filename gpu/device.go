@@ -33,6 +33,10 @@ type Device struct {
 	HasSubgroups  bool
 
 	live atomic.Int64 // objects created and not yet released
+	// liveBytes and peakBytes count the bytes of buffers created and not yet
+	// released, and their high-water mark since the device opened or
+	// ResetPeakBytes: the measured side of the memory plan.
+	liveBytes, peakBytes atomic.Int64
 
 	mu      sync.Mutex
 	kernels map[string]*Kernel
@@ -160,6 +164,27 @@ func (d *Device) Close() {
 // device and not yet released: a leak check for tests.
 func (d *Device) LiveObjects() int64 { return d.live.Load() }
 
+// LiveBytes is the size of the buffers created on this device and not yet
+// released: every tensor, staging, uniform and read-back buffer.
+func (d *Device) LiveBytes() int64 { return d.liveBytes.Load() }
+
+// PeakBytes is the most LiveBytes has been since the device opened or the
+// last ResetPeakBytes.
+func (d *Device) PeakBytes() int64 { return d.peakBytes.Load() }
+
+// ResetPeakBytes restarts the high-water mark at the bytes live now.
+func (d *Device) ResetPeakBytes() { d.peakBytes.Store(d.liveBytes.Load()) }
+
+func (d *Device) addLiveBytes(n int64) {
+	now := d.liveBytes.Add(n)
+	for {
+		peak := d.peakBytes.Load()
+		if now <= peak || d.peakBytes.CompareAndSwap(peak, now) {
+			return
+		}
+	}
+}
+
 // Err returns the first uncaptured WebGPU error or the device loss since the last
 // call, as a Go error, or nil.
 func (d *Device) Err() error {
@@ -242,6 +267,7 @@ func (d *Device) createBuffer(size uint64, usage uint64, label string) (*Buffer,
 		return nil, fmt.Errorf("creating buffer %q of %d bytes failed", label, size)
 	}
 	d.live.Add(1)
+	d.addLiveBytes(int64(size))
 	return &Buffer{dev: d, h: h, size: size}, nil
 }
 
@@ -259,6 +285,7 @@ func (b *Buffer) Release() {
 	C.sl_wgpuBufferRelease(b.h)
 	b.h = nil
 	b.dev.live.Add(-1)
+	b.dev.addLiveBytes(-int64(b.size))
 }
 
 // Write copies data into the buffer at offset (both multiples of 4 bytes).

@@ -1,0 +1,83 @@
+package gpu_test
+
+import (
+	"sync"
+	"testing"
+)
+
+// Every buffer created counts in LiveBytes until released, and PeakBytes keeps
+// the high-water mark, also under concurrent creation.
+func TestLiveAndPeakBytes(t *testing.T) {
+	testDevice.ResetPeakBytes()
+	base := testDevice.LiveBytes()
+	if got := testDevice.PeakBytes(); got != base {
+		t.Fatalf("after ResetPeakBytes: peak %d, live %d", got, base)
+	}
+	a, err := testDevice.NewBuffer(1000, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := testDevice.NewBuffer(4096, "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := testDevice.LiveBytes()-base, int64(1000+4096); got != want {
+		t.Errorf("live bytes after two buffers: %d more, want %d", got, want)
+	}
+	a.Release()
+	a.Release() // a second release must not count twice
+	if got, want := testDevice.LiveBytes()-base, int64(4096); got != want {
+		t.Errorf("live bytes after releasing one: %d more, want %d", got, want)
+	}
+	if got, want := testDevice.PeakBytes()-base, int64(1000+4096); got != want {
+		t.Errorf("peak: %d more, want %d", got, want)
+	}
+	b.Release()
+	if got := testDevice.LiveBytes(); got != base {
+		t.Errorf("live bytes after releasing both: %d, want %d", got, base)
+	}
+
+	// Concurrent creation: 8 goroutines each hold 3 buffers of 4 KiB at once.
+	testDevice.ResetPeakBytes()
+	var wg sync.WaitGroup
+	var hold, done sync.WaitGroup
+	hold.Add(8)
+	done.Add(1)
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var bufs []interface{ Release() }
+			for range 3 {
+				buf, err := testDevice.NewBuffer(4096, "concurrent")
+				if err != nil {
+					errs <- err
+					break
+				}
+				bufs = append(bufs, buf)
+			}
+			hold.Done()
+			done.Wait()
+			for _, buf := range bufs {
+				buf.Release()
+			}
+		}()
+	}
+	hold.Wait()
+	if got, want := testDevice.LiveBytes()-base, int64(8*3*4096); got != want {
+		t.Errorf("live bytes with 24 buffers held: %d more, want %d", got, want)
+	}
+	done.Done()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got, want := testDevice.PeakBytes()-base, int64(8*3*4096); got != want {
+		t.Errorf("peak with 24 buffers held at once: %d more, want %d", got, want)
+	}
+	if got := testDevice.LiveBytes(); got != base {
+		t.Errorf("live bytes after all released: %d, want %d", got, base)
+	}
+}
