@@ -127,19 +127,38 @@ type Workspace struct {
 	// q/k/v/o projections on context tokens of sparse layers, as the reference
 	// implementation does (a compatibility flag, off by default).
 	NoContextGradQKVO bool
+
+	// checkpoint: the layers share one set of activations besides their
+	// inputs (WorkspaceOptions.GradCheckpoint); scratchLayer is the layer
+	// whose activations that set holds now (-1: none).
+	checkpoint   bool
+	scratchLayer int
 }
 
 // NewWorkspace allocates the buffers for batches of rows x seq tokens,
 // including the per-pass state of the adapters attached now (attach adapters
 // before creating the workspaces that run them).
 func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
+	return m.NewWorkspaceWith(rows, seq, WorkspaceOptions{})
+}
+
+// WorkspaceOptions change how a workspace trades memory for compute.
+type WorkspaceOptions struct {
+	// GradCheckpoint keeps only each decoder layer's input between forward
+	// and backward; backward recomputes the layer's forward (with the
+	// channels the step selected) before running its backward.
+	GradCheckpoint bool
+}
+
+// NewWorkspaceWith is NewWorkspace with options.
+func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspace, error) {
 	c := m.Config
 	T := rows * seq
 	qDim, kvDim := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
 	if c.SlidingWindow > 0 && seq > c.SlidingWindow {
 		return nil, fmt.Errorf("%s: sequences of %d tokens exceed sliding_window %d, which sparselora does not implement", c.Path, seq, c.SlidingWindow)
 	}
-	w := &Workspace{Rows: rows, Seq: seq}
+	w := &Workspace{Rows: rows, Seq: seq, checkpoint: opts.GradCheckpoint, scratchLayer: -1}
 	var err error
 	alloc := func(label string, shape ...int) *gpu.Tensor {
 		if err != nil {
@@ -154,19 +173,45 @@ func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
 	}
 	w.layers = make([]layerActivations, len(m.Layers))
 	maxRank := 0
+	// With checkpointing every layer keeps only its input x; the rest is one
+	// set shared by all layers, which backward refills by recomputing the
+	// layer's forward.
+	var shared *layerActivations
+	if opts.GradCheckpoint {
+		shared = &layerActivations{}
+		allocActivations(shared, alloc, T, c.HiddenSize, c.IntermediateSize, qDim, kvDim, c.NumAttentionHeads)
+		var ranks [7]int
+		for _, l := range m.Layers {
+			for p, ad := range l.Adapters {
+				if ad != nil {
+					ranks[p] = max(ranks[p], ad.Rank())
+				}
+			}
+		}
+		for p, r := range ranks {
+			if r > 0 {
+				shared.xa[p] = alloc("adapter x A^T", T, r)
+			}
+		}
+	}
 	for i := range w.layers {
 		a := &w.layers[i]
+		if shared != nil {
+			*a = *shared
+		} else {
+			allocActivations(a, alloc, T, c.HiddenSize, c.IntermediateSize, qDim, kvDim, c.NumAttentionHeads)
+		}
 		a.x = alloc("residual", T, c.HiddenSize)
-		a.xn1, a.rstd1 = alloc("xn1", T, c.HiddenSize), alloc("rstd1", T)
-		a.q, a.k, a.v = alloc("q", T, qDim), alloc("k", T, kvDim), alloc("v", T, kvDim)
-		a.attn, a.lse = alloc("attention", T, qDim), alloc("lse", T, c.NumAttentionHeads)
-		a.mid = alloc("mid", T, c.HiddenSize)
-		a.xn2, a.rstd2 = alloc("xn2", T, c.HiddenSize), alloc("rstd2", T)
-		a.g, a.u, a.h = alloc("gate", T, c.IntermediateSize), alloc("up", T, c.IntermediateSize), alloc("h", T, c.IntermediateSize)
 		for p, ad := range m.Layers[i].Adapters {
-			if ad != nil && ad.Rank() > 0 {
+			if ad == nil || ad.Rank() == 0 {
+				a.xa[p] = nil
+				continue
+			}
+			maxRank = max(maxRank, ad.Rank())
+			if shared == nil {
 				a.xa[p] = alloc("adapter x A^T", T, ad.Rank())
-				maxRank = max(maxRank, ad.Rank())
+			} else if a.xa[p] != nil {
+				a.xa[p] = &gpu.Tensor{Buf: a.xa[p].Buf, Offset: a.xa[p].Offset, Shape: []int{T, ad.Rank()}, DType: gpu.F32}
 			}
 		}
 	}
@@ -198,6 +243,20 @@ func (m *Model) NewWorkspace(rows, seq int) (*Workspace, error) {
 	}
 	return w, nil
 }
+
+// allocActivations allocates a layer's activations other than its input x
+// and the adapters' state.
+func allocActivations(a *layerActivations, alloc func(string, ...int) *gpu.Tensor, T, H, I, qDim, kvDim, heads int) {
+	a.xn1, a.rstd1 = alloc("xn1", T, H), alloc("rstd1", T)
+	a.q, a.k, a.v = alloc("q", T, qDim), alloc("k", T, kvDim), alloc("v", T, kvDim)
+	a.attn, a.lse = alloc("attention", T, qDim), alloc("lse", T, heads)
+	a.mid = alloc("mid", T, H)
+	a.xn2, a.rstd2 = alloc("xn2", T, H), alloc("rstd2", T)
+	a.g, a.u, a.h = alloc("gate", T, I), alloc("up", T, I), alloc("h", T, I)
+}
+
+// GradCheckpoint reports whether backward recomputes each layer's forward.
+func (w *Workspace) GradCheckpoint() bool { return w.checkpoint }
 
 // Release frees the workspace.
 func (w *Workspace) Release() {
@@ -611,10 +670,11 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace, sel ChannelSelector) erro
 			next = w.layers[i+1].x
 		}
 		w.trace(i)
-		if err := m.layerForward(rec, w, sel, i, l, a, next, T, H, I, eps); err != nil {
+		if err := m.layerForward(rec, w, sel, i, l, a, next, T, H, I, eps, false); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
 		}
 	}
+	w.scratchLayer = len(m.Layers) - 1
 	w.trace(-1)
 	if err := RMSNormForward(rec, w.final, m.Norm, w.normed, w.rstdF, T, H, eps); err != nil {
 		return fmt.Errorf("final norm: %w", err)
@@ -622,13 +682,18 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace, sel ChannelSelector) erro
 	return nil
 }
 
-func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, sel ChannelSelector, layer int, l *Layer, a *layerActivations, next *gpu.Tensor, T, H, I int, eps float32) error {
+// layerForward records a decoder layer's forward from a.x into next, selecting
+// channels with sel (nil: dense). recompute (checkpointing's backward) selects
+// nothing and reuses the channels the step's forward kept.
+func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, sel ChannelSelector, layer int, l *Layer, a *layerActivations, next *gpu.Tensor, T, H, I int, eps float32, recompute bool) error {
 	c := m.Config
 	if err := RMSNormForward(rec, a.x, l.InputNorm, a.xn1, a.rstd1, T, H, eps); err != nil {
 		return err
 	}
-	a.attnKeep, a.mlpKeep = AttentionChannels{}, nil
-	if sel != nil {
+	if !recompute {
+		a.attnKeep, a.mlpKeep = AttentionChannels{}, nil
+	}
+	if sel != nil && !recompute {
 		keep, err := sel.Attention(rec, layer, a.xn1, &w.Tokens)
 		if err != nil {
 			return fmt.Errorf("attention channel selection: %w", err)
@@ -660,7 +725,7 @@ func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, sel ChannelSelecto
 	if err := RMSNormForward(rec, a.mid, l.PostNorm, a.xn2, a.rstd2, T, H, eps); err != nil {
 		return err
 	}
-	if sel != nil {
+	if sel != nil && !recompute {
 		keep, err := sel.MLP(rec, layer, a.xn2, &w.Tokens)
 		if err != nil {
 			return fmt.Errorf("MLP channel selection: %w", err)
@@ -725,6 +790,14 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, layer, T, H, I int) error {
 	l, a := m.Layers[layer], &w.layers[layer]
 	c := m.Config
+	if w.checkpoint && w.scratchLayer != layer {
+		// The layer's output goes to dMid, which backward overwrites before
+		// it reads it: the next layer's input stays as the forward wrote it.
+		if err := m.layerForward(rec, w, nil, layer, l, a, w.dMid, T, H, I, float32(c.RMSNormEps), true); err != nil {
+			return fmt.Errorf("recomputing the forward: %w", err)
+		}
+		w.scratchLayer = layer
+	}
 	skip := w.NoContextGradQKVO
 	// MLP: next = mid + down(h), h = SiLU(gate) * up.
 	if err := l.backwardKeptInputs(rec, ProjDown, a.h, w.dRes, w.dh, w, a, a.mlpKeep, false); err != nil {

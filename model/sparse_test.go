@@ -41,6 +41,7 @@ type sparseRig struct {
 	m       *model.Model
 	set     *lora.Set
 	ws      *model.Workspace
+	batch   model.Batch
 	release []func()
 }
 
@@ -88,7 +89,7 @@ func newSparseRig(t *testing.T) *sparseRig {
 	if err := ws.Load(m, b); err != nil {
 		t.Fatal(err)
 	}
-	return &sparseRig{m: m, set: set, ws: ws, release: []func(){ws.Release, set.Release, m.Release, dev.Close, in.Close}}
+	return &sparseRig{m: m, set: set, ws: ws, batch: b, release: []func(){ws.Release, set.Release, m.Release, dev.Close, in.Close}}
 }
 
 func (r *sparseRig) Close() {
