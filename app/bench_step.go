@@ -32,6 +32,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	rank := fs.Int("rank", 32, "LoRA rank")
 	targetsFlag := fs.String("targets", "q,k,v,o", "LoRA target modules")
 	bf16 := fs.Bool("bf16", true, "store frozen weights as bf16 (f32 otherwise)")
+	gradCheckpoint := fs.Bool("grad-checkpoint", false, "keep only each layer's input and recompute its forward in backward")
 	reps := fs.Int("reps", 3, "timed steps per variant (after one warm-up step)")
 	jsonOut := fs.String("json", "bench-step.json", "write results as JSON to this file (empty: don't)")
 	var df deviceFlags
@@ -94,7 +95,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		*shape, *layers, start, start+*layers-1, *sparsityName, dtype, *batch, *seq, *padding, *output, *rank, *targetsFlag)
 	res, err := train.BenchStep(ctx, dev, train.BenchSettings{Config: cfg, DType: dtype,
 		LoRA: lora.Config{Rank: *rank, Alpha: float64(2 * *rank), Targets: targets}, Sparsity: sparsity, Batch: b, Reps: *reps,
-		FLOPs: flops, SVD: progress(stderr, "SVD estimator")})
+		FLOPs: flops, SVD: progress(stderr, "SVD estimator"), GradCheckpoint: *gradCheckpoint})
 	if err != nil {
 		return err
 	}
@@ -110,6 +111,10 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.4f\t%s\t\n", r.Variant, r.MedianMS, r.TokensPerSec, r.FLOPs/1e9, r.TFLOPS, speed)
 	}
 	tw.Flush()
+	for _, r := range results {
+		fmt.Fprintf(stdout, "GPU memory, %s: planned peak %s, measured %s (%+.1f %%)\n", r.Variant, memString(r.PlannedPeakBytes),
+			memString(uint64(r.MeasuredPeakBytes)), 100*(float64(r.MeasuredPeakBytes)/float64(r.PlannedPeakBytes)-1))
+	}
 	fmt.Fprintf(stdout, "FLOPs sparse/dense: %.3f (wall-clock timing: submit to queue idle, median of %d)\n", flops.Ratio, *reps)
 	if len(results) == 2 && flops.Ratio > 0 {
 		fmt.Fprintf(stdout, "speed-up %.2fx = %.0f %% of the FLOP bound %.2fx (the gathered path's efficiency per useful FLOP relative to the dense path's)\n",
@@ -128,7 +133,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		out := map[string]any{"adapter": dev.Info, "date": time.Now().UTC().Format(time.RFC3339), "shape": *shape,
 			"layers": *layers, "table_layers": []int{start, start + *layers - 1}, "sparsity": *sparsityName,
 			"batch": *batch, "seq": *seq, "output_tokens": *output, "lora_rank": *rank, "lora_targets": *targetsFlag,
-			"weights": dtype.String(), "flops_ratio": flops.Ratio, "results": results, "padding": *padding,
+			"weights": dtype.String(), "grad_checkpoint": *gradCheckpoint, "flops_ratio": flops.Ratio, "results": results, "padding": *padding,
 			"flops": flops, "recorded_flops": map[string]any{"dense": counted[0], "sparse": counted[1]}}
 		return writeJSON(*jsonOut, out, stdout)
 	}

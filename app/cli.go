@@ -32,6 +32,7 @@ func commands() []command {
 		{"devices", "list WebGPU adapters with backend, driver, features and limits", runDevices},
 		{"bench", "benchmark GEMMs (bench gemm) and training steps (bench step)", runBench},
 		{"inspect", "show a checkpoint's architecture, size and training memory", runInspect},
+		{"plan", "predict a training run's peak GPU memory by part (and what fits)", runPlan},
 		{"conformance", "check forward, backward and AdamW against a Hugging Face reference", runConformance},
 		{"plot", "draw a training run's charts (PNG) and summary.md from its metrics.jsonl", runPlot},
 		{"merge", "fold a LoRA adapter into its base model and write an HF checkpoint", runMerge},

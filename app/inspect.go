@@ -14,6 +14,7 @@ import (
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/safetensors"
 	"github.com/sparselora/sparselora/predictor"
+	"github.com/sparselora/sparselora/train"
 )
 
 func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -82,7 +83,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	slices.Sort(stored)
 	var loraParams int64
 	for _, p := range targetList {
-		in, out := projectionShape(cfg, p)
+		in, out := cfg.ProjectionShape(p)
 		loraParams += int64(*rank) * int64(in+out)
 	}
 	loraParams *= int64(cfg.NumHiddenLayers)
@@ -90,8 +91,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *bf16 {
 		dtype = gpu.BF16
 	}
-	mem := cfg.EstimateMemory(dtype, *batch, *seq)
-	loraBytes := uint64(loraParams) * 4 * 4 // value, gradient, two AdamW moments
+	mem := train.PlanMemory(cfg, train.MemorySettings{Rows: *batch, Seq: *seq, GradAccum: 1, WeightDType: dtype, Rank: *rank, Targets: targetList})
 	fmt.Fprintf(stdout, "model:        %s\n", dir)
 	fmt.Fprintf(stdout, "architecture: %s (%d layers, hidden %d, intermediate %d, %d heads / %d kv heads x %d, vocab %d)\n",
 		cfg.Architecture, cfg.NumHiddenLayers, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumAttentionHeads,
@@ -111,11 +111,9 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			fmt.Fprintf(stdout, "  %s\n", n)
 		}
 	}
-	fmt.Fprintf(stdout, "training memory, batch %d x %d tokens, weights %s, LoRA r=%d on %s:\n", *batch, *seq, dtype, *rank, *targets)
-	fmt.Fprintf(stdout, "  frozen weights  %s\n", bytesString(mem.Weights))
-	fmt.Fprintf(stdout, "  LoRA + AdamW    %s (%d trainable parameters)\n", bytesString(loraBytes), loraParams)
-	fmt.Fprintf(stdout, "  activations     %s\n", bytesString(mem.Activations))
-	fmt.Fprintf(stdout, "  total           %s\n", bytesString(mem.Weights+loraBytes+mem.Activations))
+	fmt.Fprintf(stdout, "training memory, batch %d x %d tokens, weights %s, LoRA r=%d on %s (%d trainable parameters; sparselora plan has more settings):\n",
+		*batch, *seq, dtype, *rank, *targets, loraParams)
+	printMemoryPlan(stdout, mem)
 	if *singular > 0 {
 		printSpectra(stdout, cfg, ckpt, *singular)
 	}
@@ -133,7 +131,7 @@ func printSpectra(w io.Writer, cfg *model.Config, ckpt safetensors.Reader, k int
 	for _, layer := range slices.Compact([]int{0, cfg.NumHiddenLayers - 1}) {
 		for _, p := range []model.Projection{model.ProjQ, model.ProjGate} {
 			name := fmt.Sprintf("model.layers.%d.%s.%s.weight", layer, p.Module(), p)
-			in, out := projectionShape(cfg, p)
+			in, out := cfg.ProjectionShape(p)
 			values, err := ckpt.ReadFloat32(name)
 			var sv []float64
 			if err == nil {
@@ -159,22 +157,6 @@ const (
 	maxInspectSeq   = 1 << 20
 	maxInspectRank  = 4096
 )
-
-// projectionShape is (in, out) of a projection.
-func projectionShape(c *model.Config, p model.Projection) (int, int) {
-	q, kv := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
-	switch p {
-	case model.ProjQ:
-		return c.HiddenSize, q
-	case model.ProjK, model.ProjV:
-		return c.HiddenSize, kv
-	case model.ProjO:
-		return q, c.HiddenSize
-	case model.ProjDown:
-		return c.IntermediateSize, c.HiddenSize
-	}
-	return c.HiddenSize, c.IntermediateSize
-}
 
 // countString abbreviates a count: 6.74B, 204.2K.
 func countString(n int64) string {

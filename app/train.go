@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sparselora/sparselora/app/window"
+	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/plot"
 	"github.com/sparselora/sparselora/train"
 )
@@ -69,6 +70,8 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.BoolVar(&c.Verify, "verify", c.Verify, "fingerprint the base model by its content (reads every weight file) as well as its files' size, time and header, so --resume accepts a copied model")
 	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "read the loss back and log every N steps")
 	fs.BoolVar(&c.BF16, "bf16", c.BF16, "keep frozen weights as bf16 on the GPU (compute stays f32)")
+	fs.BoolVar(&c.GradCheckpoint, "grad-checkpoint", c.GradCheckpoint, "keep only each decoder layer's input and recompute its forward in backward (same results, less memory, about a third more compute)")
+	fs.StringVar(&c.MemoryLimit, "memory-limit", c.MemoryLimit, "GPU memory the run may use, e.g. 16GiB (default: the adapter's reported memory, if any); a run whose plan exceeds it is refused before it allocates")
 }
 
 func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -77,6 +80,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	trainFlags(fs, &cfg)
 	configFile := fs.String("config", "", "YAML file with the same keys as these flags (flags given here win)")
 	noWindow := fs.Bool("no-window", false, "train headless (no live-metrics window)")
+	dryRun := fs.Bool("dry-run", false, "print the run's GPU memory plan by part and exit (reads the data, needs no GPU)")
 	var df deviceFlags
 	df.register(fs)
 	if err := parseCommand(fs, args); err != nil {
@@ -89,6 +93,16 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if *dryRun {
+		plan, err := train.DryRun(ctx, cfg, gpu.Limits{})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "model: %s; batch %d x %d tokens, grad-accum %d\n", plan.ModelDir, cfg.BatchSize, plan.Seq, cfg.GradAccum)
+		printMemoryPlan(stdout, plan.Memory)
+		limit, _ := train.ParseSize(cfg.MemoryLimit) // Validate checked it
+		return train.CheckMemory(plan.Config, plan.MemorySettings, limit)
 	}
 	dev, closeDev, err := df.open()
 	if err != nil {
@@ -119,6 +133,10 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if errors.Is(err, train.ErrInterrupted) {
 		fmt.Fprintf(stdout, "interrupted after step %d; checkpoint %s\n", res.Steps, res.LastCheckpnt)
 		return fmt.Errorf("%w: %w", err, ctx.Err())
+	}
+	var gpuErr *gpu.Error
+	if errors.As(err, &gpuErr) && gpuErr.Type == "out-of-memory" {
+		return fmt.Errorf("the GPU ran out of memory: %w; checkpoints already in %s are intact (see sparselora plan, --grad-checkpoint, --memory-limit)", err, cfg.Out)
 	}
 	if err != nil {
 		return err
@@ -306,7 +324,8 @@ func (v *trainView) start(p train.Plan) {
 		fmt.Fprintf(w, "warning: %s\n", warning)
 	}
 	fmt.Fprintf(w, "parameters: %s trainable of %s (%.3f%%)\n", countString(p.Trainable), countString(p.Total), 100*float64(p.Trainable)/float64(p.Total))
-	fmt.Fprintf(w, "GPU memory (estimate): weights %s, activations %s\n", bytesString(p.Memory.Weights), bytesString(p.Memory.Activations))
+	fmt.Fprintf(w, "GPU memory (plan): peak %s (frozen weights %s, saved activations %s)\n", memString(p.Memory.PeakBytes),
+		memString(p.Memory.Part("frozen weights")), memString(p.Memory.Part("saved activations")))
 	d := p.TrainData
 	fmt.Fprintf(w, "data: %s: %d examples (%s), %d tokens, %d scored; padded to %d tokens", d.Path, len(d.Examples), d.Format, d.Tokens, d.ScoredTokens, p.Seq)
 	if d.Truncated > 0 {

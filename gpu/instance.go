@@ -150,6 +150,10 @@ type AdapterInfo struct {
 	SubgroupMax  uint32      `json:"subgroupMaxSize"`
 	Features     []string    `json:"features"`
 	Limits       Limits      `json:"limits"`
+	// MemoryBytes is the adapter's largest device-local memory heap as Dawn
+	// reports it (for a CPU or unified-memory adapter: system memory); 0
+	// where the implementation reports none.
+	MemoryBytes uint64 `json:"memoryBytes,omitempty"`
 }
 
 // Name is the adapter's human-readable name: its device string, or vendor and IDs.
@@ -350,6 +354,7 @@ func adapterInfo(a C.WGPUAdapter) AdapterInfo {
 		SubgroupMax:  uint32(info.subgroupMaxSize),
 	}
 	C.sl_wgpuAdapterInfoFreeMembers(info)
+	out.MemoryBytes = uint64(C.sl_adapter_device_memory(a))
 	out.BackendName = out.Backend.String()
 	out.TypeName = out.Type.String()
 	var feats C.WGPUSupportedFeatures

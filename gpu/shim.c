@@ -23,6 +23,21 @@ static struct {
   SL_PROCS(SL_FIELD)
 } procs;
 
+// Dawn's AdapterPropertiesMemoryHeaps (dawn.json): sType 0x50013 in the Dawn
+// that make setup fetches, measured against its wgpuAdapterGetInfo.
+#define SL_STYPE_ADAPTER_PROPERTIES_MEMORY_HEAPS 0x00050013
+#define SL_HEAP_DEVICE_LOCAL 0x1
+typedef struct {
+  uint64_t properties;  // WGPUHeapProperty bits
+  uint64_t size;
+} sl_memory_heap_info;
+typedef struct {
+  WGPUChainedStruct chain;
+  size_t heapCount;
+  sl_memory_heap_info const* heapInfo;
+} sl_memory_heaps;
+static void (*memory_heaps_free)(sl_memory_heaps);
+
 int sl_load(const char* path, char* err, size_t errlen) {
   void* h = sl_dlopen(path);
   if (!h) {
@@ -36,7 +51,36 @@ int sl_load(const char* path, char* err, size_t errlen) {
     return 2;                                                                   \
   }
   SL_PROCS(SL_RESOLVE)
+  // Dawn's extension, looked up but not required: its presence says the
+  // library is Dawn, whose chained-struct types sl_adapter_device_memory uses.
+  memory_heaps_free = (void (*)(sl_memory_heaps))sl_dlsym(h, "wgpuAdapterPropertiesMemoryHeapsFreeMembers");
   return 0;
+}
+
+uint64_t sl_adapter_device_memory(WGPUAdapter a) {
+  if (!memory_heaps_free) {
+    return 0;
+  }
+  sl_memory_heaps heaps;
+  memset(&heaps, 0, sizeof heaps);
+  heaps.chain.sType = SL_STYPE_ADAPTER_PROPERTIES_MEMORY_HEAPS;
+  WGPUAdapterInfo info;
+  memset(&info, 0, sizeof info);
+  info.nextInChain = &heaps.chain;
+  // Fails (status 2) where the adapter lacks the AdapterPropertiesMemoryHeaps feature.
+  if (procs.wgpuAdapterGetInfo(a, &info) != 1) {
+    return 0;
+  }
+  uint64_t best = 0;
+  for (size_t i = 0; i < heaps.heapCount; i++) {
+    if ((heaps.heapInfo[i].properties & SL_HEAP_DEVICE_LOCAL) && heaps.heapInfo[i].size > best) {
+      best = heaps.heapInfo[i].size;
+    }
+  }
+  info.nextInChain = NULL;
+  procs.wgpuAdapterInfoFreeMembers(info);
+  memory_heaps_free(heaps);
+  return best;
 }
 
 // Wrappers: cgo cannot call C function pointers directly.

@@ -114,6 +114,10 @@ WGPUFuture sl_request_device(WGPUAdapter a, WGPUDeviceDescriptor* desc, sl_devic
 WGPUFuture sl_pop_error_scope(WGPUDevice d, sl_result* r);
 WGPUFuture sl_map_read(WGPUBuffer b, size_t off, size_t size, sl_result* r);
 WGPUFuture sl_work_done(WGPUQueue q, sl_result* r);
+// The size of the adapter's largest device-local memory heap, from Dawn's
+// AdapterPropertiesMemoryHeaps chained on wgpuAdapterGetInfo; 0 where the
+// library (not Dawn) or the adapter does not report heaps.
+uint64_t sl_adapter_device_memory(WGPUAdapter a);
 // Waits for one future; returns the WGPUWaitStatus.
 WGPUWaitStatus sl_wait(WGPUInstance inst, WGPUFuture f, uint64_t timeout_ns);
 

@@ -2,10 +2,11 @@ package model
 
 import "github.com/sparselora/sparselora/gpu"
 
-// Memory is an estimate of the GPU memory a model needs, in bytes.
-type Memory struct {
-	Weights     uint64 // frozen weights as stored on the GPU
-	Activations uint64 // a Workspace: saved activations and gradient scratch
+// Quantization describes frozen weights stored in MLX's affine format: per
+// row, groups of GroupSize input weights share a scale and a bias (in the
+// weights' dtype) and each weight is a Bits-bit code. Bits 0 is unquantized.
+type Quantization struct {
+	Bits, GroupSize int
 }
 
 // ParameterCount is the number of parameters of the base model.
@@ -21,31 +22,113 @@ func (c *Config) ParameterCount() int64 {
 	return n
 }
 
-// EstimateMemory counts the bytes Load and NewWorkspace allocate for weights
-// stored as dtype and batches of rows x seq tokens (f32 activations).
-func (c *Config) EstimateMemory(dtype gpu.DType, rows, seq int) Memory {
-	var m Memory
+// ProjectionShape is projection p's input and output width.
+func (c *Config) ProjectionShape(p Projection) (in, out int) {
+	q, kv := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
+	switch p {
+	case ProjQ:
+		return c.HiddenSize, q
+	case ProjK, ProjV:
+		return c.HiddenSize, kv
+	case ProjO:
+		return q, c.HiddenSize
+	case ProjDown:
+		return c.IntermediateSize, c.HiddenSize
+	}
+	return c.HiddenSize, c.IntermediateSize
+}
+
+// WeightBytes counts the bytes Load allocates for the frozen weights:
+// matrices in dtype (or quantized: codes in u32 words plus a scale and a bias
+// per group in dtype), norms and biases in f32, and the RoPE table.
+func (c *Config) WeightBytes(dtype gpu.DType, q Quantization) uint64 {
+	var total uint64
 	for _, shape := range ExpectedTensors(c) {
 		n := 1
 		for _, d := range shape {
 			n *= d
 		}
-		if len(shape) == 2 { // matrices take the storage dtype
-			m.Weights += dtype.Bytes(n)
-		} else {
-			m.Weights += gpu.F32.Bytes(n) // norms and biases stay f32
+		switch {
+		case len(shape) == 2 && q.Bits > 0 && q.GroupSize > 0:
+			rows, cols := uint64(shape[0]), uint64(shape[1])
+			words := (cols*uint64(q.Bits) + 31) / 32
+			groups := (cols + uint64(q.GroupSize) - 1) / uint64(q.GroupSize)
+			total += 4*rows*words + 2*dtype.Bytes(int(rows*groups))
+		case len(shape) == 2:
+			total += dtype.Bytes(n)
+		default: // norms and biases stay f32
+			total += gpu.F32.Bytes(n)
 		}
 	}
-	T := uint64(rows * seq)
+	half := uint64(c.HeadDim / 2)
+	total += 4 * 2 * uint64(c.MaxPositionEmbeddings) * half
+	return total
+}
+
+// WorkspaceBytes is what NewWorkspaceWith allocates, by part.
+type WorkspaceBytes struct {
+	// Saved are the activations kept from forward to backward: every layer's
+	// (its input only with checkpointing) and the final norm's.
+	Saved uint64
+	// Recompute is checkpointing's one set of layer activations that
+	// backward refills layer by layer.
+	Recompute uint64
+	// Gradients is the backward scratch shared by the layers.
+	Gradients uint64
+	// Attention is the attention backward's scratch.
+	Attention uint64
+	// LMHead is the head's logits chunk and loss statistics.
+	LMHead uint64
+	// Inputs are the token ids, mask, targets, token lists and loss.
+	Inputs uint64
+}
+
+// Total is the sum of the parts.
+func (w WorkspaceBytes) Total() uint64 {
+	return w.Saved + w.Recompute + w.Gradients + w.Attention + w.LMHead + w.Inputs
+}
+
+// PlanWorkspace mirrors NewWorkspaceWith for batches of rows x seq tokens with
+// adapters of ranks[p] on projection p of every layer (0: none) and a device
+// of limits lim (the LM head's chunk depends on the storage binding limit).
+func (c *Config) PlanWorkspace(rows, seq int, ranks [7]int, opts WorkspaceOptions, lim gpu.Limits) WorkspaceBytes {
+	T := uint64(rows) * uint64(seq)
 	H, I := uint64(c.HiddenSize), uint64(c.IntermediateSize)
 	q := uint64(c.NumAttentionHeads * c.HeadDim)
 	kv := uint64(c.NumKeyValueHeads * c.HeadDim)
 	heads := uint64(c.NumAttentionHeads)
-	// Mirrors NewWorkspace: per layer x, xn1, mid, xn2 (4H), two rstd, q and the
-	// attention output, k and v, the log-sum-exp, gate, up and h.
-	perLayer := 4*H + 2 + 2*q + 2*kv + heads + 3*I
-	shared := 3*H + 1 + 3 + 3*H + 2*q + 2*kv + 3*I + heads // final, normed, rstd, ids/mask/targets, gradient scratch
-	m.Activations = 4 * T * (uint64(c.NumHiddenLayers)*perLayer + shared)
-	m.Activations += min(uint64(lmHeadScratchBytes), 4*T*uint64(c.VocabSize)) + 4*6*T // logits chunk, per-row state
-	return m
+	L := uint64(c.NumHiddenLayers)
+	var sumRank, maxRank uint64
+	for _, r := range ranks {
+		sumRank += uint64(r)
+		maxRank = max(maxRank, uint64(r))
+	}
+	// allocActivations: xn1, mid, xn2 (3H), two rstd, q and the attention
+	// output, k and v, the log-sum-exp, gate, up and h; plus x A^T per adapter.
+	layer := 3*H + 2 + 2*q + 2*kv + heads + 3*I + sumRank
+	var w WorkspaceBytes
+	if opts.GradCheckpoint {
+		w.Saved = 4 * T * L * H
+		w.Recompute = 4 * T * layer
+	} else {
+		w.Saved = 4 * T * L * (H + layer)
+	}
+	w.Saved += 4 * T * (2*H + 1) // final, normed, rstdF
+	// dRes, dMid, dXn, dq, dAttn, dk, dv, dg, du, dh and the adapters' scratch.
+	w.Gradients = 4 * T * (3*H + 2*q + 2*kv + 3*I + maxRank)
+	w.Attention = 4 * T * heads
+	w.Inputs = 4*3*T + 4 + 4*3*(T+1)
+	chunk := uint64(c.VocabSize)
+	if cols, err := chunkColumns(lim, int(T), c.HiddenSize, c.VocabSize, 0); err == nil {
+		chunk = uint64(cols)
+	}
+	w.LMHead = 4*T*chunk + 4*(5*T+1)
+	return w
+}
+
+// StagingBytes is what Workspace.Stage allocates for micro micro-batches of
+// rows x seq tokens.
+func StagingBytes(rows, seq, micro int) uint64 {
+	T := uint64(rows) * uint64(seq)
+	return 4 * (3*T + 3*(T+1)) * uint64(micro)
 }

@@ -26,6 +26,7 @@ type Record struct {
 	MSPerStep    float64   // wall time of the step
 	FLOPsRatio   float64   // sparse/dense FLOP ratio of the step (1 = dense)
 	Sparse       bool      // the step ran sparse (false in the dense warm-up)
+	PeakBytes    int64     // most GPU memory held so far (0 when absent)
 	KeptMLP      []float64 // per-layer kept fraction of MLP channels (1 = dense)
 	KeptAttn     []float64 // per-layer kept fraction of attention channels
 	EvalLoss     float64   // evaluation loss, where evaluation ran
@@ -51,6 +52,7 @@ type metricsLine struct {
 	MSPerStep    *float64  `json:"ms_per_step"`
 	FLOPsRatio   *float64  `json:"flops_ratio"`
 	Sparse       *bool     `json:"sparse"`
+	PeakBytes    int64     `json:"peak_bytes"`
 	KeptMLP      []float64 `json:"kept_mlp"`
 	KeptAttn     []float64 `json:"kept_attn"`
 	EvalLoss     *float64  `json:"eval_loss"`
@@ -122,6 +124,7 @@ func parseRecord(line []byte) (Record, error) {
 		TokensPerS:   orNaN(m.TokensPerS),
 		MSPerStep:    orNaN(m.MSPerStep),
 		FLOPsRatio:   orNaN(m.FLOPsRatio),
+		PeakBytes:    m.PeakBytes,
 		KeptMLP:      m.KeptMLP,
 		KeptAttn:     m.KeptAttn,
 		EvalLoss:     orNaN(m.EvalLoss),

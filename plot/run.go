@@ -109,6 +109,7 @@ type RunStats struct {
 	BestAccuracyStep                int
 	Tokens                          int // trained on: the last record's running total
 	MeanTokensPerS, MeanMSPerStep   float64
+	PeakBytes                       int64   // most GPU memory held (0: not logged)
 	MeanFLOPsRatio                  float64 // over all steps that logged it
 	MeanSparseFLOPsRatio            float64 // over sparse steps only
 	DenseSteps, SparseSteps         int     // logged training steps of each kind
@@ -155,6 +156,7 @@ func Stats(recs []Record) RunStats {
 		}
 		tps.add(r.TokensPerS)
 		ms.add(r.MSPerStep)
+		s.PeakBytes = max(s.PeakBytes, r.PeakBytes)
 		ratio.add(r.FLOPsRatio)
 		if r.HasEval() {
 			s.EvalPoints++
@@ -232,6 +234,9 @@ func Summary(recs []Record, images []string, config []byte) string {
 	}
 	if !math.IsNaN(s.MeanMSPerStep) {
 		add("mean ms/step", fmt.Sprintf("%.1f", s.MeanMSPerStep))
+	}
+	if s.PeakBytes > 0 {
+		add("GPU memory peak (buffers)", fmt.Sprintf("%.1f MiB", float64(s.PeakBytes)/(1<<20)))
 	}
 	if !math.IsNaN(s.MeanFLOPsRatio) {
 		add("mean FLOP ratio (sparse / dense), all steps", fmt.Sprintf("%.3f", s.MeanFLOPsRatio))

@@ -31,6 +31,8 @@ type BenchSettings struct {
 	FLOPs predictor.FLOPReport
 	// SVD reports the estimator's progress (factors done of total).
 	SVD func(done, total int)
+	// GradCheckpoint recomputes each layer's forward in backward.
+	GradCheckpoint bool
 }
 
 // StepTiming is one variant's timed steps.
@@ -44,6 +46,11 @@ type StepTiming struct {
 	// Speedup is the first variant's median over this one's (0 for the
 	// first).
 	Speedup float64 `json:"speedup,omitempty"`
+	// PlannedPeakBytes is the memory plan's peak (BenchPlan);
+	// MeasuredPeakBytes the most bytes the device's buffers held during the
+	// variant's first step.
+	PlannedPeakBytes  uint64 `json:"planned_peak_bytes"`
+	MeasuredPeakBytes int64  `json:"measured_peak_bytes"`
 }
 
 // BenchResult is a step benchmark's outcome.
@@ -73,14 +80,15 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 		sparsity = &c
 	}
 	t, err := New(ctx, dev, Settings{
-		Model:    ModelSource{Random: s.Config, MaxSeq: s.Batch.Seq, Seed: 1, DType: s.DType},
-		Params:   ParamSource{LoRA: s.LoRA, Seed: 1},
-		AdamW:    optim.DefaultAdamWConfig(),
-		Schedule: optim.Schedule{Kind: optim.ScheduleConstant, TotalSteps: 1, BaseRate: 1e-4},
-		Rows:     s.Batch.Rows,
-		Seq:      s.Batch.Seq,
-		Sparsity: sparsity,
-		Estimate: predictor.EstimateOptions{NoCache: true, Progress: s.SVD},
+		Model:     ModelSource{Random: s.Config, MaxSeq: s.Batch.Seq, Seed: 1, DType: s.DType},
+		Params:    ParamSource{LoRA: s.LoRA, Seed: 1},
+		AdamW:     optim.DefaultAdamWConfig(),
+		Schedule:  optim.Schedule{Kind: optim.ScheduleConstant, TotalSteps: 1, BaseRate: 1e-4},
+		Rows:      s.Batch.Rows,
+		Seq:       s.Batch.Seq,
+		Workspace: model.WorkspaceOptions{GradCheckpoint: s.GradCheckpoint},
+		Sparsity:  sparsity,
+		Estimate:  predictor.EstimateOptions{NoCache: true, Progress: s.SVD},
 	})
 	if err != nil {
 		return nil, err
@@ -109,11 +117,15 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 		sel   model.ChannelSelector
 		flops float64
 	}{{"dense LoRA", nil, s.FLOPs.Dense}, {"SparseLoRA", t.SelectorAt(0), s.FLOPs.Sparse}}
-	for _, v := range variants {
+	measured := make([]int64, len(variants))
+	for i, v := range variants {
+		dev.ResetPeakBytes()
 		if err := step(v.sel); err != nil { // warm-up: pipelines compile here
 			return nil, fmt.Errorf("%s: %w", v.name, err)
 		}
+		measured[i] = dev.PeakBytes()
 	}
+	planned := BenchPlan(s).PeakBytes
 	times := make([][]time.Duration, len(variants))
 	for range s.Reps {
 		for i, v := range variants {
@@ -128,7 +140,7 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 		slices.Sort(times[i])
 		med := times[i][len(times[i])/2].Seconds()
 		r := StepTiming{Variant: v.name, Reps: s.Reps, MedianMS: med * 1e3, TokensPerSec: float64(shape.RealTokens) / med,
-			FLOPs: v.flops, TFLOPS: v.flops / med / 1e12}
+			FLOPs: v.flops, TFLOPS: v.flops / med / 1e12, PlannedPeakBytes: planned, MeasuredPeakBytes: measured[i]}
 		if len(res.Timings) > 0 {
 			r.Speedup = res.Timings[0].MedianMS / r.MedianMS
 		}
@@ -235,4 +247,21 @@ func BenchBatch(rows, seq, output, padding, vocab int) model.Batch {
 		b.Labels = append(b.Labels, label)
 	}
 	return b
+}
+
+// BenchPlan is the memory plan of BenchStep's set-up: random weights with a
+// RoPE table of the batch's positions, LoRA, one micro-batch, the predictor
+// of the table's sparse layers.
+func BenchPlan(s BenchSettings) MemoryPlan {
+	c := *s.Config
+	c.MaxPositionEmbeddings = s.Batch.Seq
+	m := MemorySettings{Rows: s.Batch.Rows, Seq: s.Batch.Seq, GradAccum: 1, WeightDType: s.DType,
+		Rank: s.LoRA.Rank, Targets: s.LoRA.Targets, GradCheckpoint: s.GradCheckpoint}
+	if t := s.Sparsity; t != nil && t.HasSparseLayers() {
+		m.SparseAttnLayers, m.SparseMLPs = sparseLayerCounts(t)
+		if m.SVDRank = t.Rank; m.SVDRank == 0 {
+			m.SVDRank = 8
+		}
+	}
+	return PlanMemory(&c, m)
 }

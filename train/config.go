@@ -74,6 +74,13 @@ type Config struct {
 	Verify   bool `yaml:"verify,omitempty"`
 	LogEvery int  `yaml:"log-every"`
 	BF16     bool `yaml:"bf16"`
+	// GradCheckpoint recomputes each layer's forward in backward instead of
+	// keeping its activations (same results, less memory, more compute).
+	GradCheckpoint bool `yaml:"grad-checkpoint"`
+	// MemoryLimit is the GPU memory the run may use ("16GiB"; empty: what
+	// the adapter reports, if anything): a run whose plan exceeds it is
+	// refused before it allocates.
+	MemoryLimit string `yaml:"memory-limit,omitempty"`
 }
 
 // DefaultConfig is the flags' defaults: PEFT-style LoRA r16/alpha 32 on every
@@ -147,6 +154,9 @@ func (c *Config) Validate() error {
 		return errors.New("--resume and --overwrite: give one of them (continue the run in --out, or replace it)")
 	case c.Sparsity == "":
 		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
+	}
+	if _, err := ParseSize(c.MemoryLimit); err != nil {
+		return fmt.Errorf("--memory-limit: %w", err)
 	}
 	if _, err := optim.ParseScheduleKind(c.Schedule); err != nil {
 		return fmt.Errorf("--schedule: %w", err)

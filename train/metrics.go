@@ -34,6 +34,8 @@ type Record struct {
 	// it ran dense, e.g. in the warm-up).
 	FLOPsRatio float64 `json:"flops_ratio"`
 	Sparse     bool    `json:"sparse"`
+	// PeakBytes is the most GPU memory the run's buffers held so far.
+	PeakBytes int64 `json:"peak_bytes,omitempty"`
 	// KeptMLP and KeptAttn are the per-layer fractions of FFN and attention
 	// channels the step computed for context tokens (1 = dense).
 	KeptMLP  []float64 `json:"kept_mlp,omitempty"`

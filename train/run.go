@@ -35,22 +35,24 @@ var ErrInterrupted = errors.New("training interrupted; resume with --resume")
 
 // Plan is what a run is about to do, for the start-up report.
 type Plan struct {
-	Adapter     gpu.AdapterInfo
-	ModelDir    string
-	Config      *model.Config
-	Warnings    []string
-	Trainable   int64
-	Total       int64
-	Memory      model.Memory
-	TrainData   *data.Dataset
-	EvalData    *data.Dataset
-	Seq         int
-	StepsPerEp  int
-	TotalSteps  int
-	StartStep   int // > 0 when resuming
-	ResumedFrom string
-	Sparsity    string // what --sparsity resolved to
-	SparseFrom  int    // first sparse optimizer update (0-based); TotalSteps when never
+	Adapter   gpu.AdapterInfo
+	ModelDir  string
+	Config    *model.Config
+	Warnings  []string
+	Trainable int64
+	Total     int64
+	Memory    MemoryPlan
+	// MemorySettings are what Memory was planned with.
+	MemorySettings MemorySettings
+	TrainData      *data.Dataset
+	EvalData       *data.Dataset
+	Seq            int
+	StepsPerEp     int
+	TotalSteps     int
+	StartStep      int // > 0 when resuming
+	ResumedFrom    string
+	Sparsity       string // what --sparsity resolved to
+	SparseFrom     int    // first sparse optimizer update (0-based); TotalSteps when never
 }
 
 // Hooks report a run's progress; any may be nil. They run on the training
@@ -177,6 +179,9 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 	if err := r.loadData(ctx, mcfg); err != nil {
 		return nil, err
 	}
+	if err := r.planMemory(mcfg); err != nil {
+		return nil, err
+	}
 	resumeDir, st, err := r.resumePoint()
 	if err != nil {
 		return nil, err
@@ -241,14 +246,15 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 func (r *run) settings(mcfg *model.Config, resumeDir string) Settings {
 	cfg := r.cfg
 	s := Settings{
-		Model:    ModelSource{Dir: cfg.Model, DType: gpu.F32},
-		Params:   ParamSource{Full: cfg.Full, AdapterDir: cfg.AdapterInit, Seed: cfg.Seed},
-		AdamW:    optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm},
-		Schedule: r.schedule,
-		Rows:     cfg.BatchSize,
-		Seq:      r.plan.Seq,
-		Sparsity: r.sparsity,
-		Estimate: predictor.EstimateOptions{CacheDir: cfg.SVDCacheDir, VerifyContent: cfg.VerifySVDCache, Progress: r.hooks.SVD},
+		Model:     ModelSource{Dir: cfg.Model, DType: gpu.F32},
+		Params:    ParamSource{Full: cfg.Full, AdapterDir: cfg.AdapterInit, Seed: cfg.Seed},
+		AdamW:     optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, WeightDecay: cfg.WeightDecay, MaxGradNorm: cfg.MaxGradNorm},
+		Schedule:  r.schedule,
+		Rows:      cfg.BatchSize,
+		Seq:       r.plan.Seq,
+		Workspace: model.WorkspaceOptions{GradCheckpoint: cfg.GradCheckpoint},
+		Sparsity:  r.sparsity,
+		Estimate:  predictor.EstimateOptions{CacheDir: cfg.SVDCacheDir, VerifyContent: cfg.VerifySVDCache, Progress: r.hooks.SVD},
 	}
 	if cfg.BF16 {
 		s.Model.DType = gpu.BF16
@@ -290,11 +296,6 @@ func (r *run) prepare(t *Trainer, resumeDir string, st trainerState) error {
 	}
 	r.plan.Config = m.Config
 	r.plan.Total = m.Config.ParameterCount()
-	dtype := gpu.F32
-	if cfg.BF16 {
-		dtype = gpu.BF16
-	}
-	r.plan.Memory = m.Config.EstimateMemory(dtype, cfg.BatchSize, r.plan.Seq)
 	for _, p := range t.Opt.Params() {
 		r.plan.Trainable += int64(p.Value.Len())
 	}
@@ -589,6 +590,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		elapsed := now.Sub(intervalStart)
 		rec := Record{Step: step, Epoch: epoch, Loss: stats.Loss, LR: lr, GradNorm: stats.GradNorm, Tokens: r.tokens,
 			StepTokens: intervalTokens, TokensPerS: float64(intervalTokens) / elapsed.Seconds(), MSPerStep: float64(elapsed.Milliseconds()) / float64(stats.Steps),
+			PeakBytes:  r.dev.PeakBytes(),
 			FLOPsRatio: a / d, Sparse: sparse}
 		rec.KeptMLP, rec.KeptAttn = keptFractions(r.sparsity, r.t.Model.Config, sparse)
 		if evalNow {

@@ -26,6 +26,8 @@ type Settings struct {
 	// Rows and Seq size the workspace: one micro-batch of Rows sequences of
 	// Seq tokens.
 	Rows, Seq int
+	// Workspace chooses the workspace's layout (activation checkpointing).
+	Workspace model.WorkspaceOptions
 	// Sparsity is the SparseLoRA table (nil or without sparse layers: dense
 	// training). New runs the SVD estimator and builds the selector when a
 	// step of the schedule runs sparse.
@@ -125,7 +127,7 @@ func New(ctx context.Context, dev *gpu.Device, s Settings) (_ *Trainer, err erro
 		return nil, err
 	}
 	owned = append(owned, opt.Release)
-	ws, err := m.NewWorkspace(s.Rows, s.Seq)
+	ws, err := m.NewWorkspaceWith(s.Rows, s.Seq, s.Workspace)
 	if err != nil {
 		return nil, err
 	}

@@ -256,6 +256,9 @@ func headerText(s Snapshot, opts FrameOptions) []headerLine {
 			figures += fmt.Sprintf("   eval loss %.4f", *s.LastEval)
 		}
 		figures += fmt.Sprintf("   lr %.3g   %.0f tokens/s   %.1f ms/step   FLOPs sparse/dense %.3f", r.LR, r.TokensPerS, r.MSPerStep, r.FLOPsRatio)
+		if r.PeakBytes > 0 {
+			figures += fmt.Sprintf("   GPU peak %.1f MiB", float64(r.PeakBytes)/(1<<20))
+		}
 		switch {
 		case r.Sparse:
 			figures += " (sparse)"

@@ -237,7 +237,7 @@ func (m *Monitor) Snapshot() Snapshot {
 func PlotRecord(r train.Record) plot.Record {
 	rec := plot.Record{
 		Step: r.Step, Epoch: r.Epoch, Loss: r.Loss, LR: r.LR, GradNorm: r.GradNorm, Tokens: r.Tokens,
-		TokensPerS: r.TokensPerS, MSPerStep: r.MSPerStep, FLOPsRatio: r.FLOPsRatio, Sparse: r.Sparse,
+		TokensPerS: r.TokensPerS, MSPerStep: r.MSPerStep, FLOPsRatio: r.FLOPsRatio, Sparse: r.Sparse, PeakBytes: r.PeakBytes,
 		KeptMLP: append([]float64(nil), r.KeptMLP...), KeptAttn: append([]float64(nil), r.KeptAttn...), EvalLoss: math.NaN(), EvalAccuracy: math.NaN(),
 	}
 	if r.EvalLoss != nil {
