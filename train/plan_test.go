@@ -1,0 +1,94 @@
+package train
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/lora"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/optim"
+)
+
+// TestMemoryPlanMatchesMeasuredPeak builds what a LoRA run allocates (model,
+// adapters, AdamW, workspace, trainer) on a small config, runs a step, and
+// compares the device's measured peak of live buffer bytes with the plan:
+// within 10 %, with and without checkpointing, which must save memory.
+func TestMemoryPlanMatchesMeasuredPeak(t *testing.T) {
+	const raw = `{"model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 352,
+		"num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+		"max_position_embeddings": 64, "rope_theta": 10000.0, "tie_word_embeddings": false}`
+	cfg, err := model.ParseConfig([]byte(raw), "plan test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rows, seq, rank = 2, 64, 8
+	targets := model.Projections
+	peaks := map[bool]int64{}
+	for _, ckpt := range []bool{false, true} {
+		base := testDevice.LiveBytes()
+		testDevice.ResetPeakBytes()
+		func() {
+			m, err := model.NewRandom(testDevice, cfg, gpu.F32, cfg.MaxPositionEmbeddings, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Release()
+			set, err := lora.NewSet(m, lora.Config{Rank: rank, Alpha: 16, Targets: targets}, 3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer set.Release()
+			set.Attach(m)
+			opt, err := optim.NewOptimizer(testDevice, set.Params(), optim.DefaultAdamWConfig())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer opt.Release()
+			ws, err := m.NewWorkspaceWith(rows, seq, model.WorkspaceOptions{GradCheckpoint: ckpt})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ws.Release()
+			tr, err := NewTrainer(m, set, opt, ws)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tr.Release()
+			rng := rand.New(rand.NewPCG(1, 2))
+			if err := tr.Step([]model.Batch{batchOf(randomRows(rng, rows, seq, cfg.VocabSize), seq)}, 1e-3, nil); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tr.ReadStats(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		measured := testDevice.PeakBytes() - base
+		peaks[ckpt] = measured
+		plan := PlanMemory(cfg, MemorySettings{Rows: rows, Seq: seq, GradAccum: 1, WeightDType: gpu.F32, Rank: rank,
+			Targets: targets, GradCheckpoint: ckpt, Limits: testDevice.Limits})
+		d := float64(measured)/float64(plan.PeakBytes) - 1
+		t.Logf("grad-checkpoint %t: planned %d bytes, measured %d (%+.1f %%)", ckpt, plan.PeakBytes, measured, 100*d)
+		if math.Abs(d) > 0.10 {
+			t.Errorf("grad-checkpoint %t: planned peak %d bytes, measured %d (%+.1f %%, more than 10 %%); parts %+v", ckpt, plan.PeakBytes, measured, 100*d, plan.Parts)
+		}
+	}
+	if peaks[true] >= peaks[false] {
+		t.Errorf("checkpointing did not lower the measured peak: %d bytes with, %d without", peaks[true], peaks[false])
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"16GiB": 16 << 30, "16G": 16 << 30, "12GB": 12e9, "8192 MiB": 8 << 30, "1.5GiB": 3 << 29, "4096": 4096, "": 0} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"-1GiB", "GiB", "16XB", "0", "NaN"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q): no error", bad)
+		}
+	}
+}
