@@ -66,6 +66,9 @@ func printAdapters(w io.Writer, lib string, adapters []gpu.AdapterInfo) {
 		fmt.Fprintf(w, "  subgroup size %d-%d; max buffer %s, max storage binding %s, workgroup memory %s, %d invocations/workgroup, %d storage buffers/stage\n",
 			a.SubgroupMin, a.SubgroupMax, bytesString(l.MaxBufferSize), bytesString(l.MaxStorageBufferBindingSize),
 			bytesString(uint64(l.MaxComputeWorkgroupStorageSize)), l.MaxComputeInvocationsPerWorkgroup, l.MaxStorageBuffersPerShaderStage)
+		if a.MemoryBytes > 0 {
+			fmt.Fprintf(w, "  memory: %s (largest device-local heap; the default --memory-limit of train)\n", memString(a.MemoryBytes))
+		}
 		fmt.Fprintf(w, "  features: %s\n", strings.Join(a.Features, " "))
 	}
 }
