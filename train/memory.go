@@ -91,6 +91,8 @@ func (r *run) planMemory(mcfg *model.Config) error {
 		return err
 	}
 	r.plan.Memory, r.plan.MemorySettings = PlanMemory(mcfg, s), s
+	// Nothing is allocated yet: the peak the metrics log is this run's.
+	r.dev.ResetPeakBytes()
 	limit, _ := ParseSize(r.cfg.MemoryLimit) // Validate checked it
 	if limit == 0 {
 		limit = r.dev.Info.MemoryBytes

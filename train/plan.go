@@ -100,7 +100,8 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 	if s.SparseAttnLayers+s.SparseMLPs > 0 {
 		add("SVD factors + selection", svdBytes(cfg, s))
 	}
-	dispatches := dispatchesOutside + dispatchesPerLayer*L
+	// One recorder holds every micro-batch's forward and backward of a step.
+	dispatches := (dispatchesOutside + dispatchesPerLayer*L) * uint64(max(s.GradAccum, 1))
 	chunks := (dispatches*uniformSlotBytes + uniformChunkBytes - 1) / uniformChunkBytes
 	add("staging", model.StagingBytes(s.Rows, s.Seq, max(s.GradAccum, 1))+ws.Inputs+chunks*uniformChunkBytes)
 	if s.EvalLoss {

@@ -1,8 +1,13 @@
 package train
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"math"
+	"os"
+	"path/filepath"
+	"strings"
 	"math/rand/v2"
 	"testing"
 
@@ -90,5 +95,63 @@ func TestParseSize(t *testing.T) {
 		if _, err := ParseSize(bad); err == nil {
 			t.Errorf("ParseSize(%q): no error", bad)
 		}
+	}
+}
+
+// TestRunGradCheckpoint trains the fixture with and without --grad-checkpoint
+// (SparseLoRA after the warm-up): the adapters must be byte-identical, and
+// each run's logged peak_bytes within 10 % of its plan.
+func TestRunGradCheckpoint(t *testing.T) {
+	var adapters [2][]byte
+	for i, ckpt := range []bool{false, true} {
+		out := t.TempDir()
+		cfg := smallRun(t, out, 6)
+		cfg.SaveEvery, cfg.LogEvery, cfg.WarmupSteps, cfg.GradCheckpoint = 0, 3, 1, ckpt
+		plan, err := DryRun(context.Background(), cfg, testDevice.Limits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := testDevice.LiveBytes()
+		res, err := Run(context.Background(), testDevice, cfg, Hooks{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if adapters[i], err = os.ReadFile(filepath.Join(res.AdapterDir, "adapter_model.safetensors")); err != nil {
+			t.Fatal(err)
+		}
+		recs := readRecords(t, out)
+		if len(recs) == 0 || recs[len(recs)-1].PeakBytes == 0 {
+			t.Fatalf("grad-checkpoint %t: no peak_bytes logged: %+v", ckpt, recs)
+		}
+		measured := recs[len(recs)-1].PeakBytes - base
+		d := float64(measured)/float64(plan.Memory.PeakBytes) - 1
+		t.Logf("grad-checkpoint %t: planned %d bytes, measured %d (%+.1f %%)", ckpt, plan.Memory.PeakBytes, measured, 100*d)
+		if math.Abs(d) > 0.10 {
+			t.Errorf("grad-checkpoint %t: planned peak %d bytes, measured %d (%+.1f %%); parts %+v", ckpt, plan.Memory.PeakBytes, measured, 100*d, plan.Memory.Parts)
+		}
+	}
+	if !bytes.Equal(adapters[0], adapters[1]) {
+		t.Error("the adapter trained with --grad-checkpoint differs from the one without")
+	}
+}
+
+// TestRunRefusesOverMemoryLimit: a plan over --memory-limit stops the run
+// before it allocates anything, naming settings that need less.
+func TestRunRefusesOverMemoryLimit(t *testing.T) {
+	cfg := smallRun(t, t.TempDir(), 2)
+	cfg.MemoryLimit = "64KiB"
+	base := testDevice.LiveBytes()
+	testDevice.ResetPeakBytes()
+	_, err := Run(context.Background(), testDevice, cfg, Hooks{})
+	if !errors.Is(err, ErrOutOfMemory) {
+		t.Fatalf("error %v, want ErrOutOfMemory", err)
+	}
+	for _, want := range []string{"limit 0.1 MiB", "--grad-checkpoint: ", "--quantize 4"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	if peak := testDevice.PeakBytes(); peak != base {
+		t.Errorf("the refused run allocated: peak %d bytes, %d live before", peak, base)
 	}
 }
