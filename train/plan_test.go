@@ -5,10 +5,10 @@ import (
 	"context"
 	"errors"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
-	"math/rand/v2"
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
