@@ -36,34 +36,20 @@ func TestMemoryPlanMatchesMeasuredPeak(t *testing.T) {
 		base := testDevice.LiveBytes()
 		testDevice.ResetPeakBytes()
 		func() {
-			m, err := model.NewRandom(testDevice, cfg, gpu.F32, cfg.MaxPositionEmbeddings, 7)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Release()
-			set, err := lora.NewSet(m, lora.Config{Rank: rank, Alpha: 16, Targets: targets}, 3)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer set.Release()
-			set.Attach(m)
-			opt, err := optim.NewOptimizer(testDevice, set.Params(), optim.DefaultAdamWConfig())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer opt.Release()
-			ws, err := m.NewWorkspaceWith(rows, seq, model.WorkspaceOptions{GradCheckpoint: ckpt})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ws.Release()
-			tr, err := NewTrainer(m, set, opt, ws)
+			tr, err := New(context.Background(), testDevice, Settings{
+				Model:    ModelSource{Random: cfg, MaxSeq: cfg.MaxPositionEmbeddings, Seed: 7, DType: gpu.F32},
+				Params:   ParamSource{LoRA: lora.Config{Rank: rank, Alpha: 16, Targets: targets}, Seed: 3},
+				AdamW:    optim.DefaultAdamWConfig(),
+				Schedule: optim.Schedule{Kind: optim.ScheduleConstant, TotalSteps: 1, BaseRate: 1e-3},
+				Rows:     rows, Seq: seq,
+				Workspace: model.WorkspaceOptions{GradCheckpoint: ckpt},
+			})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer tr.Release()
 			rng := rand.New(rand.NewPCG(1, 2))
-			if err := tr.Step([]model.Batch{batchOf(randomRows(rng, rows, seq, cfg.VocabSize), seq)}, 1e-3, nil); err != nil {
+			if err := tr.Step([]model.Batch{batchOf(randomRows(rng, rows, seq, cfg.VocabSize), seq)}, nil); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := tr.ReadStats(context.Background()); err != nil {
