@@ -1,0 +1,65 @@
+package app
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sparselora/sparselora/train"
+)
+
+// plan --json's peak is the sum of its parts; checkpointing and 4-bit
+// weights lower it; a limit below the plan exits non-zero naming what fits.
+func TestPlanCommand(t *testing.T) {
+	planOf := func(args ...string) train.MemoryPlan {
+		t.Helper()
+		code, out, errOut := run(t, append([]string{"plan", "--shape", "llama3-8b", "--rank", "16", "--seq", "2048", "--json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("plan %v: exit %d, stderr %q", args, code, errOut)
+		}
+		var p train.MemoryPlan
+		if err := json.Unmarshal([]byte(out), &p); err != nil {
+			t.Fatalf("plan %v --json: %v in %q", args, err, out)
+		}
+		var sum uint64
+		for _, part := range p.Parts {
+			sum += part.Bytes
+		}
+		if sum != p.PeakBytes || sum == 0 {
+			t.Errorf("plan %v: parts sum to %d, peak_bytes %d", args, sum, p.PeakBytes)
+		}
+		return p
+	}
+	f32, ckpt := planOf(), planOf("--grad-checkpoint")
+	q4 := planOf("--bf16", "--grad-checkpoint", "--quantize", "4")
+	if !(q4.PeakBytes < ckpt.PeakBytes && ckpt.PeakBytes < f32.PeakBytes) {
+		t.Errorf("peaks: f32 %d, checkpointed %d, 4-bit checkpointed %d; want each smaller", f32.PeakBytes, ckpt.PeakBytes, q4.PeakBytes)
+	}
+	if ckpt.Part("recompute scratch") == 0 || f32.Part("recompute scratch") != 0 {
+		t.Errorf("recompute scratch: %d with checkpointing, %d without", ckpt.Part("recompute scratch"), f32.Part("recompute scratch"))
+	}
+	code, _, errOut := run(t, "plan", "--shape", "llama3-8b", "--bf16", "--memory-limit", "16GiB")
+	if code == 0 || !strings.Contains(errOut, "limit 16.0 GiB") || !strings.Contains(errOut, "--grad-checkpoint --quantize 4: ") {
+		t.Errorf("over the limit: exit %d, stderr %q", code, errOut)
+	}
+	for _, bad := range [][]string{{"--shape", "llama3-8b", "--quantize", "3"}, {"--shape", "llama3-8b", "models/tiny"}, {}, {"--shape", "llama3-8b", "--memory-limit", "lots"}} {
+		if code, _, _ := run(t, append([]string{"plan"}, bad...)...); code == 0 {
+			t.Errorf("plan %v: exit 0", bad)
+		}
+	}
+}
+
+// train --dry-run prints the plan of the run's data without a GPU.
+func TestTrainDryRun(t *testing.T) {
+	data := filepath.Join("..", "train", "testdata", "sequences.jsonl")
+	model := filepath.Join("..", "models", "tiny")
+	code, out, errOut := run(t, "train", "--model", model, "--data", data, "--out", t.TempDir(), "--dry-run", "--grad-checkpoint")
+	if code != 0 || !strings.Contains(out, "recompute scratch") || !strings.Contains(out, "peak") {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, _, errOut = run(t, "train", "--model", model, "--data", data, "--out", t.TempDir(), "--dry-run", "--memory-limit", "1MiB")
+	if code == 0 || !strings.Contains(errOut, "--grad-checkpoint: ") {
+		t.Errorf("over the limit: exit %d, stderr %q", code, errOut)
+	}
+}
