@@ -132,3 +132,19 @@ func StagingBytes(rows, seq, micro int) uint64 {
 	T := uint64(rows) * uint64(seq)
 	return 4 * (3*T + 3*(T+1)) * uint64(micro)
 }
+
+// GeneratorBytes is what NewGenerator(maxSeq, chunkRows) allocates (with the
+// adapters' scratch of rank maxRank): the KV cache of every layer and one
+// chunk's activations.
+func (c *Config) GeneratorBytes(maxSeq, chunkRows, maxRank int) uint64 {
+	if chunkRows <= 0 {
+		chunkRows = 256
+	}
+	R := uint64(min(chunkRows, maxSeq))
+	H, I := uint64(c.HiddenSize), uint64(c.IntermediateSize)
+	q := uint64(c.NumAttentionHeads * c.HeadDim)
+	kv := uint64(c.NumKeyValueHeads * c.HeadDim)
+	cache := 4 * 2 * uint64(c.NumHiddenLayers) * uint64(maxSeq) * kv
+	chunk := 4 * R * (1 + 3*H + 1 + 2*q + 3*I + uint64(maxRank))
+	return cache + chunk + 4*(H+1+uint64(c.VocabSize))
+}

@@ -53,6 +53,9 @@ func (c Config) MemorySettings(mcfg *model.Config, seq int, lim gpu.Limits) (Mem
 	s := MemorySettings{Rows: c.BatchSize, Seq: seq, GradAccum: c.GradAccum, WeightDType: gpu.F32,
 		Full: c.Full, Rank: c.Rank, GradCheckpoint: c.GradCheckpoint,
 		EvalLoss: c.EvalData != "" && c.EvalMetric == "loss", Limits: lim}
+	if c.EvalData != "" && c.EvalMetric == "exact-match" {
+		s.EvalGenerate = seq + c.EvalMaxNewTokens
+	}
 	if c.BF16 {
 		s.WeightDType = gpu.BF16
 	}

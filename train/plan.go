@@ -24,8 +24,10 @@ type MemorySettings struct {
 	// size the SparseLoRA predictor (0 layers: a dense run).
 	SVDRank                      int
 	SparseAttnLayers, SparseMLPs int
-	// EvalLoss adds the loss evaluation's own workspace.
-	EvalLoss bool
+	// EvalLoss adds the loss evaluation's own workspace; EvalGenerate, when
+	// positive, the generator of exact-match evaluation (its positions).
+	EvalLoss     bool
+	EvalGenerate int
 	// Limits are the device's (the LM head's chunk depends on the storage
 	// binding limit); zero takes WebGPU's defaults.
 	Limits gpu.Limits
@@ -108,6 +110,14 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 		// evaluate.NewEvaluator: forward only, in the checkpointing layout.
 		ev := cfg.PlanWorkspace(s.Rows, s.Seq, ranks, model.WorkspaceOptions{GradCheckpoint: true}, lim)
 		add("evaluation workspace", ev.Total())
+	}
+	if s.EvalGenerate > 0 {
+		maxRank := 0
+		for _, r := range ranks {
+			maxRank = max(maxRank, r)
+		}
+		// infer.NewSession: a generator of the default chunk.
+		add("generation (exact-match evaluation)", cfg.GeneratorBytes(s.EvalGenerate, 0, maxRank))
 	}
 	return p
 }
