@@ -2,10 +2,13 @@ package app
 
 import (
 	"encoding/json"
+	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sparselora/sparselora/internal/fixtures"
 	"github.com/sparselora/sparselora/train"
 )
 
@@ -61,5 +64,43 @@ func TestTrainDryRun(t *testing.T) {
 	code, _, errOut = run(t, "train", "--model", model, "--data", data, "--out", t.TempDir(), "--dry-run", "--memory-limit", "1MiB")
 	if code == 0 || !strings.Contains(errOut, "--grad-checkpoint: ") {
 		t.Errorf("over the limit: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// bench step --grad-checkpoint records each variant's planned and measured
+// peak, within 10 % of each other.
+func TestBenchStepPeaks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "step.json")
+	code, out, errOut := run(t, "bench", "step", "--shape", filepath.Join(fixtures.HF(t, "llama-gqa"), "model", "config.json"),
+		"--layers", "2", "--batch", "2", "--seq", "16", "--output-tokens", "4", "--first-layer", "14", "--rank", "4", "--reps", "1",
+		"--grad-checkpoint", "--json", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if !strings.Contains(out, "GPU memory, SparseLoRA: planned peak") {
+		t.Errorf("no memory line in\n%s", out)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		GradCheckpoint bool `json:"grad_checkpoint"`
+		Results        []struct {
+			Variant  string `json:"variant"`
+			Planned  uint64 `json:"planned_peak_bytes"`
+			Measured int64  `json:"measured_peak_bytes"`
+		} `json:"results"`
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if !rec.GradCheckpoint || len(rec.Results) != 2 {
+		t.Fatalf("record %+v", rec)
+	}
+	for _, r := range rec.Results {
+		if d := float64(r.Measured)/float64(r.Planned) - 1; r.Planned == 0 || math.Abs(d) > 0.10 {
+			t.Errorf("%s: planned peak %d bytes, measured %d", r.Variant, r.Planned, r.Measured)
+		}
 	}
 }
