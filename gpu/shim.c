@@ -72,7 +72,9 @@ uint64_t sl_adapter_device_memory(WGPUAdapter a) {
     return 0;
   }
   uint64_t best = 0;
-  for (size_t i = 0; i < heaps.heapCount; i++) {
+  // bun-webgpu 0.1.5 (macOS) and 0.1.7 (Linux) define the same sType; a
+  // library that does not fills nothing, or not heapInfo.
+  for (size_t i = 0; heaps.heapInfo != NULL && i < heaps.heapCount; i++) {
     if ((heaps.heapInfo[i].properties & SL_HEAP_DEVICE_LOCAL) && heaps.heapInfo[i].size > best) {
       best = heaps.heapInfo[i].size;
     }
