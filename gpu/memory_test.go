@@ -1,8 +1,13 @@
 package gpu_test
 
 import (
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
 )
 
 // Every buffer created counts in LiveBytes until released, and PeakBytes keeps
@@ -79,5 +84,30 @@ func TestLiveAndPeakBytes(t *testing.T) {
 	}
 	if got := testDevice.LiveBytes(); got != base {
 		t.Errorf("live bytes after all released: %d, want %d", got, base)
+	}
+}
+
+// Dawn reports the adapter's memory heaps; lavapipe's one heap is the
+// machine's memory, which /proc/meminfo states too.
+func TestAdapterMemoryIsTheMachinesOnCPU(t *testing.T) {
+	info := testDevice.Info
+	if info.Type != gpu.AdapterTypeCPU {
+		t.Skipf("%s is not a CPU adapter: its memory is its own", info.Name())
+	}
+	raw, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Skip("no /proc/meminfo on this OS")
+	}
+	var kib uint64
+	for _, line := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+			kib, _ = strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+		}
+	}
+	if kib == 0 {
+		t.Fatalf("no MemTotal in /proc/meminfo")
+	}
+	if got, want := info.MemoryBytes, 1024*kib; got != want {
+		t.Errorf("adapter memory %d bytes, /proc/meminfo MemTotal %d", got, want)
 	}
 }
