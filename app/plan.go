@@ -80,7 +80,7 @@ func runPlan(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "run: batch %d x %d tokens, grad-accum %d, %s\n", cfg.BatchSize, *seq, cfg.GradAccum, planRunString(cfg, settings))
 		printMemoryPlan(stdout, plan)
 		for _, alt := range train.Alternatives(settings) {
-			fmt.Fprintf(stdout, "  with %-40s %10s\n", alt.Flags+":", memString(train.PlanMemory(mcfg, alt.Settings).PeakBytes))
+			fmt.Fprintf(stdout, "  with %-55s %10s\n", alt.Flags+":", memString(train.PlanMemory(mcfg, alt.Settings).PeakBytes))
 		}
 	}
 	return train.CheckMemory(mcfg, settings, limit)
@@ -149,9 +149,9 @@ func planRunString(cfg train.Config, s train.MemorySettings) string {
 func printMemoryPlan(w io.Writer, p train.MemoryPlan) {
 	fmt.Fprintln(w, "GPU memory plan:")
 	for _, part := range p.Parts {
-		fmt.Fprintf(w, "  %-45s %10s\n", part.Name, memString(part.Bytes))
+		fmt.Fprintf(w, "  %-60s %10s\n", part.Name, memString(part.Bytes))
 	}
-	fmt.Fprintf(w, "  %-45s %10s\n", "peak", memString(p.PeakBytes))
+	fmt.Fprintf(w, "  %-60s %10s\n", "peak", memString(p.PeakBytes))
 }
 
 // memString writes a byte count in GiB, MiB or KiB with one decimal.
