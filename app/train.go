@@ -70,7 +70,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.BoolVar(&c.Verify, "verify", c.Verify, "fingerprint the base model by its content (reads every weight file) as well as its files' size, time and header, so --resume accepts a copied model")
 	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "read the loss back and log every N steps")
 	fs.BoolVar(&c.BF16, "bf16", c.BF16, "keep frozen weights as bf16 on the GPU (compute stays f32)")
-	fs.BoolVar(&c.GradCheckpoint, "grad-checkpoint", c.GradCheckpoint, "keep only each decoder layer's input and recompute its forward in backward (same results, less memory, about a third more compute)")
+	fs.BoolVar(&c.GradCheckpoint, "grad-checkpoint", c.GradCheckpoint, "keep only each decoder layer's input and recompute its forward in backward (same results, less memory; each layer but the last runs its forward twice: about 1.5x the FLOPs of a LoRA step)")
 	fs.StringVar(&c.MemoryLimit, "memory-limit", c.MemoryLimit, "GPU memory the run may use, e.g. 16GiB (default: the adapter's reported memory, if any); a run whose plan exceeds it is refused before it allocates")
 }
 
