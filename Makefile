@@ -53,7 +53,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS = ./model/safetensors:FuzzOpen ./model/safetensors:FuzzOpenSharded ./model:FuzzParseConfig \
 	./lora:FuzzParseAdapterConfig ./lora:FuzzParsePEFTKey ./predictor:FuzzParseSparsityConfig \
 	./tokenizer:FuzzLoad ./tokenizer:FuzzChatTemplate ./data:FuzzLoad \
-	./train:FuzzParseState ./train:FuzzKeptMetrics ./plot:FuzzParseMetrics
+	./train:FuzzParseState ./train:FuzzKeptMetrics ./plot:FuzzParseMetrics ./model/gguf:FuzzOpen
 fuzz: setup
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t#*:} in $${t%%:*} for $(FUZZTIME)"; \
