@@ -123,7 +123,7 @@ func appendQ8_0(out []byte, x []float32) []byte {
 	}
 	out = binary.LittleEndian.AppendUint16(out, safetensors.Float32ToHalf(d))
 	for _, v := range x {
-		out = append(out, byte(int8(math.Round(float64(float32(v * id))))))
+		out = append(out, byte(int8(math.Round(float64(float32(v*id))))))
 	}
 	return out
 }

@@ -221,7 +221,7 @@ func (g *File) readHeader(size int64) error {
 		return fmt.Errorf("GGUF version %d; this reader handles version %d", version, Version)
 	}
 	nTensors := h.count(8 + 4 + 4 + 8) // name length, n_dims, type, offset
-	nKV := h.count(8 + 4)               // key length, type
+	nKV := h.count(8 + 4)              // key length, type
 	if h.err != nil {
 		return h.err
 	}
