@@ -226,4 +226,3 @@ func CacheRoot() (string, error) {
 	}
 	return filepath.Join(dir, "sparselora", "gguf"), nil
 }
-
