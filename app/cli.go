@@ -36,6 +36,7 @@ func commands() []command {
 		{"conformance", "check forward, backward and AdamW against a Hugging Face reference", runConformance},
 		{"plot", "draw a training run's charts (PNG) and summary.md from its metrics.jsonl", runPlot},
 		{"merge", "fold a LoRA adapter into its base model and write an HF checkpoint", runMerge},
+		{"export", "write a model (adapter merged in) or an adapter as GGUF for llama.cpp, Ollama, LM Studio", runExport},
 		{"tokenize", "tokenize JSONL text/chat messages or decode ids with a model's tokenizer", runTokenize},
 		{"data", "generate the built-in task and pretraining corpus, or train a BPE tokenizer", runData},
 	}

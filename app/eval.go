@@ -16,7 +16,7 @@ import (
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("eval", "eval --model DIR [--adapter DIR] --data FILE.jsonl [--metric loss|exact-match] [flags]", stdout, stderr)
-	modelDir := fs.String("model", "", "Hugging Face model directory")
+	modelDir := fs.String("model", "", "Hugging Face model directory, or a GGUF file (llama/qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
 	adapterDir := fs.String("adapter", "", "PEFT LoRA adapter directory (e.g. a train --out)")
 	dataPath := fs.String("data", "", "evaluation data, JSONL (the train formats)")
 	metric := fs.String("metric", "loss", "loss (mean cross-entropy and perplexity over scored tokens) or exact-match (greedy completions vs answers)")
@@ -51,6 +51,10 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	// Fail before loading the model, not after it; and leave an existing
 	// --out file alone until there are results to replace it with.
 	if err := checkOutputPath("out", *out); err != nil {
+		return err
+	}
+	var err error
+	if *modelDir, err = ggufModel(*modelDir, stderr); err != nil {
 		return err
 	}
 	if st, err := os.Stat(*dataPath); err != nil {

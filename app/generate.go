@@ -107,7 +107,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs := newFlags("generate", "generate --model DIR [--adapter DIR] [--prompt TEXT | --data FILE.jsonl] [--chat] [flags]\n\n"+
 		"Without --prompt or --data, reads prompts from standard input: a chat session with --chat (or\n"+
 		"when the model has a chat template), one completion per line otherwise.", stdout, stderr)
-	modelDir := fs.String("model", "", "Hugging Face model directory")
+	modelDir := fs.String("model", "", "Hugging Face model directory, or a GGUF file (llama/qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
 	adapterDir := fs.String("adapter", "", "PEFT LoRA adapter directory (e.g. a train --out)")
 	prompt := fs.String("prompt", "", "complete this text")
 	dataPath := fs.String("data", "", "complete the prompt of every line of this JSONL file (prompt, messages, instruction or text)")
@@ -118,6 +118,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	seed := fs.Uint64("seed", 0, "sampling seed")
 	stop := fs.String("stop", "", "stop before this string (repeatable with commas)")
 	bf16 := fs.Bool("bf16", false, "keep weights as bf16 on the GPU")
+	jsonOut := fs.Bool("json", false, "print one JSON line per prompt instead of streaming text: {\"prompt_ids\", \"ids\" (generated, without the EOS), \"text\", \"reason\"}")
 	var df deviceFlags
 	df.register(fs)
 	if err := parseCommand(fs, args); err != nil {
@@ -143,6 +144,10 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("--data: %w", err)
 		}
 	}
+	var err error
+	if *modelDir, err = ggufModel(*modelDir, stderr); err != nil {
+		return err
+	}
 	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, stderr)
 	if err != nil {
 		return err
@@ -160,6 +165,27 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		_, err := io.WriteString(stdout, s)
 		return err
 	}}
+	// finish ends a completion's output: a newline after the streamed text,
+	// or with --json the completion as one JSON line.
+	finish := func(prompt []int32, c infer.Completion) error {
+		if !*jsonOut {
+			_, err := fmt.Fprintln(stdout)
+			return err
+		}
+		line, err := json.Marshal(struct {
+			PromptIDs []int32 `json:"prompt_ids"`
+			IDs       []int32 `json:"ids"`
+			Text      string  `json:"text"`
+			Reason    string  `json:"reason"`
+		}{prompt, append([]int32{}, c.IDs...), c.Text, c.Reason})
+		if err == nil {
+			_, err = fmt.Fprintf(stdout, "%s\n", line)
+		}
+		return err
+	}
+	if *jsonOut {
+		opts.OnText = nil
+	}
 	if *stop != "" {
 		opts.Stop = strings.Split(*stop, ",")
 	}
@@ -175,8 +201,13 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	complete := func(ids []int32) (infer.Completion, error) {
 		c, err := sess.Complete(ctx, ids, opts)
-		fmt.Fprintln(stdout)
-		return c, err
+		if err != nil {
+			if !*jsonOut {
+				fmt.Fprintln(stdout)
+			}
+			return c, err
+		}
+		return c, finish(ids, c)
 	}
 	switch {
 	case promptGiven:
@@ -187,14 +218,14 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		_, err = complete(ids)
 		return err
 	case *dataPath != "":
-		return generateFromFile(ctx, *dataPath, encode, sess, complete, stdout)
+		return generateFromFile(ctx, *dataPath, encode, sess, complete, !*jsonOut, stdout)
 	}
-	return generateInteractive(ctx, os.Stdin, isTerminal(os.Stdin), *chat || lm.tok.HasChatTemplate(), encode, sess, opts, stdout, stderr)
+	return generateInteractive(ctx, os.Stdin, isTerminal(os.Stdin), *chat || lm.tok.HasChatTemplate(), encode, sess, opts, finish, stdout, stderr)
 }
 
 // generateFromFile completes the prompt of each JSONL line.
 func generateFromFile(ctx context.Context, path string, encode func(string) ([]int32, error), sess *infer.Session,
-	complete func([]int32) (infer.Completion, error), stdout io.Writer) error {
+	complete func([]int32) (infer.Completion, error), headers bool, stdout io.Writer) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
@@ -238,7 +269,9 @@ func generateFromFile(ctx context.Context, path string, encode func(string) ([]i
 			return fmt.Errorf("%s:%d: %w", path, line, err)
 		}
 		prompts++
-		fmt.Fprintf(stdout, "### line %d\n", line)
+		if headers {
+			fmt.Fprintf(stdout, "### line %d\n", line)
+		}
 		if _, err := complete(ids); err != nil {
 			return fmt.Errorf("%s:%d: %w", path, line, err)
 		}
@@ -283,7 +316,7 @@ func promptMessages(raw json.RawMessage) (json.RawMessage, error) {
 // generateInteractive reads prompts from in: a conversation kept across
 // turns with chat, one independent completion per line otherwise.
 func generateInteractive(ctx context.Context, in io.Reader, showPrompts, chat bool, encode func(string) ([]int32, error), sess *infer.Session,
-	opts infer.Options, stdout, stderr io.Writer) error {
+	opts infer.Options, finish func([]int32, infer.Completion) error, stdout, stderr io.Writer) error {
 	mode := "one completion per line"
 	if chat {
 		mode = "chat; /reset starts over"
@@ -326,8 +359,13 @@ func generateInteractive(ctx context.Context, in io.Reader, showPrompts, chat bo
 			return err
 		}
 		c, err := sess.Complete(ctx, ids, opts)
-		fmt.Fprintln(stdout)
 		if err != nil {
+			if opts.OnText != nil {
+				fmt.Fprintln(stdout)
+			}
+			return err
+		}
+		if err := finish(ids, c); err != nil {
 			return err
 		}
 		if chat {

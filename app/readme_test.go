@@ -41,7 +41,7 @@ func TestReadmeCommandsUseRealFlags(t *testing.T) {
 		t.Fatalf("found %d sparselora commands in README.md, expected the reference's", len(commands))
 	}
 	flagPattern := regexp.MustCompile(`--([a-z][a-z0-9-]*)`)
-	subcommands := map[string]bool{"bench": true, "data": true}
+	subcommands := map[string]bool{"bench": true, "data": true, "export": true}
 	for _, cmd := range commands {
 		words := strings.Fields(cmd)
 		name := words[0]

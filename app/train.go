@@ -32,7 +32,7 @@ holding an earlier run's results is refused unless --resume or --overwrite.`
 // trainFlags registers every train.Config field as a flag named as its YAML
 // key, so --config files and flags share one spelling.
 func trainFlags(fs *flag.FlagSet, c *train.Config) {
-	fs.StringVar(&c.Model, "model", c.Model, "Hugging Face model directory (config.json, safetensors, tokenizer.json)")
+	fs.StringVar(&c.Model, "model", c.Model, "Hugging Face model directory (config.json, safetensors, tokenizer.json), or a GGUF file (llama/qwen2; F32, F16, BF16, Q8_0, Q4_0, Q4_1)")
 	fs.StringVar(&c.Data, "data", c.Data, "training data, JSONL: text | prompt+completion | messages | instruction+output | input_ids")
 	fs.StringVar(&c.Out, "out", c.Out, "run directory (adapter, metrics, checkpoints)")
 	fs.StringVar(&c.AdapterInit, "adapter-init", c.AdapterInit, "start from this PEFT adapter (its rank, alpha and targets) instead of a fresh one")
@@ -92,6 +92,10 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	var err error
+	if cfg.Model, err = ggufModel(cfg.Model, stdout); err != nil {
 		return err
 	}
 	if *dryRun {

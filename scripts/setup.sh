@@ -109,3 +109,19 @@ if [ "$(uname -s)" = Linux ] && command -v dpkg-query >/dev/null && command -v a
     DEBIAN_FRONTEND=noninteractive $wsudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp for the GGUF interoperability tests (llamacpp package, SPEC §13): node-llama-cpp
+# 3.21.1 with its prebuilt CPU binaries, into .cache/node-llama-cpp/. Test-only: nothing in
+# sparselora links it. SKIP_DOWNLOAD keeps npm from building or downloading llama.cpp; the
+# prebuilt binaries come as the package's optional dependencies (~730 MB with the GPU builds,
+# which the tests never load).
+nlc_version=3.21.1
+nlc_dir=.cache/node-llama-cpp
+if ! grep -qs "\"version\": \"$nlc_version\"" "$nlc_dir/node_modules/node-llama-cpp/package.json"; then
+  command -v npm >/dev/null || { echo "setup: npm is needed to fetch node-llama-cpp@$nlc_version (apt-get install npm)" >&2; exit 1; }
+  mkdir -p "$nlc_dir"
+  [ -f "$nlc_dir/package.json" ] || echo '{"private": true}' > "$nlc_dir/package.json"
+  (cd "$nlc_dir" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --silent --no-audit --no-fund -E "node-llama-cpp@$nlc_version" >/dev/null)
+  echo "setup: installed node-llama-cpp@$nlc_version (llama.cpp, for the GGUF tests) into $nlc_dir"
+fi
