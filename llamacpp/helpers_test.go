@@ -21,7 +21,13 @@ func fixtureModel(t testing.TB, fixture string) string {
 	t.Helper()
 	dir := t.TempDir()
 	src := filepath.Join(fixture, "model")
-	for _, name := range []string{"config.json", "generation_config.json", "model.safetensors"} {
+	// The tokenizer's BOS/EOS replace the fixture's ids, which name ordinary
+	// tokens of models/tiny's vocabulary.
+	gen := []byte(`{"bos_token_id": 257, "eos_token_id": 256}`)
+	if err := os.WriteFile(filepath.Join(dir, "generation_config.json"), gen, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"config.json", "model.safetensors"} {
 		data, err := os.ReadFile(filepath.Join(src, name))
 		if err != nil {
 			t.Fatal(err)
@@ -89,3 +95,6 @@ func fmtSscan(s string) ([2]string, bool) {
 	}
 	return [2]string{s, ""}, false
 }
+
+// FixtureModel is fixtureModel for the external tests (llamacpp_test).
+var FixtureModel = fixtureModel

@@ -33,7 +33,9 @@ const model = await llama.loadModel({modelPath: req.model});
 const out = {tokens: [], completions: []};
 for (const text of req.tokenize ?? []) out.tokens.push(Array.from(model.tokenize(text, false)));
 if ((req.prompts ?? []).length > 0) {
-  const options = {contextSize: 256, sequences: 1};
+  // One thread: ggml's worker threads spin-wait on each other, which on a loaded
+  // machine with few cores turns a millisecond decode into minutes.
+  const options = {contextSize: 256, sequences: 1, threads: 1};
   if (req.lora) options.lora = {adapters: [{filePath: req.lora, scale: req.loraScale ?? 1}]};
   const context = await model.createContext(options);
   const sequence = context.getSequence();
