@@ -2,12 +2,15 @@ package llamacpp
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sparselora/sparselora/model/gguf"
+	"github.com/sparselora/sparselora/model/safetensors"
 )
 
 // rewrite exports models/tiny as f32, lets edit change its metadata and
@@ -123,4 +126,122 @@ func TestToHFRejectsBadFiles(t *testing.T) {
 	if _, err := ToHF(rewrite(t, keep), t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestToHFDecodesEveryReadType converts exports in F16, BF16, Q8_0 and
+// Q4_0, and a file with a Q4_1 tensor, back to HF weights: each weight is
+// within its format's rounding of the original, and the q/k rows are back
+// in HF order.
+func TestToHFDecodesEveryReadType(t *testing.T) {
+	orig, err := safetensors.Open(filepath.Join(tinyDir, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	check := func(t *testing.T, path string, tol func(name string, w []float32) float64) {
+		dir := t.TempDir()
+		rep, err := ToHF(path, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := safetensors.Open(filepath.Join(dir, "model.safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer back.Close()
+		for _, name := range orig.Names() {
+			w, _ := orig.ReadFloat32(name)
+			got, err := back.ReadFloat32(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			limit := tol(name, w)
+			for i := range w {
+				if d := math.Abs(float64(got[i] - w[i])); d > limit {
+					t.Fatalf("%s (%s): element %d is %g, was %g (tolerance %g)", name, rep.TypeSummary(), i, got[i], w[i], limit)
+				}
+			}
+		}
+	}
+	maxAbs := func(w []float32) float64 {
+		m := 0.0
+		for _, v := range w {
+			m = math.Max(m, math.Abs(float64(v)))
+		}
+		return m
+	}
+	for _, c := range []struct {
+		typ  gguf.TensorType
+		step func(w []float32) float64 // largest rounding error for a 2-D weight
+	}{
+		{gguf.F16, func(w []float32) float64 { return maxAbs(w) / 1024 }},
+		{gguf.BF16, func(w []float32) float64 { return maxAbs(w) / 128 }},
+		{gguf.Q8_0, func(w []float32) float64 { return maxAbs(w)/127*0.5 + maxAbs(w)/1024 }},
+		// Q4_0's codes reach -8·d but only +7·d: a value near minus the
+		// block's extreme clamps to a whole step away.
+		{gguf.Q4_0, func(w []float32) float64 { return maxAbs(w)/8 + maxAbs(w)/256 }},
+	} {
+		t.Run(c.typ.String(), func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "m.gguf")
+			export(t, ExportOptions{ModelDir: tinyDir, Type: c.typ, TypeSet: true, Out: path})
+			check(t, path, func(name string, w []float32) float64 {
+				if info, _ := orig.Info(name); len(info.Shape) == 1 {
+					return 0 // norms stay f32
+				}
+				return c.step(w)
+			})
+		})
+	}
+	t.Run("Q4_1", func(t *testing.T) {
+		const target = "blk.1.ffn_up.weight"
+		path := rewrite(t, func(m []gguf.KV, ts []gguf.Tensor) ([]gguf.KV, []gguf.Tensor) {
+			for i := range ts {
+				if ts[i].Name == target {
+					data := ts[i].Data
+					ts[i].Type = gguf.Q4_1
+					ts[i].Data = func() ([]byte, error) {
+						raw, err := data()
+						if err != nil {
+							return nil, err
+						}
+						v, _ := gguf.Decode(gguf.F32, raw, int64(len(raw)/4))
+						return encodeQ4_1(v), nil
+					}
+				}
+			}
+			return m, ts
+		})
+		check(t, path, func(name string, w []float32) float64 {
+			if name == "model.layers.1.mlp.up_proj.weight" {
+				return maxAbs(w)*2/15*0.5 + maxAbs(w)/256
+			}
+			return 0
+		})
+	})
+}
+
+// encodeQ4_1 is ggml's quantize_row_q4_1_ref: per block d = (max-min)/15,
+// m = min, codes round((x-min)/d), element j in the low nibble of byte j and
+// element j+16 in the high nibble.
+func encodeQ4_1(x []float32) []byte {
+	var out []byte
+	for b := 0; b < len(x)/32; b++ {
+		blk := x[b*32 : (b+1)*32]
+		lo, hi := blk[0], blk[0]
+		for _, v := range blk {
+			lo, hi = min(lo, v), max(hi, v)
+		}
+		d := (hi - lo) / 15
+		var id float32
+		if d != 0 {
+			id = 1 / d
+		}
+		out = binary.LittleEndian.AppendUint16(out, safetensors.Float32ToHalf(d))
+		out = binary.LittleEndian.AppendUint16(out, safetensors.Float32ToHalf(lo))
+		code := func(v float32) byte { return byte(min(15, int8((v-lo)*id+0.5))) }
+		for j := 0; j < 16; j++ {
+			out = append(out, code(blk[j])|code(blk[j+16])<<4)
+		}
+	}
+	return out
 }
