@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 demo=${1:-runs/demo}
 bin=bin/sparselora
 out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
-adapter="$demo/dense"
+adapter="$demo/dense-lora"
 [ -f "$adapter/adapter_model.safetensors" ] || { echo "no dense adapter in $adapter (run make run, or sparselora demo --out $demo)" >&2; exit 1; }
 export XDG_CACHE_HOME="$out/cache" NODE_LLAMA_CPP_DIR=.cache/node-llama-cpp
 # The user cache folder moved: point at the WebGPU library directly.
@@ -37,7 +37,7 @@ n=$(grep -c . "$demo/eval.jsonl")
 for dtype in f32 q8_0 q4_0; do
   model="$out/tiny-$dtype.gguf"
   ours_em=$($bin eval --model "$model" --data "$demo/eval.jsonl" --metric exact-match --max-new-tokens 32 2>/dev/null |
-    grep -o 'exact match [0-9]*/[0-9]*' | head -1)
+    grep -o 'exact match: [0-9]* / [0-9]*' | head -1)
   $bin generate --model "$model" --data "$demo/eval.jsonl" --max-new-tokens 32 --json 2>/dev/null > "$out/ours.jsonl"
   node - "$model" "$demo/eval.jsonl" "$out/ours.jsonl" "$ours_em" "$dtype" <<'JS'
 const fs = require("node:fs");
@@ -56,7 +56,7 @@ const texts = execFileSync("bin/sparselora", ["tokenize", "--tokenizer", "models
 const lastNumber = s => { const m = s.replace(/,/g, "").match(/-?\d+(\.\d+)?/g); return m ? Number(m[m.length - 1]) : NaN; };
 const correct = texts => texts.filter((t, i) => lastNumber(t) === Number(examples[i].answer)).length;
 const oursCorrect = correct(ours.map(o => o.text));
-if (!oursEM.startsWith(`exact match ${oursCorrect}/`)) throw new Error(`scoring mismatch: ${oursEM} vs ${oursCorrect}`);
+if (!oursEM.startsWith(`exact match: ${oursCorrect} /`)) throw new Error(`scoring mismatch: ${oursEM} vs ${oursCorrect}`);
 const same = ours.filter((o, i) => JSON.stringify(o.ids) === JSON.stringify(cut(theirs[i]))).length;
 console.log(`| tiny + demo adapter, ${dtype} | ${ours.length} | ${oursCorrect}/${ours.length} | ${correct(texts)}/${ours.length} | ${same}/${ours.length} |`);
 JS
