@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -63,8 +64,7 @@ func fixtureModel(t testing.TB, fixture string) string {
 		var pair [2]string
 		switch mg := mg.(type) {
 		case string:
-			n, _ := fmtSscan(mg)
-			pair = n
+			pair = splitMerge(mg)
 		case []any:
 			pair = [2]string{mg[0].(string), mg[1].(string)}
 		}
@@ -87,13 +87,10 @@ func fixtureModel(t testing.TB, fixture string) string {
 	return dir
 }
 
-func fmtSscan(s string) ([2]string, bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == ' ' {
-			return [2]string{s[:i], s[i+1:]}, true
-		}
-	}
-	return [2]string{s, ""}, false
+// splitMerge splits an "a b" merge string.
+func splitMerge(s string) [2]string {
+	a, b, _ := strings.Cut(s, " ")
+	return [2]string{a, b}
 }
 
 // FixtureModel is fixtureModel for the external tests (llamacpp_test).

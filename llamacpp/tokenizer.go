@@ -160,10 +160,7 @@ func tokenizerMetadata(dir string, cfg *model.Config) ([]gguf.KV, error) {
 	if tj.Model.ByteFallback {
 		// SentencePiece converted to BPE (LLaMA 2, Mistral): llama.cpp's
 		// "llama" tokenizer merges by score.
-		addSpace, err := spaceFromNormalizer(tj.Normalizer, tj.PreTokenizer, path)
-		if err != nil {
-			return nil, err
-		}
+		addSpace := spacePrefix(tj.Normalizer, tj.PreTokenizer)
 		if tj.Model.UnkToken != nil {
 			if id, ok := tj.Model.Vocab[*tj.Model.UnkToken]; ok {
 				types[id] = tokenUnknown
@@ -328,22 +325,22 @@ func mergeScores(tokens []string, types []int32, merges [][2]string) []float32 {
 	return scores
 }
 
-// spaceFromNormalizer says whether a SentencePiece-style tokenizer prepends
+// spacePrefix says whether a SentencePiece-style tokenizer prepends
 // "▁" (a Prepend normalizer or a Metaspace pre-tokenizer that prepends).
-func spaceFromNormalizer(normalizer, pre json.RawMessage, path string) (bool, error) {
+func spacePrefix(normalizer, pre json.RawMessage) bool {
 	_, steps := parseComponent(normalizer)
 	for _, s := range steps {
 		if s.Type == "Prepend" && s.Prepend == "▁" {
-			return true, nil
+			return true
 		}
 	}
 	_, psteps := parseComponent(pre)
 	for _, s := range psteps {
 		if s.Type == "Metaspace" {
-			return s.PrependScheme != "never", nil
+			return s.PrependScheme != "never"
 		}
 	}
-	return false, nil
+	return false
 }
 
 // hfTokenizerFiles rebuilds tokenizer.json and tokenizer_config.json from a
