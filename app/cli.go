@@ -37,6 +37,7 @@ func commands() []command {
 		{"plot", "draw a training run's charts (PNG) and summary.md from its metrics.jsonl", runPlot},
 		{"merge", "fold a LoRA adapter into its base model and write an HF checkpoint", runMerge},
 		{"export", "write a model (adapter merged in) or an adapter as GGUF for llama.cpp, Ollama, LM Studio", runExport},
+		{"quantize", "write an MLX-format 4/8-bit quantized copy of a checkpoint and print each weight's error", runQuantize},
 		{"tokenize", "tokenize JSONL text/chat messages or decode ids with a model's tokenizer", runTokenize},
 		{"data", "generate the built-in task and pretraining corpus, or train a BPE tokenizer", runData},
 	}

@@ -27,6 +27,23 @@ func TestConformanceOnFixtures(t *testing.T) {
 	}
 }
 
+// TestQuantizedConformance checks a model quantized at load against its
+// dequantized twin (qwen2-bias: tied LM head through the quantized
+// embedding), and that a bad quantization is refused before it runs.
+func TestQuantizedConformance(t *testing.T) {
+	for _, c := range []struct{ fixture, bits, group string }{{"llama-gqa", "4", "32"}, {"qwen2-bias", "8", "32"}} {
+		args := []string{"conformance", "--quantize", c.bits, "--group-size", c.group, fixtures.HF(t, c.fixture)}
+		code, out, errOut := run(t, args...)
+		if code != 0 || !strings.Contains(out, "all 7 checks pass") {
+			t.Errorf("%v: exit %d\n%s%s", args, code, out, errOut)
+		}
+	}
+	code, out, errOut := run(t, "conformance", "--quantize", "3", fixtures.HF(t, "llama-gqa"))
+	if code == 0 || !strings.Contains(errOut, "--quantize 3") {
+		t.Errorf("--quantize 3: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
 // copyFixture copies a fixture folder so a test can damage it.
 func copyFixture(t *testing.T, name string) string {
 	t.Helper()

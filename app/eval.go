@@ -25,6 +25,8 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	maxSeqLen := fs.Int("max-seq-len", 2048, "truncate examples to this many tokens")
 	out := fs.String("out", "", "write per-example results as JSONL (exact-match)")
 	bf16 := fs.Bool("bf16", false, "keep weights as bf16 on the GPU")
+	var quant quantizeFlags
+	addQuantizeFlags(fs, &quant)
 	var df deviceFlags
 	df.register(fs)
 	if err := parseCommand(fs, args); err != nil {
@@ -62,7 +64,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else if st.IsDir() {
 		return fmt.Errorf("--data %s: is a directory, want a JSONL file", *dataPath)
 	}
-	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, stdout)
+	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, quant, stdout)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,11 @@ type loadedModel struct {
 
 // openModel loads DIR (weights as bf16 with bf16), the PEFT adapter in
 // adapterDir when given, and the tokenizer of adapterDir or else DIR.
-func openModel(df *deviceFlags, dir, adapterDir string, bf16 bool, stdout io.Writer) (*loadedModel, error) {
+func openModel(df *deviceFlags, dir, adapterDir string, bf16 bool, quant quantizeFlags, stdout io.Writer) (*loadedModel, error) {
+	spec, err := quant.spec()
+	if err != nil {
+		return nil, err
+	}
 	if err := checkAdapterDir(adapterDir); err != nil {
 		return nil, err
 	}
@@ -54,7 +58,7 @@ func openModel(df *deviceFlags, dir, adapterDir string, bf16 bool, stdout io.Wri
 	if bf16 {
 		dtype = gpu.BF16
 	}
-	m, warnings, err := model.LoadWithWarnings(dev, dir, dtype)
+	m, warnings, err := model.LoadWithOptions(dev, dir, model.LoadOptions{DType: dtype, Quantize: spec})
 	if err != nil {
 		closeDev()
 		return nil, err
@@ -119,6 +123,8 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	stop := fs.String("stop", "", "stop before this string (repeatable with commas)")
 	bf16 := fs.Bool("bf16", false, "keep weights as bf16 on the GPU")
 	jsonOut := fs.Bool("json", false, "print one JSON line per prompt instead of streaming text: {\"prompt_ids\", \"ids\" (generated, without the EOS), \"text\", \"reason\"}")
+	var quant quantizeFlags
+	addQuantizeFlags(fs, &quant)
 	var df deviceFlags
 	df.register(fs)
 	if err := parseCommand(fs, args); err != nil {
@@ -148,7 +154,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if *modelDir, err = ggufModel(*modelDir, stderr); err != nil {
 		return err
 	}
-	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, stderr)
+	lm, err := openModel(&df, *modelDir, *adapterDir, *bf16, quant, stderr)
 	if err != nil {
 		return err
 	}

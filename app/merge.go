@@ -62,6 +62,9 @@ func runMerge(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if report.RSLoRA {
 		scale = fmt.Sprintf("alpha/sqrt(r) = %g/sqrt(%d)", report.Alpha, report.Rank)
 	}
+	if report.BaseQuantized != nil {
+		fmt.Fprintf(stdout, "the base model is quantized (%s): its weights were dequantized, merged and written as %s\n", report.BaseQuantized, report.Dtype)
+	}
 	fmt.Fprintf(stdout, "merged %d projections (scale %s = %g) into %s\n", len(report.Merged), scale, report.Scale, report.OutDir)
 	fmt.Fprintf(stdout, "wrote %d tensors (%.1f MB): %s\n", report.Tensors, float64(report.TensorBytes)/1e6, strings.Join(report.Files, ", "))
 	return nil

@@ -32,8 +32,6 @@ func runPlan(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	shape := fs.String("shape", "", "model shape instead of a directory: llama2-7b, llama3-8b or a config.json")
 	layers := fs.Int("layers", 0, "with --shape: decoder layers (0: the shape's own)")
 	seq := fs.Int("seq", 2048, "tokens per sequence (train pads to its data's longest example)")
-	bits := fs.Int("quantize", 0, "frozen weights quantized to 4 or 8 bits (MLX affine format; 0: not quantized)")
-	group := fs.Int("group-size", 64, "with --quantize: weights per scale and bias (32, 64 or 128)")
 	jsonOut := fs.Bool("json", false, "print the plan as JSON (peak_bytes and the parts)")
 	if err := parseFlags(fs, args); err != nil { // DIR is optional: see planConfig
 		return err
@@ -47,11 +45,11 @@ func runPlan(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--seq %d: want at least 2", *seq)
 	case mcfg.MaxPositionEmbeddings > 0 && *seq > mcfg.MaxPositionEmbeddings:
 		return fmt.Errorf("--seq %d: longer than the model's max_position_embeddings %d", *seq, mcfg.MaxPositionEmbeddings)
-	case *bits != 0 && *bits != 4 && *bits != 8:
-		return fmt.Errorf("--quantize %d: want 4 or 8", *bits)
-	case *bits != 0 && *group != 32 && *group != 64 && *group != 128:
-		return fmt.Errorf("--group-size %d: want 32, 64 or 128", *group)
-	case *bits != 0 && cfg.Full:
+	case cfg.Quantize != 0 && cfg.Quantize != 4 && cfg.Quantize != 8:
+		return fmt.Errorf("--quantize %d: want 4 or 8", cfg.Quantize)
+	case cfg.Quantize != 0 && cfg.GroupSize != 32 && cfg.GroupSize != 64 && cfg.GroupSize != 128:
+		return fmt.Errorf("--group-size %d: want 32, 64 or 128", cfg.GroupSize)
+	case cfg.Quantize != 0 && cfg.Full:
 		return errors.New("--quantize and --full: full-parameter training updates the weights, which must stay f32")
 	case cfg.BatchSize <= 0 || cfg.GradAccum <= 0 || !cfg.Full && cfg.Rank <= 0:
 		return errors.New("want --batch-size, --grad-accum and --rank > 0")
@@ -63,9 +61,6 @@ func runPlan(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	settings, err := cfg.MemorySettings(mcfg, *seq, gpu.Limits{})
 	if err != nil {
 		return err
-	}
-	if *bits != 0 {
-		settings.Quantize = model.Quantization{Bits: *bits, GroupSize: *group}
 	}
 	plan := train.PlanMemory(mcfg, settings)
 	if *jsonOut {

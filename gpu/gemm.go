@@ -85,7 +85,9 @@ func paddedArea(m, n, t int) int { return (m + t - 1) / t * t * ((n + t - 1) / t
 // GemmArgs describe C = Alpha * op(A) op(B) + Beta * C (see shaders/gemm.wgsl).
 //
 // A, B and C are 2-D views (a tensor's last dimension is its row length, which is
-// the leading dimension unless LDA/LDB/LDC say otherwise). B may be BF16. M, N, K
+// the leading dimension unless LDA/LDB/LDC say otherwise). B may be BF16, or
+// Quantized: a weight [out, in] whose leading dimension is its row length
+// (LDB 0 or in; B_TRANS reads it as W^T, for y = x W^T). M, N, K
 // are the logical sizes; when an index list replaces a size, they are its upper
 // bound (the grid is sized for them) and the real count is read on the GPU.
 type GemmArgs struct {
@@ -135,6 +137,29 @@ func checkExtent(name string, t *Tensor, rows, cols, ld int) error {
 	return nil
 }
 
+// affineExtent checks a quantized B: the stored rows x columns that the
+// GEMM's dense axes read (rows = n, columns = k when trans; a gathered axis
+// counts 1) lie inside the weight, and ld is its row length. It returns the
+// kernel's leading dimension (the row's words) and the offset of a row's
+// scales.
+func affineExtent(t *Tensor, ld int, trans bool, k, n int) (ldb int, scaleOff uint32, err error) {
+	if err := t.checkAffine(); err != nil {
+		return 0, 0, fmt.Errorf("gemm: B: %w", err)
+	}
+	rows, cols := k, n
+	if trans {
+		rows, cols = n, k
+	}
+	out, in := t.Shape[0], t.Shape[1]
+	if ld != 0 && ld != in {
+		return 0, 0, fmt.Errorf("gemm: quantized B [%d, %d] has leading dimension %d, not its row length", out, in, ld)
+	}
+	if rows > out || cols > in {
+		return 0, 0, fmt.Errorf("gemm: quantized B needs %d x %d elements but is [%d, %d]", rows, cols, out, in)
+	}
+	return t.Affine.RowWords(in), uint32(t.Affine.CodeWords(in)), nil
+}
+
 // Gemm records the GEMM into rec.
 func Gemm(rec *Recorder, g GemmArgs) error {
 	d := rec.dev
@@ -142,7 +167,7 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		return errors.New("gemm: A, B and C are required")
 	}
 	if g.A.DType != F32 || g.C.DType != F32 {
-		return errors.New("gemm: A and C must be f32 (B may be bf16)")
+		return errors.New("gemm: A and C must be f32 (B may be bf16 or quantized)")
 	}
 	if g.M < 0 || g.N < 0 || g.K < 0 {
 		return fmt.Errorf("gemm: negative size %dx%dx%d", g.M, g.N, g.K)
@@ -194,9 +219,16 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 	} else {
 		errs = append(errs, checkExtent("A", g.A, am, ak, lda))
 	}
-	if g.BTrans {
+	var affineScaleOff uint32
+	switch {
+	case g.B.DType == Quantized:
+		var err error
+		if ldb, affineScaleOff, err = affineExtent(g.B, g.LDB, g.BTrans, bk, bn); err != nil {
+			errs = append(errs, err)
+		}
+	case g.BTrans:
 		errs = append(errs, checkExtent("B", g.B, bn, bk, ldb))
-	} else {
+	default:
 		errs = append(errs, checkExtent("B", g.B, bk, bn, ldb))
 	}
 	errs = append(errs, checkExtent("C", g.C, cm, cn, ldc))
@@ -211,12 +243,13 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 	if err := tile.valid(d.Limits); err != nil {
 		return err
 	}
-	k, err := d.Kernel("gemm.wgsl",
+	k, err := d.Kernel("gemm.wgsl", append([]Const{
 		U32("BM", tile.BM), U32("BN", tile.BN), U32("BK", tile.BK), U32("TM", tile.TM), U32("TN", tile.TN),
 		Bool("A_TRANS", g.ATrans), Bool("B_TRANS", g.BTrans), Bool("B_BF16", g.B.DType == BF16),
 		Bool("GATHER_AM", g.GatherAM != nil), Bool("GATHER_BN", g.GatherBN != nil),
 		Bool("GATHER_K", g.GatherK != nil), Bool("GATHER_AK", g.GatherAK),
-		Bool("SCATTER_CM", g.ScatterCM != nil), Bool("SCATTER_CN", g.ScatterCN))
+		Bool("SCATTER_CM", g.ScatterCM != nil), Bool("SCATTER_CN", g.ScatterCN)},
+		affineConsts("B_AFFINE", g.B.Affine)...)...)
 	if err != nil {
 		return err
 	}
@@ -249,7 +282,7 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		uint32(g.M), uint32(g.N), uint32(g.K), uint32(lda),
 		uint32(ldb), uint32(ldc), uint32(offA), uint32(offB),
 		uint32(offC), math.Float32bits(alpha), math.Float32bits(g.Beta), om,
-		on, ok, oc, 0,
+		on, ok, oc, affineScaleOff,
 	)
 	bindings := []Binding{viewA, viewB, viewC, bm, bnl, bkl, bc}
 	work := &GemmWork{M: g.M, N: g.N, K: g.K, Rows: g.GatherAM, Cols: g.GatherBN, Inner: g.GatherK}

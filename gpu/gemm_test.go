@@ -15,6 +15,7 @@ type gemmCase struct {
 	m, n, k        int // logical (upper-bound) sizes
 	aTrans, bTrans bool
 	bf16           bool
+	affine         *gpu.Affine // B is a quantized weight (stored [N, K] when bTrans, else [K, N])
 	alpha, beta    float32
 	// index lists (nil: dense axis) and the stored extents they index into
 	am, bn, kk, cm []uint32
@@ -32,6 +33,9 @@ func (c gemmCase) String() string {
 	s := fmt.Sprintf("%dx%dx%d/%s%s", c.m, c.n, c.k, layout[c.aTrans], layout[c.bTrans])
 	if c.bf16 {
 		s += "/bf16"
+	}
+	if c.affine != nil {
+		s += "/" + c.affine.String()
 	}
 	if c.am != nil || c.bn != nil || c.kk != nil || c.cm != nil {
 		s += "/gather"
@@ -99,6 +103,25 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 			bData[i] = gpu.FromBF16(gpu.ToBF16(v))
 		}
 	}
+	bRef := gputest.Float64s(bData) // logical [bK, bN]
+	var affine *gpu.AffineWeight
+	if c.affine != nil {
+		out, in := bK, bN
+		if c.bTrans {
+			out, in = bN, bK
+		}
+		affine = gputest.RandAffine(rng, out, in, *c.affine)
+		w := gputest.DequantizeF64(affine)
+		for q := 0; q < bK; q++ {
+			for n := 0; n < bN; n++ {
+				if c.bTrans {
+					bRef[q*bN+n] = w[n*bK+q]
+				} else {
+					bRef[q*bN+n] = w[q*bN+n]
+				}
+			}
+		}
+	}
 	var aShape, bShape []int
 	if c.aTrans {
 		aShape = []int{aCols, aRows}
@@ -136,7 +159,12 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 	}
 	A := gputest.Upload(t, testDevice, gpu.F32, aStore, aShape...)
 	defer A.Release()
-	B := gputest.Upload(t, testDevice, dtype, bStore, bShape...)
+	var B *gpu.Tensor
+	if affine != nil {
+		B = gputest.UploadAffine(t, testDevice, affine)
+	} else {
+		B = gputest.Upload(t, testDevice, dtype, bStore, bShape...)
+	}
 	defer B.Release()
 	var C *gpu.Tensor
 	cInit := make([]float32, cRows*cCols)
@@ -198,7 +226,7 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 				if c.gatherAK {
 					ak = int(c.kk[q])
 				}
-				sum += float64(aData[ar*aCols+ak]) * float64(bData[pick(c.kk, q)*bN+bc])
+				sum += float64(aData[ar*aCols+ak]) * bRef[pick(c.kk, q)*bN+bc]
 			}
 			at := cr*cCols + cc
 			want[at] = alpha * sum
@@ -303,5 +331,94 @@ func TestGemmRejectsBadArguments(t *testing.T) {
 	}
 	if rec.Dispatches != 0 {
 		t.Errorf("rejected calls recorded %d dispatches", rec.Dispatches)
+	}
+}
+
+// TestGemmAffine checks quantized B against the float64 dequantized weight in
+// the frozen-weight GEMMs: y = x W^T (B_TRANS) and dx = dy W, dense, with
+// output channels gathered and with input channels (K) gathered, for both bit
+// widths, every group size and scale type, on odd row counts.
+func TestGemmAffine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	// Every format (each is its own kernel, so the costlier variants rotate
+	// through them to keep the test short on lavapipe).
+	for i, f := range gputest.AffineFormats() {
+		f := f
+		in := f.Group * (2 + i%3) // the input size is a multiple of the group
+		out := 37 + 2*i           // odd output sizes
+		// Forward y = x W^T.
+		runGemmCase(t, rng, gemmCase{m: 19, n: out, k: in, bTrans: true, affine: &f})
+		if i%3 == 0 { // input gradient dx = dy W
+			runGemmCase(t, rng, gemmCase{m: 13, n: in, k: out, affine: &f})
+		}
+		if i%5 != 0 {
+			continue
+		}
+		// Forward with output channels gathered (rows of W), token rows gathered and scattered.
+		runGemmCase(t, rng, gemmCase{m: 16, n: 24, k: in, bTrans: true, affine: &f,
+			am: subset(rng, 23, 13), storedM: 23, bn: subset(rng, out, 21), storedN: out,
+			cm: subset(rng, 23, 13), storedCM: 23, scatterCN: true})
+		// Forward with input channels gathered (K of W and of x), accumulating.
+		runGemmCase(t, rng, gemmCase{m: 11, n: out, k: in / 2, bTrans: true, affine: &f, beta: 1,
+			kk: subset(rng, in, in/2-3), storedK: in, gatherAK: true})
+		// dx with output channels of W gathered (K), then with input channels gathered and scattered.
+		runGemmCase(t, rng, gemmCase{m: 13, n: in, k: out, affine: &f,
+			kk: subset(rng, out, out-5), storedK: out, gatherAK: true})
+		runGemmCase(t, rng, gemmCase{m: 13, n: in, k: out, affine: &f,
+			bn: subset(rng, in, in-7), storedN: in, scatterCN: true})
+	}
+	// Every tile, with alpha and accumulation.
+	f := gpu.Affine{Bits: 4, Group: 64, Scales: gpu.ScaleBF16}
+	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge} {
+		runGemmCase(t, rng, gemmCase{m: 131, n: 67, k: 192, bTrans: true, affine: &f, tile: &tile, alpha: 0.5, beta: 1})
+	}
+}
+
+// TestAffineRejectsBadInput checks the quantized weight's own checks: code and
+// scale counts, formats, scales that are not exactly their storage type, and
+// GEMMs that would read outside the weight or with another row length.
+func TestAffineRejectsBadInput(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	f := gpu.Affine{Bits: 4, Group: 32, Scales: gpu.ScaleBF16}
+	good := gputest.RandAffine(rng, 5, 64, f)
+	for name, edit := range map[string]func(w *gpu.AffineWeight){
+		"codes of the wrong width": func(w *gpu.AffineWeight) { w.Codes = w.Codes[:len(w.Codes)-1] },
+		"too few scales":           func(w *gpu.AffineWeight) { w.Scales = w.Scales[1:] },
+		"3 bits":                   func(w *gpu.AffineWeight) { w.Format.Bits = 3 },
+		"group not dividing":       func(w *gpu.AffineWeight) { w.Format.Group = 128 },
+		"scale not bf16":           func(w *gpu.AffineWeight) { w.Scales[3] = 1.0000001 },
+	} {
+		w := *good
+		w.Codes, w.Scales = append([]uint32(nil), good.Codes...), append([]float32(nil), good.Scales...)
+		edit(&w)
+		if x, err := testDevice.NewAffineTensor(&w, "bad"); err == nil {
+			x.Release()
+			t.Errorf("%s: no error", name)
+		}
+	}
+	B := gputest.UploadAffine(t, testDevice, good)
+	defer B.Release()
+	A := gputest.Upload(t, testDevice, gpu.F32, make([]float32, 6*64), 6, 64)
+	defer A.Release()
+	C := gputest.Poisoned(t, testDevice, 6, 64)
+	defer C.Release()
+	rec := testDevice.NewRecorder()
+	defer rec.Release()
+	for name, g := range map[string]gpu.GemmArgs{
+		"N beyond the rows":    {A: A, B: B, C: C, BTrans: true, M: 6, N: 6, K: 64},
+		"K beyond the inputs":  {A: A, B: B, C: C, BTrans: true, M: 1, N: 5, K: 65, LDA: 64},
+		"another row length":   {A: A, B: B, C: C, BTrans: true, M: 6, N: 5, K: 32, LDB: 32},
+		"dx K beyond the rows": {A: A, B: B, C: C, M: 6, N: 64, K: 6, LDA: 64},
+		"quantized A not B":    {A: B, B: A, C: C, M: 5, N: 6, K: 6},
+	} {
+		if err := gpu.Gemm(rec, g); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if rec.Dispatches != 0 {
+		t.Errorf("rejected calls recorded %d dispatches", rec.Dispatches)
+	}
+	if err := B.Upload(make([]float32, 5*64)); err == nil {
+		t.Error("float upload into a quantized tensor: no error")
 	}
 }

@@ -17,16 +17,24 @@ const (
 	// BF16 is bfloat16 packed two per u32: element 2i in the low half, 2i+1 in the
 	// high half. Used for frozen weights; kernels widen it to f32.
 	BF16
+	// Quantized is an affine-quantized weight [out, in] (Tensor.Affine holds
+	// the format; see Affine for the layout). Kernels dequantize it as they
+	// load it; only whole rows can be viewed.
+	Quantized
 )
 
 func (t DType) String() string {
-	if t == BF16 {
+	switch t {
+	case BF16:
 		return "bf16"
+	case Quantized:
+		return "quantized"
 	}
 	return "f32"
 }
 
 // Bytes is the storage size of n elements (rounded up to whole u32 words).
+// A Quantized tensor's size depends on its row length: see Tensor.Bytes.
 func (t DType) Bytes(n int) uint64 {
 	if t == BF16 {
 		return uint64((n+1)/2) * 4
@@ -42,6 +50,8 @@ type Tensor struct {
 	Offset uint64 // bytes; a multiple of 4
 	Shape  []int
 	DType  DType
+	// Affine is the format of a Quantized tensor (nil otherwise).
+	Affine *Affine
 
 	// owner says Release frees Buf. Only NewTensor sets it, so views written as
 	// struct literals in other packages can never free their parent's buffer.
@@ -58,7 +68,12 @@ func (t *Tensor) Len() int {
 }
 
 // Bytes is the tensor's storage size.
-func (t *Tensor) Bytes() uint64 { return t.DType.Bytes(t.Len()) }
+func (t *Tensor) Bytes() uint64 {
+	if t.DType == Quantized {
+		return uint64(t.Shape[0]) * t.affineRowBytes()
+	}
+	return t.DType.Bytes(t.Len())
+}
 
 // Binding binds exactly the tensor's bytes.
 func (t *Tensor) Binding() Binding {
@@ -68,7 +83,7 @@ func (t *Tensor) Binding() Binding {
 // View binds the tensor's bytes starting from the nearest offset at or below it
 // that storage bindings allow (minStorageBufferOffsetAlignment), and returns the
 // index of the tensor's first element inside that binding, in its own element
-// units (f32, or bf16 halves). Kernels take the index as a parameter, so tensors
+// units (f32, bf16 halves, or u32 words for a Quantized tensor). Kernels take the index as a parameter, so tensors
 // can sit at any 4-byte offset and large buffers are never bound whole.
 func (t *Tensor) View() (Binding, uint32) {
 	align := uint64(max(t.Buf.dev.Limits.MinStorageBufferOffsetAlignment, 4))
@@ -108,7 +123,7 @@ func (t *Tensor) Release() {
 // Sub is a view of t's elements from offset on, shaped shape; it must lie inside
 // t, and for BF16 start on an even element (views start on whole u32 words).
 func (t *Tensor) Sub(offset int, shape ...int) (*Tensor, error) {
-	v := &Tensor{Buf: t.Buf, Shape: append([]int(nil), shape...), DType: t.DType}
+	v := &Tensor{Buf: t.Buf, Shape: append([]int(nil), shape...), DType: t.DType, Affine: t.Affine}
 	for _, s := range shape {
 		if s < 0 {
 			return nil, fmt.Errorf("view of shape %v: negative dimension", shape)
@@ -119,6 +134,13 @@ func (t *Tensor) Sub(offset int, shape ...int) (*Tensor, error) {
 	}
 	if t.DType == BF16 && offset%2 != 0 {
 		return nil, fmt.Errorf("bf16 view at odd element %d: views start on whole u32 words", offset)
+	}
+	if t.DType == Quantized {
+		if len(shape) != 2 || shape[1] != t.Shape[1] || offset%t.Shape[1] != 0 {
+			return nil, fmt.Errorf("view of shape %v at element %d of a quantized %v tensor: only whole rows can be viewed", shape, offset, t.Shape)
+		}
+		v.Offset = t.Offset + uint64(offset/t.Shape[1])*t.affineRowBytes()
+		return v, nil
 	}
 	v.Offset = t.Offset + t.DType.Bytes(offset)
 	return v, nil
@@ -145,6 +167,9 @@ func (t *Tensor) Upload(data []float32) error {
 	if len(data) != t.Len() {
 		return fmt.Errorf("upload of %d values into a tensor of shape %v (%d elements)", len(data), t.Shape, t.Len())
 	}
+	if t.DType == Quantized {
+		return errors.New("upload of float values into a quantized tensor: quantize on the host and use NewAffineTensor")
+	}
 	var raw []byte
 	if t.DType == BF16 {
 		raw = PackBF16(data)
@@ -154,8 +179,16 @@ func (t *Tensor) Upload(data []float32) error {
 	return t.Buf.Write(t.Offset, raw)
 }
 
-// Download reads the tensor back as float32, waiting for submitted work.
+// Download reads the tensor back as float32, waiting for submitted work; a
+// Quantized tensor comes back dequantized (AffineWeight.Dequantize).
 func (t *Tensor) Download(ctx context.Context) ([]float32, error) {
+	if t.DType == Quantized {
+		w, err := t.DownloadAffine(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return w.Dequantize(), nil
+	}
 	raw, err := t.Buf.Read(ctx, t.Offset, t.Bytes())
 	if err != nil {
 		return nil, err

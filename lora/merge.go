@@ -70,6 +70,12 @@ type MergeReport struct {
 	// Warnings are model.VerifyCheckpoint's remarks on the base checkpoint
 	// (such as tensors the model does not use, which are copied unchanged).
 	Warnings []string
+	// BaseQuantized is the base's MLX quantization (nil for a float base): its
+	// weights were dequantized, merged and written as Dtype.
+	BaseQuantized *model.Quantization
+	// Dtype is the output dtype of the floating-point tensors (empty: each
+	// tensor's own).
+	Dtype safetensors.Dtype
 }
 
 // Merge folds the LoRA adapter in adapterDir (PEFT format) into the model in
@@ -124,6 +130,17 @@ func Merge(ctx context.Context, modelDir, adapterDir, outDir string, opts MergeO
 	if err != nil {
 		return MergeReport{}, err
 	}
+	var baseQuantized *model.Quantization
+	if cfg.Quantization != nil {
+		// The merged weights are float: read the base dequantized and write
+		// bf16 unless asked for f32, without the quantization config.
+		d := cfg.Quantization.Default
+		baseQuantized = &d
+		ckpt = model.DequantizedReader(cfg, ckpt)
+		if opts.Dtype == "" {
+			opts.Dtype = safetensors.BF16
+		}
+	}
 	adapterCfg, deltas, err := readAdapter(adapterDir, cfg, ckpt)
 	if err != nil {
 		return MergeReport{}, err
@@ -133,7 +150,7 @@ func Merge(ctx context.Context, modelDir, adapterDir, outDir string, opts MergeO
 		return MergeReport{}, err
 	}
 	report := MergeReport{OutDir: outDir, Rank: adapterCfg.Rank, Alpha: adapterCfg.Alpha,
-		RSLoRA: adapterCfg.RSLoRA, Scale: adapterCfg.scale(), Warnings: warnings}
+		RSLoRA: adapterCfg.RSLoRA, Scale: adapterCfg.scale(), Warnings: warnings, BaseQuantized: baseQuantized, Dtype: opts.Dtype}
 
 	parent := filepath.Dir(filepath.Clean(outDir))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
@@ -152,7 +169,7 @@ func Merge(ctx context.Context, modelDir, adapterDir, outDir string, opts MergeO
 	if err != nil {
 		return MergeReport{}, err
 	}
-	copied, err := copyCompanions(modelDir, tmp, opts.Dtype)
+	copied, err := copyCompanions(modelDir, tmp, opts.Dtype, baseQuantized != nil)
 	if err != nil {
 		return MergeReport{}, err
 	}
@@ -435,14 +452,18 @@ var torchDtypeNames = map[safetensors.Dtype]string{
 
 // copyCompanions copies config.json (with its dtype set to the output dtype
 // when converting) and whichever companion files the model directory holds.
-func copyCompanions(modelDir, outDir string, dtype safetensors.Dtype) ([]string, error) {
+func copyCompanions(modelDir, outDir string, dtype safetensors.Dtype, dropQuantization bool) ([]string, error) {
 	configPath := filepath.Join(modelDir, model.ConfigFileName)
 	config, err := os.ReadFile(configPath)
 	if err != nil {
 		return nil, fmt.Errorf("lora: merge: %w", err)
 	}
 	if dtype != "" {
-		if config, err = setConfigDtype(config, configPath, torchDtypeNames[dtype]); err != nil {
+		var drop []string
+		if dropQuantization {
+			drop = []string{"quantization", "quantization_config"}
+		}
+		if config, err = setConfigDtype(config, configPath, torchDtypeNames[dtype], drop...); err != nil {
 			return nil, err
 		}
 	}
@@ -456,11 +477,12 @@ func copyCompanions(modelDir, outDir string, dtype safetensors.Dtype) ([]string,
 	return append([]string{model.ConfigFileName}, copied...), nil
 }
 
-// setConfigDtype sets config.json's "dtype" (transformers 5) and
+// setConfigDtype drops the fields named in drop (a quantized base's
+// quantization config) and sets config.json's "dtype" (transformers 5) and
 // "torch_dtype" (transformers 4) to name, adding torch_dtype when neither is
 // present, which both versions read. The file is returned unchanged when it
 // already says name; otherwise the other fields keep their order and text.
-func setConfigDtype(config []byte, path, name string) ([]byte, error) {
+func setConfigDtype(config []byte, path, name string, drop ...string) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(config))
 	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
 		return nil, fmt.Errorf("%s: not a JSON object", path)
@@ -481,6 +503,10 @@ func setConfigDtype(config []byte, path, name string) ([]byte, error) {
 		var value json.RawMessage
 		if err := dec.Decode(&value); err != nil {
 			return nil, fmt.Errorf("%s: field %q: malformed JSON: %w", path, key, err)
+		}
+		if slices.Contains(drop, key) {
+			changed = true
+			continue
 		}
 		if key == "dtype" || key == "torch_dtype" {
 			found = true

@@ -99,6 +99,10 @@ type Config struct {
 
 	Rope Rope
 
+	// Quantization is the checkpoint's MLX affine quantization (config
+	// "quantization" or "quantization_config"), nil for float weights.
+	Quantization *QuantizationConfig
+
 	// ropeField is the object the RoPE parameters came from ("rope_scaling"
 	// or "rope_parameters"), so validation errors name the field in the file.
 	ropeField string
@@ -128,7 +132,7 @@ func ParseConfig(data []byte, path string) (*Config, error) {
 		return nil, err
 	}
 	c := &Config{Path: path}
-	steps := []func(jsonObject) error{c.parseArchitecture, c.parseSizes, c.parseLayerOptions, c.parseTokenIDs, c.parseRope}
+	steps := []func(jsonObject) error{c.parseArchitecture, c.parseSizes, c.parseLayerOptions, c.parseTokenIDs, c.parseRope, c.parseQuantization}
 	for _, step := range steps {
 		if err := step(top); err != nil {
 			return nil, err

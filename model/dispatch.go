@@ -53,6 +53,8 @@ type kernelOperand struct {
 	// frozen operands (weights, tables) may be f32 or bf16 and are bound
 	// read-only; the others are f32 activations bound read_write.
 	frozen bool
+	// quantized frozen operands may also be affine-quantized weights.
+	quantized bool
 }
 
 // activationOperand is an f32 operand of exactly elements values, bound read_write
@@ -65,6 +67,21 @@ func activationOperand(name string, t *gpu.Tensor, elements int) kernelOperand {
 // read-only.
 func frozenOperand(name string, t *gpu.Tensor, elements int) kernelOperand {
 	return kernelOperand{name: name, tensor: t, elements: elements, frozen: true}
+}
+
+// weightOperand is a frozen operand that may also be affine-quantized (for
+// kernels that read codes).
+func weightOperand(name string, t *gpu.Tensor, elements int) kernelOperand {
+	return kernelOperand{name: name, tensor: t, elements: elements, frozen: true, quantized: true}
+}
+
+// affineRowLayout is a quantized weight's row length in words and the word
+// of a row's first scale (zeros for other weights).
+func affineRowLayout(w *gpu.Tensor, in int) (rowWords, scaleOff uint32) {
+	if w.DType != gpu.Quantized {
+		return 0, 0
+	}
+	return uint32(w.Affine.RowWords(in)), uint32(w.Affine.CodeWords(in))
 }
 
 // bindActivationOperands validates the operands and returns their bindings (Tensor.View)
@@ -125,6 +142,13 @@ func checkKernelOperand(op string, o kernelOperand) error {
 		return fmt.Errorf("%s: %s has no buffer", op, o.name)
 	case !o.frozen && t.DType != gpu.F32:
 		return fmt.Errorf("%s: %s is %s, want f32", op, o.name, t.DType)
+	case o.quantized && t.DType == gpu.Quantized:
+		if t.Affine == nil || len(t.Shape) != 2 {
+			return fmt.Errorf("%s: quantized %s of shape %v has no format or is not [rows, cols]", op, o.name, t.Shape)
+		}
+		if err := t.Affine.Check(t.Shape[1]); err != nil {
+			return fmt.Errorf("%s: %s: %w", op, o.name, err)
+		}
 	case o.frozen && t.DType != gpu.F32 && t.DType != gpu.BF16:
 		return fmt.Errorf("%s: %s is %s, want f32 or bf16", op, o.name, t.DType)
 	case t.Offset%4 != 0:

@@ -9,7 +9,8 @@ import (
 const embeddingShader = "embedding.wgsl"
 
 // EmbeddingForward records x[t, :] = table[ids[t], :] for t < tokens: the token
-// embedding lookup. table is the frozen [vocab, cols] embedding, f32 or bf16.
+// embedding lookup. table is the frozen [vocab, cols] embedding, f32, bf16 or
+// quantized (codes read in the kernel).
 // ids holds tokens token ids as raw u32 bits in an f32-typed tensor (write them
 // with Buffer.Write and gpu.U32Bytes), as the loss targets are kept. x is f32
 // [tokens, cols].
@@ -46,7 +47,7 @@ func embeddingForward(rec *gpu.Recorder, table, ids, x *gpu.Tensor, tokens, cols
 	if err := checkU32Elements(op, vocab, cols); err != nil {
 		return err
 	}
-	if err := checkKernelOperand(op, frozenOperand("table", table, vocab*cols)); err != nil {
+	if err := checkKernelOperand(op, weightOperand("table", table, vocab*cols)); err != nil {
 		return err
 	}
 	dev, err := recorderDevice(op, rec)
@@ -57,17 +58,19 @@ func embeddingForward(rec *gpu.Recorder, table, ids, x *gpu.Tensor, tokens, cols
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	kernel, err := dev.Kernel(embeddingShader,
-		gpu.U32("WORKGROUP_SIZE", activationWorkgroupSize), gpu.Bool("TABLE_BF16", table.DType == gpu.BF16))
+	kernel, err := dev.Kernel(embeddingShader, append([]gpu.Const{
+		gpu.U32("WORKGROUP_SIZE", activationWorkgroupSize), gpu.Bool("TABLE_BF16", table.DType == gpu.BF16)},
+		gpu.AffineConsts(table)...)...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	n := tokens * cols
+	rowWords, scaleOff := affineRowLayout(table, cols)
 	for start := 0; start < vocab; start += blockRows {
 		rows := min(blockRows, vocab-start)
-		block := &gpu.Tensor{Buf: table.Buf, Offset: table.Offset + table.DType.Bytes(start*cols), Shape: []int{rows, cols}, DType: table.DType}
+		block := weightRows(table, start, rows, cols)
 		views, bases, err := bindActivationOperands(op, dev,
-			frozenOperand("table", block, rows*cols), activationOperand("ids", ids, tokens), activationOperand("x", x, n))
+			weightOperand("table", block, rows*cols), activationOperand("ids", ids, tokens), activationOperand("x", x, n))
 		if err != nil || n == 0 {
 			return err
 		}
@@ -76,7 +79,7 @@ func embeddingForward(rec *gpu.Recorder, table, ids, x *gpu.Tensor, tokens, cols
 			zeroInvalid = 1
 		}
 		params := gpu.PackParams(uint32(n), uint32(cols), uint32(vocab), uint32(start), uint32(rows),
-			bases[0], bases[1], bases[2], zeroInvalid)
+			bases[0], bases[1], bases[2], zeroInvalid, rowWords, scaleOff)
 		if err := dispatchActivationKernel(op, gpu.KindEmbedding, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit); err != nil {
 			return err
 		}
@@ -99,8 +102,11 @@ func embeddingBlockRows(table *gpu.Tensor, vocab, cols int, limits gpu.Limits, b
 		return vocab, nil
 	}
 	rowBytes := uint64(4 * cols)
-	if table.DType == gpu.BF16 {
+	switch table.DType {
+	case gpu.BF16:
 		rowBytes = uint64(2 * cols)
+	case gpu.Quantized:
+		rowBytes = weightRowBytes(table, cols)
 	}
 	rows := uint64(0)
 	if limit > align {

@@ -133,3 +133,55 @@ func TestEmbeddingErrors(t *testing.T) {
 		t.Errorf("failed calls recorded %d dispatches", rec.Dispatches)
 	}
 }
+
+// TestEmbeddingAffine checks the lookup through a quantized table (MLX's
+// quantized embedding) against the float64 dequantized rows, for every bit
+// width and group size, each scale type, in one binding and in blocks of rows,
+// with out-of-range ids that must give zeros.
+func TestEmbeddingAffine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(35, 36))
+	align := uint64(max(testDevice.Limits.MinStorageBufferOffsetAlignment, 4))
+	for i, f := range gputest.AffineFormats() {
+		if (i/3+i)%3 != 0 { // each kernel compiles on its own: every (bits, group) pair, each scale type twice
+			continue
+		}
+		vocab, cols, tokens, blockRows := 37+i, f.Group*(1+i%2), 29, []int{0, 6}[i%2]
+		aw := gputest.RandAffine(rng, vocab, cols, f)
+		table := gputest.DequantizeF64(aw)
+		ids := make([]uint32, tokens)
+		for j := range ids {
+			ids[j] = uint32(rng.IntN(vocab))
+		}
+		ids[1], ids[4] = uint32(vocab), math.MaxUint32
+		tableT := gputest.UploadAffine(t, testDevice, aw)
+		idsT := uploadIDs(t, ids)
+		x := gputest.Poisoned(t, testDevice, tokens, cols)
+		var bindingLimit uint64
+		if blockRows > 0 {
+			bindingLimit = align + uint64(4*blockRows*f.RowWords(cols))
+		}
+		rec := testDevice.NewRecorder()
+		dispatches := 0
+		rec.Log = func(gpu.Dispatch) { dispatches++ }
+		if err := embeddingForward(rec, tableT, idsT, x, tokens, cols, 0, bindingLimit); err != nil {
+			t.Fatal(err)
+		}
+		gputest.Submit(t, rec)
+		want := make([]float64, tokens*cols)
+		for tok, id := range ids {
+			if int(id) < vocab && id != math.MaxUint32 {
+				copy(want[tok*cols:(tok+1)*cols], table[int(id)*cols:])
+			}
+		}
+		if e := gputest.RelL2(gputest.Download(t, x), want); !(e < 1e-7) {
+			t.Errorf("%s table %dx%d, blocks of %d rows (%d dispatches): relative L2 error %g", f, vocab, cols, blockRows, dispatches, e)
+		}
+		if blockRows > 0 && dispatches < 2 {
+			t.Errorf("%s: %d dispatch(es) with blocks of %d rows, want one per block", f, dispatches, blockRows)
+		}
+		rec.Release()
+		for _, tensor := range []*gpu.Tensor{tableT, idsT, x} {
+			tensor.Release()
+		}
+	}
+}

@@ -93,7 +93,7 @@ func (m *Model) NewGenerator(maxSeq, chunkRows int) (*Generator, error) {
 		return nil, fmt.Errorf("new generator of %d positions: %w", maxSeq, err)
 	}
 	lim := m.Dev.Limits
-	rowBytes := m.Head.DType.Bytes(H)
+	rowBytes := weightRowBytes(m.Head, H)
 	g.headBlock = int(min(uint64(c.VocabSize), (lim.MaxStorageBufferBindingSize-uint64(lim.MinStorageBufferOffsetAlignment))/rowBytes))
 	if m.Head.DType == gpu.BF16 && g.headBlock < c.VocabSize {
 		g.headBlock &^= 1 // blocks must start on a whole u32 of packed bf16

@@ -7,7 +7,8 @@ import (
 )
 
 // Linear is a frozen projection y = x W^T (+ b) with W [Out, In] on the GPU as
-// f32 or bf16. A weight larger than the adapter's maxStorageBufferBindingSize
+// f32, bf16 or affine-quantized codes (gpu.Quantized, which the kernels
+// dequantize as they load them). A weight larger than the adapter's maxStorageBufferBindingSize
 // (128 MiB on lavapipe) stays in one buffer but is multiplied in blocks of rows,
 // each bound on its own.
 type Linear struct {
@@ -28,6 +29,15 @@ func NewLinear(dev *gpu.Device, w, bias *gpu.Tensor) (*Linear, error) {
 		return nil, fmt.Errorf("linear bias has %d elements, want %d", bias.Len(), l.Out)
 	}
 	rowBytes := w.DType.Bytes(l.In)
+	if w.DType == gpu.Quantized {
+		if w.Affine == nil {
+			return nil, fmt.Errorf("quantized linear weight [%d, %d] has no format", l.Out, l.In)
+		}
+		if err := w.Affine.Check(l.In); err != nil {
+			return nil, fmt.Errorf("linear weight [%d, %d]: %w", l.Out, l.In, err)
+		}
+		rowBytes = weightRowBytes(w, l.In)
+	}
 	limit := dev.Limits.MaxStorageBufferBindingSize - uint64(dev.Limits.MinStorageBufferOffsetAlignment)
 	l.BlockRows = int(min(uint64(l.Out), limit/rowBytes))
 	if w.DType == gpu.BF16 && l.BlockRows < l.Out {
@@ -41,7 +51,7 @@ func NewLinear(dev *gpu.Device, w, bias *gpu.Tensor) (*Linear, error) {
 
 // rowBlock is a view of rows [r0, r0+n) of W.
 func (l *Linear) rowBlock(r0, n int) *gpu.Tensor {
-	return &gpu.Tensor{Buf: l.W.Buf, Offset: l.W.Offset + l.W.DType.Bytes(r0*l.In), Shape: []int{n, l.In}, DType: l.W.DType}
+	return weightRows(l.W, r0, n, l.In)
 }
 
 // columns is a view of columns [c0, c0+n) of a row-major [rows, width] tensor,

@@ -46,7 +46,7 @@ func (l *Linear) forwardFewRows(rec *gpu.Recorder, x, y *gpu.Tensor, rows int, a
 }
 
 // matVec records y = x w^T + beta*y for rows rows (at most
-// linearDecodeMaxRows): x [rows, in] f32, w [outs, in] f32 or bf16, y rows of
+// linearDecodeMaxRows): x [rows, in] f32, w [outs, in] f32, bf16 or quantized, y rows of
 // outs values ldy apart.
 func matVec(rec *gpu.Recorder, x, w, y *gpu.Tensor, rows, outs, in, ldy int, beta float32) error {
 	const op = "matrix-vector product"
@@ -61,22 +61,24 @@ func matVec(rec *gpu.Recorder, x, w, y *gpu.Tensor, rows, outs, in, ldy int, bet
 		return err
 	}
 	views, bases, err := bindActivationOperands(op, dev,
-		activationOperand("x", x, rows*in), frozenOperand("w", w, outs*in), activationOperand("y", y, (rows-1)*ldy+outs))
+		activationOperand("x", x, rows*in), weightOperand("w", w, outs*in), activationOperand("y", y, (rows-1)*ldy+outs))
 	if err != nil {
 		return err
 	}
-	kernel, err := dev.Kernel(linearDecodeShader, gpu.U32("WORKGROUP_SIZE", linearDecodeWorkgroup),
-		gpu.U32("OUTS", linearDecodeOutputs), gpu.U32("ROWS", rows), gpu.Bool("W_BF16", w.DType == gpu.BF16))
+	kernel, err := dev.Kernel(linearDecodeShader, append([]gpu.Const{gpu.U32("WORKGROUP_SIZE", linearDecodeWorkgroup),
+		gpu.U32("OUTS", linearDecodeOutputs), gpu.U32("ROWS", rows), gpu.Bool("W_BF16", w.DType == gpu.BF16)},
+		gpu.AffineConsts(w)...)...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
+	rowWords, scaleOff := affineRowLayout(w, in)
 	groups := uint64((outs + linearDecodeOutputs - 1) / linearDecodeOutputs)
 	gx, gy, err := gpu.SplitGrid(groups, dev.Limits.MaxComputeWorkgroupsPerDimension)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	params := gpu.PackParams(uint32(rows), uint32(outs), uint32(in), uint32(ldy), bases[0], bases[1], bases[2], gx,
-		math.Float32bits(1), math.Float32bits(beta), 0, 0)
+		math.Float32bits(1), math.Float32bits(beta), rowWords, scaleOff)
 	if err := rec.Dispatch(gpu.KindLinearDecode, kernel, params, views, gx, gy, 1); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}

@@ -102,3 +102,60 @@ func TestMatVecRejectsInvalidArguments(t *testing.T) {
 		t.Errorf("invalid calls recorded %d dispatches", rec.Dispatches)
 	}
 }
+
+// TestLinearFewRowsAffine checks the matrix-vector kernel reading a quantized
+// weight's codes against the float64 dequantized weight: every format (bit
+// width, group size, scale type, negative scales), 1 to 4 rows, row blocks,
+// overwriting and accumulating into a NaN-poisoned or random output.
+func TestLinearFewRowsAffine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(33, 34))
+	for i, f := range gputest.AffineFormats() {
+		if (i/3+i)%3 != 0 { // each kernel compiles on its own: every (bits, group) pair, each scale type twice
+			continue
+		}
+		in, out := f.Group*(1+i%3), 13+2*(i%4)
+		rows, accumulate, block := 1+i%linearDecodeMaxRows, i%2 == 1, []int{out, 6}[i%2]
+		t.Run(fmt.Sprintf("%s %d rows blocks of %d accumulate=%v", f, rows, block, accumulate), func(t *testing.T) {
+			aw := gputest.RandAffine(rng, out, in, f)
+			wv := gputest.DequantizeF64(aw)
+			w := gputest.UploadAffine(t, testDevice, aw)
+			t.Cleanup(w.Release)
+			l, err := NewLinear(testDevice, w, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.BlockRows = block
+			xv := gputest.RandFloats(rng, rows*in)
+			y0 := gputest.RandFloats(rng, rows*out)
+			x := gputest.Upload(t, testDevice, gpu.F32, xv, rows, in)
+			y := gputest.Poisoned(t, testDevice, rows, out)
+			if accumulate {
+				y = gputest.Upload(t, testDevice, gpu.F32, y0, rows, out)
+			}
+			t.Cleanup(x.Release)
+			t.Cleanup(y.Release)
+			want := make([]float64, rows*out)
+			for r := range rows {
+				for o := range out {
+					s := 0.0
+					if accumulate {
+						s = float64(y0[r*out+o])
+					}
+					for k := range in {
+						s += float64(xv[r*in+k]) * wv[o*in+k]
+					}
+					want[r*out+o] = s
+				}
+			}
+			rec := testDevice.NewRecorder()
+			defer rec.Release()
+			if err := l.forwardFewRows(rec, x, y, rows, accumulate); err != nil {
+				t.Fatal(err)
+			}
+			gputest.Submit(t, rec)
+			if e := gputest.RelL2(gputest.Download(t, y), want); !(e < 1e-6) {
+				t.Errorf("relative L2 error %g", e)
+			}
+		})
+	}
+}

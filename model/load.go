@@ -32,9 +32,35 @@ func Load(dev *gpu.Device, dir string, dtype gpu.DType) (*Model, error) {
 // (tensors the checkpoint holds that the model ignores), for the caller to
 // show: library code prints nothing.
 func LoadWithWarnings(dev *gpu.Device, dir string, dtype gpu.DType) (*Model, []string, error) {
+	return LoadWithOptions(dev, dir, LoadOptions{DType: dtype})
+}
+
+// LoadOptions say how Load stores the frozen weights.
+type LoadOptions struct {
+	// DType is the storage of float weights: F32, or BF16 to halve memory.
+	DType gpu.DType
+	// Quantize, when set, quantizes the float projection, embedding and LM
+	// head weights at load with MLX's rounding (QuantizeAffine), scales and
+	// biases in the checkpoint's dtype. A checkpoint that is already
+	// quantized loads as it is, without it.
+	Quantize *Quantization
+}
+
+// LoadWithOptions is LoadWithWarnings with the weights' storage chosen by
+// opts. A checkpoint whose config carries MLX's "quantization" keeps its
+// codes on the GPU (the kernels dequantize them as they read them).
+func LoadWithOptions(dev *gpu.Device, dir string, opts LoadOptions) (*Model, []string, error) {
 	cfg, err := LoadConfig(filepath.Join(dir, ConfigFileName))
 	if err != nil {
 		return nil, nil, err
+	}
+	if opts.Quantize != nil {
+		if cfg.Quantization != nil {
+			return nil, nil, fmt.Errorf("model: config %s: the checkpoint is already quantized (%s); load it without --quantize", cfg.Path, cfg.Quantization.Default)
+		}
+		if err := opts.Quantize.Check(); err != nil {
+			return nil, nil, err
+		}
 	}
 	ckpt, err := safetensors.OpenDir(dir)
 	if err != nil {
@@ -45,15 +71,19 @@ func LoadWithWarnings(dev *gpu.Device, dir string, dtype gpu.DType) (*Model, []s
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := uploadWeights(dev, cfg, ckpt, dtype)
+	m, err := uploadWeights(dev, cfg, ckpt, opts)
 	if err != nil {
 		return nil, nil, err
+	}
+	if opts.Quantize != nil { // the model's config describes the weights it holds
+		cfg.Quantization = &QuantizationConfig{Default: *opts.Quantize}
 	}
 	return m, warnings, nil
 }
 
 // uploadWeights creates the model's tensors from a verified checkpoint.
-func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, dtype gpu.DType) (*Model, error) {
+func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, opts LoadOptions) (*Model, error) {
+	dtype := opts.DType
 	var err error
 	m := &Model{Config: cfg, Dev: dev}
 	if m.Sources, err = sourceFiles(ckpt); err != nil {
@@ -87,7 +117,41 @@ func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, dtype 
 		}
 		return t, nil
 	}
-	if m.Embed, err = upload("model.embed_tokens.weight", dtype); err != nil {
+	// uploadWeight uploads a quantizable module's weight: the checkpoint's
+	// codes, float values quantized at load, or float values.
+	uploadWeight := func(module string) (*gpu.Tensor, error) {
+		name := module + ".weight"
+		var w *gpu.AffineWeight
+		if s := cfg.Quantization.For(module, holds(ckpt)); s != nil {
+			if w, err = readAffine(ckpt, module, moduleShape(cfg, module), *s); err != nil {
+				return nil, err
+			}
+		} else if opts.Quantize != nil && moduleShape(cfg, module)[1]%opts.Quantize.GroupSize == 0 {
+			// Modules whose input size the group does not divide stay float, as mlx-lm leaves them.
+			info, err := ckpt.Info(name)
+			if err != nil {
+				return nil, err
+			}
+			values, err := ckpt.ReadFloat32(name)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkFinite(info, values); err != nil {
+				return nil, err
+			}
+			if w, err = QuantizeAffine(values, info.Shape[0], info.Shape[1], *opts.Quantize, scaleType(info.Dtype)); err != nil {
+				return nil, fmt.Errorf("model: %s: tensor %q %v: %w", info.Path, name, info.Shape, err)
+			}
+		} else {
+			return upload(name, dtype)
+		}
+		t, err := dev.NewAffineTensor(w, name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", ckpt.Path(), name, err)
+		}
+		return t, nil
+	}
+	if m.Embed, err = uploadWeight("model.embed_tokens"); err != nil {
 		return nil, err
 	}
 	if m.Norm, err = upload("model.norm.weight", gpu.F32); err != nil {
@@ -95,7 +159,7 @@ func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, dtype 
 	}
 	if cfg.TieWordEmbeddings {
 		m.Head = m.Embed
-	} else if m.Head, err = upload("lm_head.weight", dtype); err != nil {
+	} else if m.Head, err = uploadWeight("lm_head"); err != nil {
 		return nil, err
 	}
 	for i := 0; i < cfg.NumHiddenLayers; i++ {
@@ -110,7 +174,7 @@ func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, dtype 
 		}
 		for _, p := range Projections {
 			name := prefix + p.Module() + "." + p.String()
-			w, err := upload(name+".weight", dtype)
+			w, err := uploadWeight(name)
 			if err != nil {
 				return nil, err
 			}
@@ -187,7 +251,13 @@ func VerifyCheckpoint(cfg *Config, ckpt safetensors.Reader) (warnings []string, 
 			held += info.NumElements()
 		}
 	}
-	if want := cfg.ParameterCount(); want > held {
+	want := cfg.ParameterCount()
+	if cfg.Quantization != nil {
+		// Quantized modules hold packed codes, scales and biases: the tensor
+		// by tensor check below names what is missing or misshapen.
+		want = 0
+	}
+	if want > held {
 		return nil, fmt.Errorf("model: config %s implies %d parameters (num_hidden_layers %d, hidden_size %d, intermediate_size %d, vocab_size %d) but checkpoint %s holds only %d values: the config does not belong to this checkpoint",
 			cfg.Path, want, cfg.NumHiddenLayers, cfg.HiddenSize, cfg.IntermediateSize, cfg.VocabSize, ckpt.Path(), held)
 	}
@@ -213,10 +283,10 @@ func VerifyCheckpoint(cfg *Config, ckpt safetensors.Reader) (warnings []string, 
 		return nil, err
 	}
 
-	want := ExpectedTensors(cfg)
+	expected := checkpointTensors(cfg, ckpt)
 	var unused []string
 	for _, name := range names {
-		if _, ok := want[name]; ok {
+		if _, ok := expected[name]; ok {
 			continue
 		}
 		if name == "lm_head.weight" && cfg.TieWordEmbeddings {

@@ -427,7 +427,19 @@ func (l *LMHead) chunkLogits(rec *gpu.Recorder, h *gpu.Tensor, rows RowSet, w *g
 // so a binding spans one chunk, not a whole (possibly multi-GiB) table.
 // checkWeight ensures a BF16 chunk starts on a u32 word.
 func weightRows(w *gpu.Tensor, row0, rows, hidden int) *gpu.Tensor {
+	if w.DType == gpu.Quantized {
+		return &gpu.Tensor{Buf: w.Buf, Offset: w.Offset + uint64(row0)*weightRowBytes(w, hidden), Shape: []int{rows, hidden}, DType: w.DType, Affine: w.Affine}
+	}
 	return &gpu.Tensor{Buf: w.Buf, Offset: w.Offset + w.DType.Bytes(row0*hidden), Shape: []int{rows, hidden}, DType: w.DType}
+}
+
+// weightRowBytes is the storage of one row of hidden elements of a weight
+// (whole u32 words for bf16; codes, scales and biases when quantized).
+func weightRowBytes(w *gpu.Tensor, hidden int) uint64 {
+	if w.DType == gpu.Quantized {
+		return uint64(4 * w.Affine.RowWords(hidden))
+	}
+	return w.DType.Bytes(hidden)
 }
 
 // dispatch records one cross_entropy.wgsl op. extra is the params word at offset

@@ -586,6 +586,13 @@ func readWeight(ctx context.Context, w *gpu.Tensor, fn func([]byte)) error {
 
 // weightValues reads a weight back as float64, row-major [out, in].
 func weightValues(ctx context.Context, lin *model.Linear) ([]float64, error) {
+	if lin.W.DType == gpu.Quantized { // the factors come from the dequantized weight
+		f32, err := lin.W.Download(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return float64s(f32), nil
+	}
 	raw := make([]byte, 0, lin.W.Bytes())
 	if err := readWeight(ctx, lin.W, func(b []byte) { raw = append(raw, b...) }); err != nil {
 		return nil, err
@@ -596,11 +603,24 @@ func weightValues(ctx context.Context, lin *model.Linear) ([]float64, error) {
 	} else {
 		f32 = gpu.BytesF32(raw)
 	}
+	return float64s(f32), nil
+}
+
+// weightFormat names a weight's storage for cache keys: the dtype, and a
+// quantized weight's format too (4 and 8 bits of one checkpoint differ).
+func weightFormat(w *gpu.Tensor) string {
+	if w.DType == gpu.Quantized && w.Affine != nil {
+		return w.DType.String() + " " + w.Affine.String()
+	}
+	return w.DType.String()
+}
+
+func float64s(f32 []float32) []float64 {
 	out := make([]float64, len(f32))
 	for i, v := range f32 {
 		out[i] = float64(v)
 	}
-	return out, nil
+	return out
 }
 
 // cacheFormat names the cache layout and algorithm; changing either changes
@@ -632,7 +652,7 @@ func cacheKey(ctx context.Context, m *model.Model, targets []Target, rank int, o
 	fmt.Fprintf(h, "%s\nrank=%d\n", cacheFormat, rank)
 	for _, t := range targets {
 		lin := m.Layers[t.Layer].Proj[t.Proj]
-		fmt.Fprintf(h, "%s %s %dx%d %s\n", t.Name(), methodDescription(opts, rank, lin), lin.Out, lin.In, lin.W.DType)
+		fmt.Fprintf(h, "%s %s %dx%d %s\n", t.Name(), methodDescription(opts, rank, lin), lin.Out, lin.In, weightFormat(lin.W))
 	}
 	if len(m.Sources) > 0 {
 		files := sha256.New()
@@ -727,7 +747,7 @@ func contentHash(ctx context.Context, m *model.Model, targets []Target) (string,
 	h := sha256.New()
 	for _, t := range targets {
 		lin := m.Layers[t.Layer].Proj[t.Proj]
-		fmt.Fprintf(h, "%s %dx%d %s\n", t.Name(), lin.Out, lin.In, lin.W.DType)
+		fmt.Fprintf(h, "%s %dx%d %s\n", t.Name(), lin.Out, lin.In, weightFormat(lin.W))
 		if err := hashWeight(ctx, h, lin.W); err != nil {
 			return "", fmt.Errorf("svd estimate: hashing %s: %w", t.Name(), err)
 		}

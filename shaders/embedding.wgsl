@@ -31,7 +31,9 @@
 //   offset 24  ids_base
 //   offset 28  x_base
 //   offset 32  zero_invalid  1: write zeros for ids >= vocab
-//   offset 36  12 bytes of padding
+//   offset 36  row_words     (AFFINE) words per table row
+//   offset 40  scale_off     (AFFINE) word of a row's first scale and bias
+//   offset 44  4 bytes of padding
 //
 // Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element of x each: element
 // i = flat_element over the 2-D grid (prelude.wgsl), t = i / cols,
@@ -40,17 +42,30 @@
 // Injected consts:
 //   WORKGROUP_SIZE: u32  invocations per workgroup.
 //   TABLE_BF16: bool     the table is bf16 packed in u32 words (else f32 bits).
+//   AFFINE: bool         the table is affine-quantized (gpu.Affine, read with
+//                        prelude.wgsl's load_affine: row v of the block starts
+//                        at word table_base + v*row_words, its scales and
+//                        biases scale_off words further), with AFFINE_BITS,
+//                        AFFINE_GROUP, AFFINE_SCALES: u32.
 
 struct Params {
     n: u32, cols: u32, vocab: u32, block_start: u32,
     block_rows: u32, table_base: u32, ids_base: u32, x_base: u32,
-    zero_invalid: u32, pad0: u32, pad1: u32, pad2: u32,
+    zero_invalid: u32, row_words: u32, scale_off: u32, pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> table: array<u32>;
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
+
+// table_at is element (v, c) of the block.
+fn table_at(v: u32, c: u32) -> f32 {
+    if (AFFINE) {
+        return load_affine(&table, p.table_base + v * p.row_words, p.scale_off, c, AFFINE_BITS, AFFINE_GROUP, AFFINE_SCALES);
+    }
+    return load_f32_or_bf16(&table, p.table_base + v * p.cols + c, TABLE_BF16);
+}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
@@ -65,7 +80,7 @@ fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
     // comparison bounds both sides.
     let v = id - p.block_start;
     if (v < p.block_rows) {
-        x[p.x_base + i] = load_f32_or_bf16(&table, p.table_base + v * p.cols + c, TABLE_BF16);
+        x[p.x_base + i] = table_at(v, c);
     } else if (p.zero_invalid != 0u && id >= p.vocab) {
         x[p.x_base + i] = 0.0;
     }

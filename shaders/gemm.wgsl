@@ -34,13 +34,20 @@
 // each owning TM x TN outputs spread at strides BM/TM and BN/TN (so shared-memory
 // reads and C writes are contiguous across threads), stepping K by BK through
 // workgroup memory. Grid: (ceil(N/BN), ceil(M/BM), 1).
-// Constants: BM, BN, BK, TM, TN (u32) and the bool flags above.
+//   B_AFFINE = true: b is an affine-quantized weight (gpu.Affine; read with
+//   prelude.wgsl's load_affine): stored element (r, c) (r = n, c = k with
+//   B_TRANS, else r = k, c = n) is in the row that starts at word
+//   offB + r*ldb (ldb: the row's length in words), its scales and biases
+//   affineScaleOff words further. Tiles are filled with dequantized values;
+//   the weight is never dequantized in memory.
+// Constants: BM, BN, BK, TM, TN (u32), the bool flags above, and AFFINE_BITS,
+// AFFINE_GROUP, AFFINE_SCALES (u32) for B_AFFINE.
 
 struct Params {
   m: u32, n: u32, k: u32, lda: u32,
   ldb: u32, ldc: u32, offA: u32, offB: u32,
   offC: u32, alpha: f32, beta: f32, offIdxM: u32,
-  offIdxN: u32, offIdxK: u32, offIdxC: u32, pad: u32,
+  offIdxN: u32, offIdxK: u32, offIdxC: u32, affineScaleOff: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,6 +66,14 @@ const WORKGROUP_SIZE: u32 = WX * WY;
 var<workgroup> tileA: array<f32, BK * BM>; // [k][m]
 var<workgroup> tileB: array<f32, BK * BN>; // [k][n]
 var<workgroup> dims: vec3u;
+
+// load_b is stored element (r, c) of B (row r of its stored layout).
+fn load_b(r: u32, c: u32) -> f32 {
+  if (B_AFFINE) {
+    return load_affine(&b, p.offB + r * p.ldb, p.affineScaleOff, c, AFFINE_BITS, AFFINE_GROUP, AFFINE_SCALES);
+  }
+  return load_f32_or_bf16(&b, p.offB + r * p.ldb + c, B_BF16);
+}
 
 @compute @workgroup_size(WX, WY, 1)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: u32) {
@@ -120,7 +135,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
         if (GATHER_K) { bk = idx_k[p.offIdxK + 1u + gk]; }
         var bn = gn;
         if (GATHER_BN) { bn = idx_n[p.offIdxN + 1u + gn]; }
-        if (B_TRANS) { v = load_f32_or_bf16(&b, p.offB + bn * p.ldb + bk, B_BF16); } else { v = load_f32_or_bf16(&b, p.offB + bk * p.ldb + bn, B_BF16); }
+        if (B_TRANS) { v = load_b(bn, bk); } else { v = load_b(bk, bn); }
       }
       tileB[kk * BN + nn] = v;
     }

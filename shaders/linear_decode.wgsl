@@ -32,14 +32,19 @@
 //   offset 28  groups_x   the grid's x size
 //   offset 32  alpha (f32)
 //   offset 36  beta (f32) 0 overwrites y without reading it
-//   offset 40  8 bytes of padding
+//   offset 40  row_words  (AFFINE) words per weight row
+//   offset 44  scale_off  (AFFINE) word of a row's first scale and bias
 //
-// Injected consts: WORKGROUP_SIZE, OUTS, ROWS (u32); W_BF16 (bool).
+// With AFFINE, w is an affine-quantized weight (gpu.Affine, read with
+// prelude.wgsl's load_affine): row o starts at word w_base + o*row_words.
+//
+// Injected consts: WORKGROUP_SIZE, OUTS, ROWS (u32); W_BF16, AFFINE (bool);
+// AFFINE_BITS, AFFINE_GROUP, AFFINE_SCALES (u32).
 
 struct Params {
     rows: u32, out_n: u32, in_n: u32, ldy: u32,
     x_base: u32, w_base: u32, y_base: u32, groups_x: u32,
-    alpha: f32, beta: f32, pad0: u32, pad1: u32,
+    alpha: f32, beta: f32, row_words: u32, scale_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -49,6 +54,14 @@ struct Params {
 
 const SUMS = OUTS * ROWS; // dot products per workgroup, (output j, row r) at j*ROWS + r
 var<workgroup> partial: array<f32, SUMS * WORKGROUP_SIZE>;
+
+// weight_at is element (o, k) of the weight.
+fn weight_at(o: u32, k: u32) -> f32 {
+    if (AFFINE) {
+        return load_affine(&w, p.w_base + o * p.row_words, p.scale_off, k, AFFINE_BITS, AFFINE_GROUP, AFFINE_SCALES);
+    }
+    return load_f32_or_bf16(&w, p.w_base + o * p.in_n + k, W_BF16);
+}
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
@@ -63,7 +76,7 @@ fn main(@builtin(workgroup_id) workgroup: vec3<u32>,
         for (var j = 0u; j < OUTS; j++) {
             let o = first + j;
             if (o < p.out_n) {
-                let wv = load_f32_or_bf16(&w, p.w_base + o * p.in_n + k, W_BF16);
+                let wv = weight_at(o, k);
                 for (var r = 0u; r < ROWS; r++) {
                     acc[j * ROWS + r] += xs[r] * wv;
                 }

@@ -52,8 +52,56 @@ fn f16_pair(word: u32) -> vec2<f32> {
 }
 
 // ---- Quantized weight loads ----
-// Reserved for loading quantized frozen weights (packed integers with
-// per-group scales and biases), shared the way the widening above is.
+// An affine-quantized weight (gpu.Affine, MLX's format; SPEC section 11) is
+// bound as array<u32> rows: a row's codes, element c's `bits`-bit code at bits
+// (c*bits) mod 32 of word c*bits/32 (a little-endian bit stream), then each
+// group of `group` inputs' scale and bias: one word, scale in the low half,
+// for bf16 (scales == 1u) or f16 (scales == 2u); two words, scale then bias,
+// for f32 (scales == 0u). The weight is s*q + b. Kernels pass their injected
+// constants for bits, group and scales, so the branches fold away.
+
+// f16_exact widens IEEE half-precision bits exactly, subnormals included
+// (unpack2x16float may flush them, and a tiny scale must not become zero).
+fn f16_exact(h: u32) -> f32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    if (e == 0u) {
+        let v = f32(m) * 5.9604644775390625e-8; // m * 2^-24
+        return select(v, -v, sign != 0u);
+    }
+    if (e == 31u) {
+        return bitcast<f32>(sign | 0x7f800000u | (m << 13u));
+    }
+    return bitcast<f32>(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+
+// affine_scale_bias widens a group's (scale, bias) from its words; w1 is
+// only used for f32.
+fn affine_scale_bias(w0: u32, w1: u32, scales: u32) -> vec2<f32> {
+    if (scales == 1u) {
+        return bf16_pair(w0);
+    }
+    if (scales == 2u) {
+        return vec2<f32>(f16_exact(w0 & 0xffffu), f16_exact(w0 >> 16u));
+    }
+    return vec2<f32>(bitcast<f32>(w0), bitcast<f32>(w1));
+}
+
+// load_affine reads element c of the quantized row that starts at word row,
+// whose scales and biases start scale_off words later.
+fn load_affine(words: ptr<storage, array<u32>, read>, row: u32, scale_off: u32, c: u32,
+               bits: u32, group: u32, scales: u32) -> f32 {
+    let bit = c * bits;
+    let q = f32(((*words)[row + (bit >> 5u)] >> (bit & 31u)) & ((1u << bits) - 1u));
+    let g = row + scale_off + (c / group) * select(1u, 2u, scales == 0u);
+    var w1 = 0u;
+    if (scales == 0u) {
+        w1 = (*words)[g + 1u];
+    }
+    let sb = affine_scale_bias((*words)[g], w1, scales);
+    return fma(sb.x, q, sb.y);
+}
 
 // ---- Grid index ----
 // A kernel that gives each workgroup (or each invocation) one index of a flat

@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/sparselora/sparselora/lora"
+	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/optim"
 )
 
@@ -81,6 +82,10 @@ type Config struct {
 	// the adapter reports, if anything): a run whose plan exceeds it is
 	// refused before it allocates.
 	MemoryLimit string `yaml:"memory-limit,omitempty"`
+	// Quantize (4 or 8; 0 off) quantizes the frozen weights at load in
+	// groups of GroupSize inputs (MLX's affine format).
+	Quantize  int `yaml:"quantize"`
+	GroupSize int `yaml:"group-size"`
 }
 
 // DefaultConfig is the flags' defaults: PEFT-style LoRA r16/alpha 32 on every
@@ -88,7 +93,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{Rank: 16, Alpha: 32, Targets: "q,k,v,o,gate,up,down", BatchSize: 4, GradAccum: 1, Epochs: 1,
 		LR: 2e-4, Schedule: "linear", WeightDecay: 0, MaxGradNorm: 1, Seed: 42, MaxSeqLen: 2048,
-		Sparsity: "auto", SaveEvery: 0, Keep: 2, LogEvery: 10, EvalMetric: "loss", EvalMaxNewTokens: 64}
+		Sparsity: "auto", SaveEvery: 0, Keep: 2, LogEvery: 10, EvalMetric: "loss", EvalMaxNewTokens: 64, GroupSize: 64}
 }
 
 // Validate checks every field, naming the flag of the first bad one.
@@ -106,6 +111,10 @@ func (c *Config) Validate() error {
 		return errors.New("--full and --adapter-init: full-parameter training has no adapter")
 	case c.Full && c.BF16:
 		return errors.New("--full and --bf16: trained weights must be f32 (small updates vanish in bf16)")
+	case c.Full && c.Quantize != 0:
+		return errors.New("--full and --quantize: trained weights must be f32; quantization is for frozen weights")
+	case c.Quantize != 0 && (model.Quantization{Bits: c.Quantize, GroupSize: c.GroupSize}).Check() != nil:
+		return bad("quantize", c.Quantize, fmt.Sprintf("with --group-size %d: %v", c.GroupSize, (model.Quantization{Bits: c.Quantize, GroupSize: c.GroupSize}).Check()))
 	case c.Full && c.Sparsity != "auto" && c.Sparsity != "dense":
 		return fmt.Errorf("--full and --sparsity %s: SparseLoRA sparsifies frozen weights; full-parameter training runs dense", c.Sparsity)
 	case c.Data == "":

@@ -59,6 +59,12 @@ func (c Config) MemorySettings(mcfg *model.Config, seq int, lim gpu.Limits) (Mem
 	if c.BF16 {
 		s.WeightDType = gpu.BF16
 	}
+	switch { // quantized at load, or an MLX-quantized checkpoint
+	case c.Quantize != 0:
+		s.Quantize = model.Quantization{Bits: c.Quantize, GroupSize: c.GroupSize}
+	case mcfg != nil && mcfg.Quantization != nil:
+		s.Quantize = mcfg.Quantization.Default
+	}
 	if !c.Full {
 		targets, err := lora.ParseTargets(c.Targets)
 		if err != nil {

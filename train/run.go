@@ -259,6 +259,9 @@ func (r *run) settings(mcfg *model.Config, resumeDir string) Settings {
 	if cfg.BF16 {
 		s.Model.DType = gpu.BF16
 	}
+	if cfg.Quantize != 0 {
+		s.Model.Quantize = &model.Quantization{Bits: cfg.Quantize, GroupSize: cfg.GroupSize}
+	}
 	switch {
 	case cfg.Full && resumeDir != "":
 		s.Model.Dir = resumeDir

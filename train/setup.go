@@ -57,6 +57,9 @@ type ModelSource struct {
 	Seed      uint64
 	// DType stores the frozen weights (f32 or bf16).
 	DType gpu.DType
+	// Quantize, when set, quantizes Dir's float weights at load (MLX's
+	// affine format); an MLX-quantized Dir loads quantized without it.
+	Quantize *model.Quantization
 }
 
 // ParamSource is what the steps train.
@@ -159,7 +162,7 @@ func New(ctx context.Context, dev *gpu.Device, s Settings) (_ *Trainer, err erro
 // loadModel loads the weights from src.Dir, or builds random ones.
 func loadModel(dev *gpu.Device, src ModelSource) (*model.Model, []string, error) {
 	if src.Dir != "" {
-		return model.LoadWithWarnings(dev, src.Dir, src.DType)
+		return model.LoadWithOptions(dev, src.Dir, model.LoadOptions{DType: src.DType, Quantize: src.Quantize})
 	}
 	if src.Random == nil {
 		return nil, nil, errors.New("train: no model: want a directory or a config for random weights")

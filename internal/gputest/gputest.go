@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/model/safetensors"
 )
 
 // Main opens the default device into *dev, runs the tests and closes it; use it
@@ -122,4 +123,69 @@ func NaNs(n int) []float32 {
 		v[i] = float32(math.NaN())
 	}
 	return v
+}
+
+// RandAffine returns a random quantized weight [out, in]: random codes, and
+// scales and biases of both signs (negative scales occur in MLX checkpoints)
+// rounded to the format's scale type.
+func RandAffine(rng *rand.Rand, out, in int, f gpu.Affine) *gpu.AffineWeight {
+	w := &gpu.AffineWeight{Out: out, In: in, Format: f,
+		Codes:  make([]uint32, out*f.CodeWords(in)),
+		Scales: make([]float32, out*in/f.Group), Biases: make([]float32, out*in/f.Group)}
+	for i := range w.Codes {
+		w.Codes[i] = rng.Uint32()
+	}
+	round := func(v float32) float32 {
+		switch f.Scales {
+		case gpu.ScaleBF16:
+			return gpu.FromBF16(gpu.ToBF16(v))
+		case gpu.ScaleF16:
+			return safetensors.HalfToFloat32(safetensors.Float32ToHalf(v))
+		}
+		return v
+	}
+	step := 2 / float64(int(1)<<f.Bits) // codes span about [-1, 1]
+	for i := range w.Scales {
+		w.Scales[i] = round(float32(step * (0.5 + rng.Float64()) * float64(1-2*rng.IntN(2))))
+		w.Biases[i] = round(float32(rng.NormFloat64()))
+	}
+	return w
+}
+
+// AffineFormats are the formats kernel tests cover: both bit widths, every
+// group size, every scale type.
+func AffineFormats() []gpu.Affine {
+	var out []gpu.Affine
+	for _, bits := range []int{4, 8} {
+		for _, group := range []int{32, 64, 128} {
+			for _, s := range []gpu.ScaleType{gpu.ScaleF32, gpu.ScaleBF16, gpu.ScaleF16} {
+				out = append(out, gpu.Affine{Bits: bits, Group: group, Scales: s})
+			}
+		}
+	}
+	return out
+}
+
+// UploadAffine makes a quantized tensor holding w.
+func UploadAffine(t testing.TB, dev *gpu.Device, w *gpu.AffineWeight) *gpu.Tensor {
+	t.Helper()
+	x, err := dev.NewAffineTensor(w, "test weight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// DequantizeF64 is w's weights s*q + b in float64, row-major [out, in]: the
+// reference that kernels reading codes are checked against.
+func DequantizeF64(w *gpu.AffineWeight) []float64 {
+	out := make([]float64, w.Out*w.In)
+	groups := w.In / w.Format.Group
+	for r := 0; r < w.Out; r++ {
+		for c := 0; c < w.In; c++ {
+			g := r*groups + c/w.Format.Group
+			out[r*w.In+c] = float64(w.Scales[g])*float64(w.Code(r, c)) + float64(w.Biases[g])
+		}
+	}
+	return out
 }

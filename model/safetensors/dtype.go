@@ -13,6 +13,8 @@ const (
 	F32  Dtype = "F32"
 	BF16 Dtype = "BF16"
 	F16  Dtype = "F16"
+	// U32 holds MLX's quantized weights: codes packed little-endian (read raw).
+	U32 Dtype = "U32"
 )
 
 // dtypeSizes lists every dtype of the safetensors format with a whole number
