@@ -11,6 +11,7 @@ import (
 
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/internal/gputest"
+	"github.com/sparselora/sparselora/model/safetensors"
 	"github.com/sparselora/sparselora/shaders"
 )
 
@@ -223,4 +224,72 @@ func errorText(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// affineKernel reads every element of a quantized weight [rows, in] with
+// load_affine into out.
+const affineKernel = `
+@group(0) @binding(0) var<uniform> p: vec4<u32>; // rows, in, row words, scale offset
+@group(0) @binding(1) var<storage, read> words: array<u32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
+    let e = flat_element(workgroup, lane);
+    if (e >= p.x * p.y) {
+        return;
+    }
+    let r = e / p.y;
+    out[e] = load_affine(&words, r * p.z, p.w, e - r * p.y, AFFINE_BITS, AFFINE_GROUP, AFFINE_SCALES);
+}
+`
+
+// TestPreludeLoadsAffine checks load_affine against the float64 weights of
+// every format, with negative scales and, for f16, subnormal scales and
+// biases (which unpack2x16float may flush to zero, so load_affine must not
+// use it).
+func TestPreludeLoadsAffine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, f := range gputest.AffineFormats() {
+		rows, in := 7, 2*f.Group
+		w := gputest.RandAffine(rng, rows, in, f)
+		if f.Scales == gpu.ScaleF16 {
+			for i := 0; i < len(w.Scales); i += 3 {
+				sub := safetensors.HalfToFloat32(uint16(1+rng.IntN(1023)) | uint16(rng.IntN(2))<<15)
+				w.Scales[i], w.Biases[len(w.Biases)-1-i] = sub, sub
+			}
+		}
+		want := gputest.DequantizeF64(w)
+		weight := gputest.UploadAffine(t, testDevice, w)
+		out := gputest.Poisoned(t, testDevice, rows*in)
+		k, err := gpu.CompileWithPrelude(testDevice, "affine_test.wgsl", affineKernel, gpu.U32("WORKGROUP_SIZE", preludeWorkgroup),
+			gpu.U32("AFFINE_BITS", f.Bits), gpu.U32("AFFINE_GROUP", f.Group), gpu.U32("AFFINE_SCALES", int(f.Scales)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		params := gpu.PackParams(uint32(rows), uint32(in), uint32(f.RowWords(in)), uint32(f.CodeWords(in)))
+		rec := testDevice.NewRecorder()
+		if err := rec.Dispatch(gpu.KindElementwise, k, params, []gpu.Binding{gpu.Bind(weight.Buf), gpu.Bind(out.Buf)},
+			uint32((rows*in+preludeWorkgroup-1)/preludeWorkgroup), 1, 1); err != nil {
+			t.Fatal(err)
+		}
+		gputest.Submit(t, rec)
+		got := gputest.Download(t, out)
+		groups := in / f.Group
+		for e := range want {
+			// One rounding of s*q + b (a fused multiply-add), or two where fma is
+			// not fused (lavapipe): then s*q is rounded first, which counts when
+			// s*q and b cancel.
+			r, c := e/in, e%in
+			s, b := float64(w.Scales[r*groups+c/f.Group]), float64(w.Biases[r*groups+c/f.Group])
+			mag := math.Abs(s)*float64(w.Code(r, c)) + math.Abs(b)
+			if d := math.Abs(float64(got[e]) - want[e]); !(d <= 1.2e-7*mag+1e-38) {
+				t.Fatalf("%s element %d: got %v, want %v", f, e, got[e], want[e])
+			}
+		}
+		rec.Release()
+		k.Release()
+		out.Release()
+		weight.Release()
+	}
 }
