@@ -125,3 +125,21 @@ if ! grep -qs "\"version\": \"$nlc_version\"" "$nlc_dir/node_modules/node-llama-
   (cd "$nlc_dir" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --silent --no-audit --no-fund -E "node-llama-cpp@$nlc_version" >/dev/null)
   echo "setup: installed node-llama-cpp@$nlc_version (llama.cpp, for the GGUF tests) into $nlc_dir"
 fi
+
+# ---------------------------------------------------------------------------------------------
+# Data-parallel training (`mpirun -np N sparselora train`, dist/) and its tests need Open MPI:
+# mpirun and libmpi.so.40, which sparselora opens at run time. Debian/Ubuntu only; elsewhere see
+# README.md ("Train on several GPUs or machines").
+mpi_pkgs=(openmpi-bin libopenmpi-dev)
+if [ "$(uname -s)" = Linux ] && command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; then
+  missing=()
+  for p in "${mpi_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    msudo=; [ "$(id -u)" = 0 ] || msudo=sudo
+    echo "setup: installing ${missing[*]} (Open MPI, for data-parallel training and its tests)"
+    $msudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $msudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
