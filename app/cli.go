@@ -79,6 +79,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		case ctx.Err() != nil && errors.Is(err, ctx.Err()):
 			fmt.Fprintf(stderr, "sparselora %s: interrupted\n", c.name)
 			return ExitInterrupted
+		case errors.Is(err, errStoppedWithJob):
+			// Another process of an mpirun job was interrupted.
+			fmt.Fprintf(stderr, "sparselora %s: interrupted\n", c.name)
+			return ExitInterrupted
 		}
 		fmt.Fprintf(stderr, "sparselora %s: %v\n", c.name, err)
 		return 1

@@ -15,6 +15,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sparselora/sparselora/app/window"
+	"github.com/sparselora/sparselora/dist"
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/plot"
 	"github.com/sparselora/sparselora/train"
@@ -27,7 +28,11 @@ SparseLoRA. The run directory receives adapter_model.safetensors +
 adapter_config.json, metrics.jsonl, train_config.yaml and checkpoint-<step>/.
 Ctrl-C (or SIGTERM, SIGHUP) finishes the current step, writes a checkpoint and
 exits 130; --resume continues from the newest checkpoint. A run directory
-holding an earlier run's results is refused unless --resume or --overwrite.`
+holding an earlier run's results is refused unless --resume or --overwrite.
+
+Data parallel on several GPUs or hosts: mpirun -np N sparselora train ...
+(Open MPI; one process per GPU, each taking the adapter of its local rank
+unless --gpu is given; --batch-size is per process).`
 
 // trainFlags registers every train.Config field as a flag named as its YAML
 // key, so --config files and flags share one spelling.
@@ -76,13 +81,14 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.IntVar(&c.GroupSize, "group-size", c.GroupSize, "inputs per quantization group with --quantize: 32, 64 or 128")
 }
 
-func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fs := newFlags("train", trainSynopsis, stdout, stderr)
 	cfg := train.DefaultConfig()
 	trainFlags(fs, &cfg)
 	configFile := fs.String("config", "", "YAML file with the same keys as these flags (flags given here win)")
 	noWindow := fs.Bool("no-window", false, "train headless (no live-metrics window)")
 	dryRun := fs.Bool("dry-run", false, "print the run's GPU memory plan by part and exit (reads the data, needs no GPU)")
+	mpiTimeout := fs.Duration("mpi-timeout", dist.DefaultTimeout, "under mpirun: end the job when a process waits this long for the others in one exchange")
 	var df deviceFlags
 	df.register(fs)
 	if err := parseCommand(fs, args); err != nil {
@@ -96,7 +102,6 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	var err error
 	if cfg.Model, err = ggufModel(cfg.Model, stdout); err != nil {
 		return err
 	}
@@ -110,9 +115,21 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		limit, _ := train.ParseSize(cfg.MemoryLimit) // Validate checked it
 		return train.CheckMemory(plan.Config, plan.MemorySettings, limit)
 	}
-	dev, closeDev, err := df.open()
+	group, err := joinTrainGroup(*mpiTimeout, &df, stderr)
 	if err != nil {
 		return err
+	}
+	if group != nil {
+		defer func() { err = group.leave(err) }()
+		cfg.Group = group.comm
+		if !group.lead() {
+			// Rank 0 reports for the job.
+			stdout = io.Discard
+		}
+	}
+	dev, closeDev, err := df.open()
+	if err != nil {
+		return group.openDeviceError(&df, err)
 	}
 	defer closeDev()
 	// The window's q cancels this context when the command was not started
@@ -123,7 +140,14 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	stdout = &fallbackWriter{w: stdout, fallback: stderr}
 	view := newTrainView(stdout, stderr)
 	hooks := view.hooks()
-	if !*noWindow {
+	if !group.lead() {
+		hooks = train.Hooks{}
+	}
+	if group != nil && group.lead() {
+		fmt.Fprintf(stdout, "data parallel: %d processes (mpirun), --batch-size %d each: %d examples per micro-batch\n",
+			group.comm.Size(), cfg.BatchSize, group.comm.Size()*cfg.BatchSize)
+	}
+	if !*noWindow && group.lead() {
 		if win, winHooks, err := openTrainWindow(ctx, cfg.Out, cancel); err != nil {
 			fmt.Fprintf(stderr, "sparselora train: %v: training headless\n", err)
 		} else {
@@ -133,11 +157,14 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	res, err := train.Run(ctx, dev, cfg, hooks)
 	view.finish()
-	if res != nil {
+	if res != nil && group.lead() {
 		writePlots(cfg.Out, stdout, stderr)
 	}
 	if errors.Is(err, train.ErrInterrupted) {
 		fmt.Fprintf(stdout, "interrupted after step %d; checkpoint %s\n", res.Steps, res.LastCheckpnt)
+		if ctx.Err() == nil && group != nil {
+			return fmt.Errorf("%w: %w", err, errStoppedWithJob)
+		}
 		return fmt.Errorf("%w: %w", err, ctx.Err())
 	}
 	var gpuErr *gpu.Error

@@ -88,17 +88,7 @@ type Comm struct {
 	rank, size, localRank int
 	opts                  Options
 	calls                 chan func()
-	// mu guards the watchdog's view of the call in flight.
-	mu       sync.Mutex
-	op       string
-	since    time.Time
-	stop     chan struct{}
-	finished bool
-	// AllReduceBytes and AllReduceTime total the payload and wall time of
-	// the float32 all-reduces (gradient sums), for the logs.
-	statsMu        sync.Mutex
-	reduceBytes    int64
-	reduceDuration time.Duration
+	finished              bool
 }
 
 var loadOnce struct {
@@ -130,8 +120,9 @@ const (
 	threadMultiple   = 3
 )
 
-// Init loads libmpi, initialises MPI (errors return instead of aborting)
-// and starts the watchdog. A process calls it once.
+// Init loads libmpi and initialises MPI, with errors returned instead of
+// aborting; a collective that waits past opts.Timeout aborts the job. A
+// process calls it once.
 func Init(opts Options) (*Comm, error) {
 	if err := load(); err != nil {
 		return nil, err
@@ -144,7 +135,7 @@ func Init(opts Options) (*Comm, error) {
 	if _, set := os.LookupEnv("OMPI_MCA_opal_signal"); !set {
 		os.Setenv("OMPI_MCA_opal_signal", "")
 	}
-	c := &Comm{opts: opts, calls: make(chan func()), stop: make(chan struct{})}
+	c := &Comm{opts: opts, calls: make(chan func())}
 	ready := make(chan error)
 	go c.serve(ready)
 	if err := <-ready; err != nil {
@@ -153,7 +144,6 @@ func Init(opts Options) (*Comm, error) {
 	if l, _, err := FromEnv(); err == nil {
 		c.localRank = l.LocalRank
 	}
-	go c.watch()
 	return c, nil
 }
 
@@ -199,51 +189,56 @@ func (c *Comm) Size() int { return c.size }
 // LocalRank is this process's index among those on its host.
 func (c *Comm) LocalRank() int { return c.localRank }
 
-// call runs f on the MPI thread under the watchdog.
-func (c *Comm) call(op string, f func() C.int) error {
-	c.mu.Lock()
+// onThread runs f on the MPI thread.
+func (c *Comm) onThread(f func()) {
+	done := make(chan struct{})
+	c.calls <- func() { f(); close(done) }
+	<-done
+}
+
+// collective runs a non-blocking collective on the MPI thread over a copy
+// of buf in C memory (MPI holds the buffer after the starting call returns,
+// which Go memory must not be lent for), polls it to completion, sleeping
+// between polls, and copies the result back. A collective that waits longer
+// than the timeout aborts the job.
+func (c *Comm) collective(op string, buf []byte, start func(p unsafe.Pointer, req *unsafe.Pointer) C.int) error {
 	if c.finished {
-		c.mu.Unlock()
 		return fmt.Errorf("dist: %s after MPI_Finalize", op)
 	}
-	c.op, c.since = op, time.Now()
-	c.mu.Unlock()
-	done := make(chan C.int, 1)
-	c.calls <- func() { done <- f() }
-	code := <-done
-	c.mu.Lock()
-	c.op = ""
-	c.mu.Unlock()
+	p := C.malloc(C.size_t(max(len(buf), 1)))
+	defer C.free(p)
+	cbuf := unsafe.Slice((*byte)(p), max(len(buf), 1))
+	copy(cbuf, buf)
+	var code C.int
+	c.onThread(func() {
+		var req unsafe.Pointer
+		if code = start(p, &req); code != 0 {
+			return
+		}
+		began := time.Now()
+		pause := 20 * time.Microsecond
+		for {
+			var done C.int
+			if code = C.sd_test(&req, &done); code != 0 || done != 0 {
+				return
+			}
+			if waited := time.Since(began); waited > c.opts.Timeout {
+				if c.opts.OnHang != nil {
+					c.opts.OnHang(op, waited)
+				}
+				// mpirun ends every process of the job.
+				C.sd_abort(1)
+				os.Exit(1)
+			}
+			time.Sleep(pause)
+			pause = min(2*pause, 2*time.Millisecond)
+		}
+	})
 	if code != 0 {
 		return fmt.Errorf("dist: %s: %s", op, errorString(code))
 	}
+	copy(buf, cbuf[:len(buf)])
 	return nil
-}
-
-// watch aborts the job when a call waits longer than the timeout.
-func (c *Comm) watch() {
-	tick := time.NewTicker(min(time.Second, c.opts.Timeout/4))
-	defer tick.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case now := <-tick.C:
-			c.mu.Lock()
-			op, since := c.op, c.since
-			c.mu.Unlock()
-			if op == "" || now.Sub(since) < c.opts.Timeout {
-				continue
-			}
-			if c.opts.OnHang != nil {
-				c.opts.OnHang(op, now.Sub(since))
-			}
-			// MPI_THREAD_MULTIPLE allows this call beside the blocked one;
-			// mpirun then ends every process of the job.
-			C.sd_abort(1)
-			os.Exit(1)
-		}
-	}
 }
 
 // maxCount bounds one MPI call's element count (an int in the C API).
@@ -251,30 +246,19 @@ const maxCount = 1 << 28
 
 // SumFloat32 replaces v with its element-wise sum over all processes.
 func (c *Comm) SumFloat32(v []float32) error {
-	start := time.Now()
 	for lo := 0; lo < len(v); lo += maxCount {
 		part := v[lo:min(lo+maxCount, len(v))]
-		if err := c.call("MPI_Allreduce(float, sum)", func() C.int {
-			return C.sd_allreduce(unsafe.Pointer(&part[0]), C.int(len(part)), C.sd_float, C.sd_sum)
-		}); err != nil {
+		if err := c.allreduce("MPI_Iallreduce(float, sum)", unsafe.Slice((*byte)(unsafe.Pointer(&part[0])), 4*len(part)), len(part), C.sd_float, C.sd_sum); err != nil {
 			return err
 		}
 	}
-	c.statsMu.Lock()
-	c.reduceBytes += int64(4 * len(v))
-	c.reduceDuration += time.Since(start)
-	c.statsMu.Unlock()
 	return nil
 }
 
-// ReduceStats returns the bytes and time the float32 sums took since the
-// last call, and restarts them.
-func (c *Comm) ReduceStats() (bytes int64, took time.Duration) {
-	c.statsMu.Lock()
-	defer c.statsMu.Unlock()
-	bytes, took = c.reduceBytes, c.reduceDuration
-	c.reduceBytes, c.reduceDuration = 0, 0
-	return bytes, took
+func (c *Comm) allreduce(op string, buf []byte, count int, typ, red C.int) error {
+	return c.collective(op, buf, func(p unsafe.Pointer, req *unsafe.Pointer) C.int {
+		return C.sd_iallreduce(p, C.int(count), typ, red, req)
+	})
 }
 
 // SumFloat64 replaces v with its element-wise sum over all processes.
@@ -282,9 +266,7 @@ func (c *Comm) SumFloat64(v []float64) error {
 	if len(v) == 0 {
 		return nil
 	}
-	return c.call("MPI_Allreduce(double, sum)", func() C.int {
-		return C.sd_allreduce(unsafe.Pointer(&v[0]), C.int(len(v)), C.sd_double, C.sd_sum)
-	})
+	return c.allreduce("MPI_Iallreduce(double, sum)", unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 8*len(v)), len(v), C.sd_double, C.sd_sum)
 }
 
 // Int64 reductions.
@@ -309,9 +291,7 @@ func (c *Comm) ReduceInt64(v []int64, op Op) error {
 	case Min:
 		cop, name = C.sd_min, "min"
 	}
-	return c.call("MPI_Allreduce(int64, "+name+")", func() C.int {
-		return C.sd_allreduce(unsafe.Pointer(&v[0]), C.int(len(v)), C.sd_int64, cop)
-	})
+	return c.allreduce("MPI_Iallreduce(int64, "+name+")", unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 8*len(v)), len(v), C.sd_int64, cop)
 }
 
 // BroadcastBytes returns root's b on every process (b is ignored elsewhere).
@@ -331,33 +311,36 @@ func (c *Comm) BroadcastBytes(b []byte, root int) ([]byte, error) {
 	if len(buf) == 0 {
 		return buf, nil
 	}
-	err := c.call("MPI_Bcast", func() C.int {
-		return C.sd_bcast(unsafe.Pointer(&buf[0]), C.int(len(buf)), C.sd_byte, C.int(root))
+	err := c.collective("MPI_Ibcast", buf, func(p unsafe.Pointer, req *unsafe.Pointer) C.int {
+		return C.sd_ibcast(p, C.int(len(buf)), C.sd_byte, C.int(root), req)
 	})
 	return buf, err
 }
 
 // Barrier waits until every process reaches it.
 func (c *Comm) Barrier() error {
-	return c.call("MPI_Barrier", func() C.int { return C.sd_barrier() })
+	return c.collective("MPI_Ibarrier", nil, func(_ unsafe.Pointer, req *unsafe.Pointer) C.int { return C.sd_ibarrier(req) })
 }
 
 // Abort ends every process of the job with code (MPI_Abort); it returns
 // only if MPI could not abort.
 func (c *Comm) Abort(code int) {
-	done := make(chan struct{})
-	c.calls <- func() { C.sd_abort(C.int(code)); close(done) }
-	<-done
+	c.onThread(func() { C.sd_abort(C.int(code)) })
 }
 
 // Finalize shuts MPI down; the Comm is unusable after it.
 func (c *Comm) Finalize() error {
-	err := c.call("MPI_Finalize", func() C.int { return C.sd_finalize() })
-	c.mu.Lock()
+	if c.finished {
+		return nil
+	}
+	var code C.int
+	c.onThread(func() { code = C.sd_finalize() })
 	c.finished = true
-	c.mu.Unlock()
-	close(c.stop)
-	return err
+	close(c.calls)
+	if code != 0 {
+		return fmt.Errorf("dist: MPI_Finalize: %s", errorString(code))
+	}
+	return nil
 }
 
 // ErrNoMPI is wrapped by InitFromEnv's error when mpirun launched the process

@@ -13,9 +13,10 @@ static struct {
   int (*MPI_Comm_rank)(handle, int*);
   int (*MPI_Comm_size)(handle, int*);
   int (*MPI_Comm_set_errhandler)(handle, handle);
-  int (*MPI_Allreduce)(const void*, void*, int, handle, handle, handle);
-  int (*MPI_Bcast)(void*, int, handle, int, handle);
-  int (*MPI_Barrier)(handle);
+  int (*MPI_Iallreduce)(const void*, void*, int, handle, handle, handle, void**);
+  int (*MPI_Ibcast)(void*, int, handle, int, handle, void**);
+  int (*MPI_Ibarrier)(handle, void**);
+  int (*MPI_Test)(void**, int*, void*);
   int (*MPI_Abort)(handle, int);
   int (*MPI_Finalize)(void);
   int (*MPI_Error_string)(int, char*, int*);
@@ -45,9 +46,10 @@ int sd_load(const char* path, char* err, size_t errlen) {
   SD_SYM(mpi.MPI_Comm_rank, "MPI_Comm_rank")
   SD_SYM(mpi.MPI_Comm_size, "MPI_Comm_size")
   SD_SYM(mpi.MPI_Comm_set_errhandler, "MPI_Comm_set_errhandler")
-  SD_SYM(mpi.MPI_Allreduce, "MPI_Allreduce")
-  SD_SYM(mpi.MPI_Bcast, "MPI_Bcast")
-  SD_SYM(mpi.MPI_Barrier, "MPI_Barrier")
+  SD_SYM(mpi.MPI_Iallreduce, "MPI_Iallreduce")
+  SD_SYM(mpi.MPI_Ibcast, "MPI_Ibcast")
+  SD_SYM(mpi.MPI_Ibarrier, "MPI_Ibarrier")
+  SD_SYM(mpi.MPI_Test, "MPI_Test")
   SD_SYM(mpi.MPI_Abort, "MPI_Abort")
   SD_SYM(mpi.MPI_Finalize, "MPI_Finalize")
   SD_SYM(mpi.MPI_Error_string, "MPI_Error_string")
@@ -67,11 +69,15 @@ int sd_init(int required, int* provided) { return mpi.MPI_Init_thread(NULL, NULL
 int sd_world_errors_return(void) { return mpi.MPI_Comm_set_errhandler(mpi.world, mpi.errors_return); }
 int sd_rank(int* rank) { return mpi.MPI_Comm_rank(mpi.world, rank); }
 int sd_size(int* size) { return mpi.MPI_Comm_size(mpi.world, size); }
-int sd_allreduce(void* buf, int count, int type, int op) {
-  return mpi.MPI_Allreduce(SD_IN_PLACE, buf, count, mpi.types[type], mpi.ops[op], mpi.world);
+int sd_iallreduce(void* buf, int count, int type, int op, void** request) {
+  return mpi.MPI_Iallreduce(SD_IN_PLACE, buf, count, mpi.types[type], mpi.ops[op], mpi.world, request);
 }
-int sd_bcast(void* buf, int count, int type, int root) { return mpi.MPI_Bcast(buf, count, mpi.types[type], root, mpi.world); }
-int sd_barrier(void) { return mpi.MPI_Barrier(mpi.world); }
+int sd_ibcast(void* buf, int count, int type, int root, void** request) {
+  return mpi.MPI_Ibcast(buf, count, mpi.types[type], root, mpi.world, request);
+}
+int sd_ibarrier(void** request) { return mpi.MPI_Ibarrier(mpi.world, request); }
+// MPI_STATUS_IGNORE is a null pointer in Open MPI.
+int sd_test(void** request, int* done) { return mpi.MPI_Test(request, done, NULL); }
 int sd_abort(int code) { return mpi.MPI_Abort(mpi.world, code); }
 int sd_finalize(void) { return mpi.MPI_Finalize(); }
 void sd_error_string(int code, char* out, size_t outlen) {

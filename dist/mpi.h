@@ -22,9 +22,14 @@ int sd_init(int required, int* provided);
 int sd_world_errors_return(void);
 int sd_rank(int* rank);
 int sd_size(int* size);
-int sd_allreduce(void* buf, int count, int type, int op);
-int sd_bcast(void* buf, int count, int type, int root);
-int sd_barrier(void);
+// The collectives are started non-blocking and polled with sd_test, so a
+// process waiting for a slower one sleeps instead of spinning on a core
+// (which, on a machine whose processes share cores, slows the others).
+int sd_iallreduce(void* buf, int count, int type, int op, void** request);
+int sd_ibcast(void* buf, int count, int type, int root, void** request);
+int sd_ibarrier(void** request);
+// sd_test sets *done when the request completed (and frees it).
+int sd_test(void** request, int* done);
 int sd_abort(int code);
 int sd_finalize(void);
 void sd_error_string(int code, char* out, size_t outlen);

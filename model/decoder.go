@@ -411,6 +411,11 @@ func (w *Workspace) Stage(m *Model, batches []Batch) (int, error) {
 	return total, nil
 }
 
+// SetStagedTargets replaces the loss-target count that the staged
+// micro-batches divide by (Stage's total): in data-parallel training, the
+// count summed over every process's micro-batches of the step.
+func (w *Workspace) SetStagedTargets(n int) { w.stagedTargets = n }
+
 // UseStaged records copying staged micro-batch i into the workspace's inputs;
 // the passes recorded after it (until the next Load or UseStaged) run on it.
 func (w *Workspace) UseStaged(rec *gpu.Recorder, i int) error {

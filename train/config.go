@@ -86,6 +86,11 @@ type Config struct {
 	// groups of GroupSize inputs (MLX's affine format).
 	Quantize  int `yaml:"quantize"`
 	GroupSize int `yaml:"group-size"`
+
+	// Group, when set, is the data-parallel processes this one trains with
+	// (mpirun; SPEC.md section 12): BatchSize is per process, rank 0 alone
+	// writes Out. It is no setting of the run's result, so no YAML key.
+	Group Collective `yaml:"-"`
 }
 
 // DefaultConfig is the flags' defaults: PEFT-style LoRA r16/alpha 32 on every

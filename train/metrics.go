@@ -40,6 +40,13 @@ type Record struct {
 	// channels the step computed for context tokens (1 = dense).
 	KeptMLP  []float64 `json:"kept_mlp,omitempty"`
 	KeptAttn []float64 `json:"kept_attn,omitempty"`
+	// Data-parallel runs only: the gradient bytes each process all-reduces
+	// per step, and the milliseconds per step of the MPI all-reduce and of
+	// the whole exchange (reading the gradients, summing, writing them
+	// back), averaged since the previous logged step.
+	AllReduceBytes int64   `json:"allreduce_bytes,omitempty"`
+	AllReduceMS    float64 `json:"allreduce_ms,omitempty"`
+	GradSyncMS     float64 `json:"grad_sync_ms,omitempty"`
 	// Evaluation figures, on steps that evaluated.
 	EvalLoss       *float64 `json:"eval_loss,omitempty"`
 	EvalPerplexity *float64 `json:"eval_perplexity,omitempty"`
@@ -96,7 +103,12 @@ func keptMetrics(raw []byte, keepThrough int) ([]byte, Record) {
 	return kept, last
 }
 
+// write appends r; a nil log (a data-parallel process other than rank 0)
+// writes nothing.
 func (l *metricsLog) write(r Record) error {
+	if l == nil {
+		return nil
+	}
 	line, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("%s: %w", l.path, err)

@@ -140,6 +140,8 @@ type run struct {
 	metrics  *metricsLog
 	plan     Plan
 	fprint   string
+	// reducer joins the steps of a data-parallel run (nil alone).
+	reducer *hostReducer
 	// tokens counts the real tokens trained on, startTokens those before a
 	// resume.
 	tokens, startTokens int
@@ -160,11 +162,14 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 			r.release()
 		}
 	}()
-	out, err := claimRunDir(cfg)
-	if err != nil {
-		return nil, err
+	if r.lead() {
+		// In a data-parallel run, rank 0's: the others write nothing.
+		out, err := claimRunDir(cfg)
+		if err != nil {
+			return nil, err
+		}
+		r.cleanup = append(r.cleanup, out.release)
 	}
-	r.cleanup = append(r.cleanup, out.release)
 	r.plan.Adapter, r.plan.ModelDir = dev.Info, cfg.Model
 	if cfg.InitConfig != "" {
 		r.plan.ModelDir = cfg.InitConfig + " (random weights)"
@@ -210,6 +215,9 @@ func newRun(ctx context.Context, dev *gpu.Device, cfg Config, hooks Hooks) (_ *r
 			r.fprint += " " + modelFP
 		}
 		if err := checkResume(resumeDir, st, r.fprint); err != nil {
+			return err
+		}
+		if err := r.setUpParallel(st.Step); err != nil {
 			return err
 		}
 		if err := r.prepare(t, resumeDir, st); err != nil {
@@ -336,6 +344,9 @@ func (r *run) prepare(t *Trainer, resumeDir string, st trainerState) error {
 		}
 		r.plan.StartStep, r.plan.ResumedFrom, r.tokens, r.startTokens = st.Step, resumeDir, st.Tokens, st.Tokens
 	}
+	if !r.lead() {
+		return nil
+	}
 	if cfg.Overwrite {
 		if err := clearResults(cfg.Out); err != nil {
 			return err
@@ -414,7 +425,12 @@ func (r *run) loadData(ctx context.Context, mcfg *model.Config) error {
 		return fmt.Errorf("%s: examples of %d tokens exceed the model's max_position_embeddings %d (lower --max-seq-len)", cfg.Data, seq, mcfg.MaxPositionEmbeddings)
 	}
 	r.plan.Seq = seq
-	if r.loader, err = data.NewLoader(train, data.LoaderOptions{BatchSize: cfg.BatchSize, GradAccum: cfg.GradAccum,
+	// With several processes, each micro-batch holds every process's
+	// examples and each takes its share (SPEC.md section 12).
+	if err := data.FeedsWorld(len(train.Examples), r.world(), cfg.BatchSize); err != nil {
+		return fmt.Errorf("%s: %w", cfg.Data, err)
+	}
+	if r.loader, err = data.NewLoader(train, data.LoaderOptions{BatchSize: cfg.BatchSize * r.world(), GradAccum: cfg.GradAccum,
 		Shuffle: !cfg.NoShuffle, Seed: cfg.Seed, Seq: seq}); err != nil {
 		return err
 	}
@@ -467,9 +483,13 @@ func (r *run) resumePoint() (string, trainerState, error) {
 // with different ones is refused.
 func (r *run) fingerprint(seq, total, warmup int) string {
 	c := r.cfg
-	return fmt.Sprintf("full=%t data=%s examples=%d seq=%d batch=%d accum=%d steps=%d lr=%g schedule=%s warmup=%d wd=%g clip=%g shuffle=%t seed=%d sparsity=%s bf16=%t",
+	fp := fmt.Sprintf("full=%t data=%s examples=%d seq=%d batch=%d accum=%d steps=%d lr=%g schedule=%s warmup=%d wd=%g clip=%g shuffle=%t seed=%d sparsity=%s bf16=%t",
 		c.Full, filepath.Base(c.Data), len(r.plan.TrainData.Examples), seq, c.BatchSize, c.GradAccum, total, c.LR, c.Schedule, warmup,
 		c.WeightDecay, c.MaxGradNorm, !c.NoShuffle, c.Seed, c.Sparsity, c.BF16)
+	if r.world() > 1 {
+		fp += fmt.Sprintf(" processes=%d", r.world())
+	}
+	return fp
 }
 
 // resolveSparsity picks the run's sparsity table (nil: dense) for the
@@ -539,6 +559,9 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
+		if micro, err = r.shard(micro); err != nil {
+			return nil, err
+		}
 		epoch, lastMicro = ep, micro
 		sel := r.t.SelectorAt(step)
 		sparse := sel != nil
@@ -558,21 +581,28 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		denseFLOPs += d
-		runFLOPs += a
 		step++
-		r.tokens += stepTokens
-		intervalTokens += stepTokens
 		if r.hooks.Step != nil {
 			r.hooks.Step(step, total, epoch)
 		}
 		if r.hooks.Pause != nil {
 			r.hooks.Pause(ctx)
 		}
+		periodicSave := r.cfg.SaveEvery > 0 && step%r.cfg.SaveEvery == 0
 		interrupted := ctx.Err() != nil
+		agreed, err := r.agree(stepAgreement{stop: interrupted,
+			save:   !periodicSave && !interrupted && r.hooks.SaveNow != nil && r.hooks.SaveNow(),
+			tokens: stepTokens, denseFLOPs: d, actual: a})
+		if err != nil {
+			return nil, fmt.Errorf("step %d: %w", step, err)
+		}
+		interrupted, d, a, stepTokens = agreed.stop, agreed.denseFLOPs, agreed.actual, agreed.tokens
+		denseFLOPs += d
+		runFLOPs += a
+		r.tokens += stepTokens
+		intervalTokens += stepTokens
 		evalNow := r.evalData != nil && ((r.cfg.EvalEvery > 0 && step%r.cfg.EvalEvery == 0) || step == total)
-		saveNow := (r.cfg.SaveEvery > 0 && step%r.cfg.SaveEvery == 0) || interrupted ||
-			(r.hooks.SaveNow != nil && r.hooks.SaveNow())
+		saveNow := periodicSave || interrupted || agreed.save
 		if step%r.cfg.LogEvery != 0 && step != total && !evalNow && !saveNow {
 			continue
 		}
@@ -596,6 +626,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			PeakBytes:  r.dev.PeakBytes(),
 			FLOPsRatio: a / d, Sparse: sparse}
 		rec.KeptMLP, rec.KeptAttn = keptFractions(r.sparsity, r.t.Model.Config, sparse)
+		r.logExchange(&rec)
 		if evalNow {
 			if err := r.evaluate(readCtx, &rec, res); err != nil {
 				return nil, fmt.Errorf("evaluation at step %d: %w", step, err)
@@ -608,7 +639,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			r.hooks.Log(rec)
 		}
 		last = rec
-		if saveNow {
+		if saveNow && r.lead() {
 			dir, err := r.checkpoint(readCtx, step, epoch)
 			if err != nil {
 				return nil, err
@@ -630,6 +661,9 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	}
 	if res.Interrupted {
 		return res, ErrInterrupted
+	}
+	if !r.lead() {
+		return res, nil
 	}
 	if r.t.Selector != nil && len(lastMicro) > 0 {
 		if err := r.measureStepFLOPs(ctx, lastMicro[0], res); err != nil {
@@ -673,7 +707,13 @@ func (r *run) measureStepFLOPs(ctx context.Context, b data.Batch, res *Result) e
 // res.
 func (r *run) evaluate(ctx context.Context, rec *Record, res *Result) error {
 	if r.session != nil {
-		sum, _, err := evaluate.ExactMatch(ctx, r.session, r.evalData, r.cfg.EvalMaxNewTokens, nil)
+		var sum evaluate.Summary
+		var err error
+		if r.cfg.Group != nil {
+			sum, err = r.exactMatchShared(ctx)
+		} else {
+			sum, _, err = evaluate.ExactMatch(ctx, r.session, r.evalData, r.cfg.EvalMaxNewTokens, nil)
+		}
 		if err != nil {
 			return err
 		}
@@ -681,7 +721,13 @@ func (r *run) evaluate(ctx context.Context, rec *Record, res *Result) error {
 		res.ExactMatch = &sum
 		return nil
 	}
-	ev, err := r.eval.Loss(ctx, r.evalData)
+	var ev evaluate.LossResult
+	var err error
+	if r.cfg.Group != nil {
+		ev, err = r.evaluateLossShared(ctx)
+	} else {
+		ev, err = r.eval.Loss(ctx, r.evalData)
+	}
 	if err != nil {
 		return err
 	}

@@ -66,6 +66,12 @@ type Trainer struct {
 	// Warnings are the model loader's (e.g. tensors it ignored).
 	Warnings []string
 
+	// Reducer, when set, joins the step with other data-parallel processes:
+	// the loss divides by the target count of every process's micro-batches,
+	// and the gradients are summed between backward and clipping (which
+	// splits the step's one submission in two). nil trains alone.
+	Reducer GradReducer
+
 	rec *gpu.Recorder
 	// lossSum accumulates on the GPU the loss of every step since the last
 	// ReadStats, so the host reads it only when it logs.
@@ -126,8 +132,16 @@ func (t *Trainer) Step(micro []model.Batch, sel model.ChannelSelector) error {
 	if len(micro) == 0 {
 		return errors.New("train: a step needs at least one micro-batch")
 	}
-	if _, err := t.WS.Stage(t.Model, micro); err != nil {
+	targets, err := t.WS.Stage(t.Model, micro)
+	if err != nil {
 		return fmt.Errorf("train: %w", err)
+	}
+	if t.Reducer != nil {
+		global, err := t.Reducer.SumTargets(targets)
+		if err != nil {
+			return fmt.Errorf("train: %w", err)
+		}
+		t.WS.SetStagedTargets(global)
 	}
 	if err := t.record(len(micro), sel, t.LR()); err != nil {
 		// The recorder holds a partial step that must never be submitted.
@@ -144,10 +158,19 @@ func (t *Trainer) Step(micro []model.Batch, sel model.ChannelSelector) error {
 
 // record records the step in two phases: accumulate the gradients of every
 // micro-batch, then update. Between them the gradients of the whole step are
-// complete and nothing has read them yet.
+// complete and nothing has read them yet: a Reducer sums them across
+// processes there, which splits the step's one submission in two.
 func (t *Trainer) record(micro int, sel model.ChannelSelector, lr float64) error {
 	if err := t.accumulate(micro, sel); err != nil {
 		return err
+	}
+	if t.Reducer != nil {
+		if err := t.rec.Submit(); err != nil {
+			return fmt.Errorf("submitting the step's passes: %w", err)
+		}
+		if err := t.Reducer.SumGrads(t.Opt.Params()); err != nil {
+			return err
+		}
 	}
 	return t.Opt.Step(t.rec, lr)
 }
@@ -204,7 +227,15 @@ func (t *Trainer) ReadStats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return Stats{}, fmt.Errorf("train: reading the gradient norm: %w", err)
 	}
-	s := Stats{Loss: float64(sum[0]) / float64(t.unread), GradNorm: float64(norm[0]), Steps: t.unread}
+	lossSum := float64(sum[0])
+	if t.Reducer != nil {
+		// Each process holds its share of the step losses (its targets'
+		// losses over the global count): their sum is the step's loss.
+		if lossSum, err = t.Reducer.SumLoss(lossSum); err != nil {
+			return Stats{}, fmt.Errorf("train: %w", err)
+		}
+	}
+	s := Stats{Loss: lossSum / float64(t.unread), GradNorm: float64(norm[0]), Steps: t.unread}
 	if err := t.lossSum.Upload([]float32{0}); err != nil {
 		return s, fmt.Errorf("train: %w", err)
 	}
