@@ -32,21 +32,18 @@ func ShardExamples(ds *Dataset, rank, world int) *Dataset {
 
 // FeedsWorld checks that every micro-batch of a data set of n examples gives
 // each of world processes (batch examples each) at least one example: the
-// last micro-batch of an epoch holds n mod (world x batch) of them.
+// last micro-batch of an epoch holds n mod (world x batch) of them, which go
+// to processes 0, 1, ... in turn.
 func FeedsWorld(n, world, batch int) error {
 	per := world * batch
-	if rest := n % per; rest != 0 && rest < world {
-		return fmt.Errorf("%d examples in micro-batches of %d processes x %d: the last micro-batch of an epoch holds %d, leaving processes %d to %d without an example; use a world size or --batch-size that feeds every process (e.g. %d processes)",
-			n, world, batch, rest, rest, world-1, largestFeeding(n, world, batch))
+	rest := n % per
+	if rest == 0 || rest >= world {
+		return nil
 	}
-	return nil
-}
-
-func largestFeeding(n, world, batch int) int {
-	for w := world - 1; w > 1; w-- {
-		if rest := n % (w * batch); rest == 0 || rest >= w {
-			return w
-		}
+	idle := fmt.Sprintf("processes %d to %d", rest, world-1)
+	if rest == world-1 {
+		idle = fmt.Sprintf("process %d", rest)
 	}
-	return 1
+	return fmt.Errorf("%d examples in micro-batches of %d processes x %d: the last micro-batch of an epoch holds %d, leaving %s without an example; choose a number of processes or a --batch-size for which it holds at least %d (or none), or add or drop examples",
+		n, world, batch, rest, idle, world)
 }
