@@ -76,7 +76,7 @@ func (r *run) setUpParallel(resumeStep int) error {
 	if g == nil {
 		return nil
 	}
-	r.reducer = &hostReducer{ctx: context.Background(), group: g}
+	r.reducer = &hostReducer{ctx: context.Background(), dev: r.dev, group: g}
 	r.t.Reducer = r.reducer
 	mine := r.identity(resumeStep)
 	theirs, err := g.BroadcastBytes([]byte(mine), 0)

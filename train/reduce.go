@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/optim"
 )
 
@@ -39,6 +40,7 @@ type Collective interface {
 type hostReducer struct {
 	// ctx is never cancelled: every process finishes a step it started.
 	ctx   context.Context
+	dev   *gpu.Device
 	group Collective
 	buf   []float32
 	// Totals since the last syncStats.
@@ -79,10 +81,13 @@ func (h *hostReducer) SumLoss(local float64) (float64, error) {
 }
 
 func (h *hostReducer) SumGrads(params []optim.Param) error {
+	// The exchange's time starts once the step's passes are done.
+	if err := h.dev.Sync(h.ctx); err != nil {
+		return fmt.Errorf("waiting for the step's backward passes: %w", err)
+	}
 	start := time.Now()
 	h.buf = h.buf[:0]
 	for _, p := range params {
-		// The download waits for the submitted passes.
 		v, err := p.Grad.Download(h.ctx)
 		if err != nil {
 			return fmt.Errorf("reading the gradient of %s: %w", p.Name, err)
