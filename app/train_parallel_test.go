@@ -90,9 +90,9 @@ func readMetrics(t *testing.T, dir string) []map[string]any {
 	return recs
 }
 
-func readAdapter(t *testing.T, dir string) map[string][]float32 {
+func readTensors(t *testing.T, path string) map[string][]float32 {
 	t.Helper()
-	f, err := safetensors.Open(filepath.Join(dir, "adapter_model.safetensors"))
+	f, err := safetensors.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,57 +110,65 @@ func closeTo(a, b, tol float64) bool { return math.Abs(a-b) <= tol*math.Max(1, m
 // TestTrainMPITwoProcessesEqualOne: 2 processes at batch 1 take the
 // examples one process at batch 2 takes, divide the loss by the same
 // global target count and sum the gradients, so losses, gradient norms,
-// the sharded evaluation and the adapter agree to 1e-6 (the sums are taken
-// in another order, so not bit for bit). The learning rate is small because
-// AdamW divides by the gradients' root mean square: where an element's
-// gradient is at the level of rounding, its update is lr times noise (at
-// 1e-2 adapters differ by 4e-6 after 4 steps, at 1e-4 by 2e-8).
+// the sharded evaluation and the trained tensors (LoRA adapters; every
+// weight with --full) agree to 1e-6 (the sums are taken in another order,
+// so not bit for bit). The learning rate is small because AdamW divides by
+// the gradients' root mean square: where an element's gradient is at the
+// level of rounding, its update is lr times noise (at 1e-2 adapters differ
+// by 4e-6 after 4 steps, at 1e-4 by 2e-8).
 func TestTrainMPITwoProcessesEqualOne(t *testing.T) {
-	one, two := t.TempDir(), t.TempDir()
-	common := []string{"--max-steps", "4", "--grad-accum", "2", "--log-every", "1", "--sparsity", "dense", "--gpu", "0", "--lr", "1e-4",
-		"--eval-data", filepath.Join("..", "train", "testdata", "sequences.jsonl"), "--eval-every", "2"}
-	single := append(trainArgs(t, one, common...), "--batch-size", "2")
-	var stdout, stderr bytes.Buffer
-	if code := Main(context.Background(), single, &stdout, &stderr); code != 0 {
-		t.Fatalf("single process: exit %d\n%s", code, stderr.String())
-	}
-	code, out := runMPI(t, append(trainArgs(t, two, common...), "--batch-size", "1"), nil)
-	if code != 0 {
-		t.Fatalf("mpirun -np 2: exit %d\n%s", code, out)
-	}
-	if !strings.Contains(out, "data parallel: 2 processes") || strings.Count(out, "done: 4 steps") != 1 {
-		t.Errorf("rank 0 alone should report the run:\n%s", out)
-	}
-	want, got := readMetrics(t, one), readMetrics(t, two)
-	if len(got) != len(want) || len(want) != 4 {
-		t.Fatalf("%d records from 2 processes, %d from one; want 4", len(got), len(want))
-	}
-	for i := range want {
-		for _, k := range []string{"loss", "grad_norm", "eval_loss", "tokens", "epoch"} {
-			w, ok := want[i][k].(float64)
-			g, _ := got[i][k].(float64)
-			if ok != (got[i][k] != nil) || !closeTo(g, w, 1e-6) {
-				t.Errorf("step %v: %s %v with 2 processes, %v with one", want[i]["step"], k, got[i][k], want[i][k])
+	for _, c := range []struct {
+		name, file string
+		extra      []string
+	}{{"lora", "adapter_model.safetensors", nil}, {"full", "model.safetensors", []string{"--full"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			one, two := t.TempDir(), t.TempDir()
+			common := append([]string{"--max-steps", "4", "--grad-accum", "2", "--log-every", "1", "--sparsity", "dense", "--gpu", "0", "--lr", "1e-4",
+				"--eval-data", filepath.Join("..", "train", "testdata", "sequences.jsonl"), "--eval-every", "2"}, c.extra...)
+			single := append(trainArgs(t, one, common...), "--batch-size", "2")
+			var stdout, stderr bytes.Buffer
+			if code := Main(context.Background(), single, &stdout, &stderr); code != 0 {
+				t.Fatalf("single process: exit %d\n%s", code, stderr.String())
 			}
-		}
-		if b, _ := got[i]["allreduce_bytes"].(float64); b <= 0 {
-			t.Errorf("step %v: no all-reduce bytes logged: %v", got[i]["step"], got[i])
-		}
-	}
-	wantA, gotA := readAdapter(t, one), readAdapter(t, two)
-	if len(wantA) == 0 || len(gotA) != len(wantA) {
-		t.Fatalf("adapters hold %d and %d tensors", len(gotA), len(wantA))
-	}
-	for name, w := range wantA {
-		g := gotA[name]
-		if len(g) != len(w) {
-			t.Fatalf("%s: %d values, want %d", name, len(g), len(w))
-		}
-		for i := range w {
-			if math.Abs(float64(g[i]-w[i])) > 1e-6 {
-				t.Fatalf("%s[%d] = %g with 2 processes, %g with one", name, i, g[i], w[i])
+			code, out := runMPI(t, append(trainArgs(t, two, common...), "--batch-size", "1"), nil)
+			if code != 0 {
+				t.Fatalf("mpirun -np 2: exit %d\n%s", code, out)
 			}
-		}
+			if !strings.Contains(out, "data parallel: 2 processes") || strings.Count(out, "done: 4 steps") != 1 {
+				t.Errorf("rank 0 alone should report the run:\n%s", out)
+			}
+			want, got := readMetrics(t, one), readMetrics(t, two)
+			if len(got) != len(want) || len(want) != 4 {
+				t.Fatalf("%d records from 2 processes, %d from one; want 4", len(got), len(want))
+			}
+			for i := range want {
+				for _, k := range []string{"loss", "grad_norm", "eval_loss", "tokens", "epoch"} {
+					w, ok := want[i][k].(float64)
+					g, _ := got[i][k].(float64)
+					if ok != (got[i][k] != nil) || !closeTo(g, w, 1e-6) {
+						t.Errorf("step %v: %s %v with 2 processes, %v with one", want[i]["step"], k, got[i][k], want[i][k])
+					}
+				}
+				if b, _ := got[i]["allreduce_bytes"].(float64); b <= 0 {
+					t.Errorf("step %v: no all-reduce bytes logged: %v", got[i]["step"], got[i])
+				}
+			}
+			wantT, gotT := readTensors(t, filepath.Join(one, c.file)), readTensors(t, filepath.Join(two, c.file))
+			if len(wantT) == 0 || len(gotT) != len(wantT) {
+				t.Fatalf("%s holds %d and %d tensors", c.file, len(gotT), len(wantT))
+			}
+			for name, w := range wantT {
+				g := gotT[name]
+				if len(g) != len(w) {
+					t.Fatalf("%s: %d values, want %d", name, len(g), len(w))
+				}
+				for i := range w {
+					if math.Abs(float64(g[i]-w[i])) > 1e-6 {
+						t.Fatalf("%s[%d] = %g with 2 processes, %g with one", name, i, g[i], w[i])
+					}
+				}
+			}
+		})
 	}
 }
 
