@@ -46,38 +46,13 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *layers <= 0 || *batch <= 0 || *seq <= 1 || *output <= 0 || *padding < 0 || *output+*padding >= *seq || *reps <= 0 || *rank <= 0 {
 		return fmt.Errorf("want --layers, --batch, --reps, --rank > 0, --padding >= 0 and 0 < --output-tokens < --seq - --padding")
 	}
-	cfg, err := model.BuiltinShape(*shape)
-	if err != nil && (strings.HasSuffix(*shape, ".json") || strings.ContainsRune(*shape, os.PathSeparator)) {
-		cfg, err = model.LoadConfig(*shape)
-	}
+	spec := stepBenchSpec{shape: *shape, layers: *layers, first: *first, batch: *batch, seq: *seq, output: *output, padding: *padding,
+		sparsity: *sparsityName, rank: *rank, targets: *targetsFlag, bf16: *bf16, reps: *reps}
+	settings, start, table, err := spec.settings()
 	if err != nil {
 		return err
 	}
-	table, err := predictor.OpenSparsityConfig(*sparsityName)
-	if err != nil {
-		return err
-	}
-	targets, err := lora.ParseTargets(*targetsFlag)
-	if err != nil {
-		return err
-	}
-	sparsity, start := train.BenchSparsity(table, *first, *layers)
-	cfg.NumHiddenLayers = *layers
-	dtype := gpu.F32
-	if *bf16 {
-		dtype = gpu.BF16
-	}
-
-	b := train.BenchBatch(*batch, *seq, *output, *padding, cfg.VocabSize)
-	stepShape, err := predictor.BatchShape(b, cfg.VocabSize)
-	if err != nil {
-		return err
-	}
-	sparsity.SkipOutputTokens = table.SkipOutputTokens
-	flops, err := predictor.StepFLOPs(cfg, stepShape, predictor.LoRATargets{Rank: *rank, Targets: targets}, sparsity)
-	if err != nil {
-		return err
-	}
+	flops, dtype := settings.FLOPs, settings.DType
 	if *flopsOnly {
 		fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s, skip_output_tokens %v); batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
 			*shape, *layers, start, start+*layers-1, *sparsityName, table.SkipOutputTokens, *batch, *seq, *padding, *output, *rank, *targetsFlag)
@@ -93,9 +68,9 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
 	fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s), weights %s; batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
 		*shape, *layers, start, start+*layers-1, *sparsityName, dtype, *batch, *seq, *padding, *output, *rank, *targetsFlag)
-	res, err := train.BenchStep(ctx, dev, train.BenchSettings{Config: cfg, DType: dtype,
-		LoRA: lora.Config{Rank: *rank, Alpha: float64(2 * *rank), Targets: targets}, Sparsity: sparsity, Batch: b, Reps: *reps,
-		FLOPs: flops, SVD: progress(stderr, "SVD estimator"), GradCheckpoint: *gradCheckpoint})
+	settings.SVD = progress(stderr, "SVD estimator")
+	settings.GradCheckpoint = *gradCheckpoint
+	res, err := train.BenchStep(ctx, dev, settings)
 	if err != nil {
 		return err
 	}
@@ -138,6 +113,53 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return writeJSON(*jsonOut, out, stdout)
 	}
 	return nil
+}
+
+// stepBenchSpec is a step benchmark in the command line's terms.
+type stepBenchSpec struct {
+	shape                                                  string // built-in name or config.json
+	layers, first, batch, seq, output, padding, rank, reps int
+	sparsity, targets                                      string
+	bf16                                                   bool
+}
+
+// settings builds the benchmark's settings (its analytic FLOPs included),
+// returning also the table layer the first built layer takes its sparsity
+// from and the table.
+func (s stepBenchSpec) settings() (train.BenchSettings, int, *predictor.SparsityConfig, error) {
+	cfg, err := model.BuiltinShape(s.shape)
+	if err != nil && (strings.HasSuffix(s.shape, ".json") || strings.ContainsRune(s.shape, os.PathSeparator)) {
+		cfg, err = model.LoadConfig(s.shape)
+	}
+	if err != nil {
+		return train.BenchSettings{}, 0, nil, err
+	}
+	table, err := predictor.OpenSparsityConfig(s.sparsity)
+	if err != nil {
+		return train.BenchSettings{}, 0, nil, err
+	}
+	targets, err := lora.ParseTargets(s.targets)
+	if err != nil {
+		return train.BenchSettings{}, 0, nil, err
+	}
+	sparsity, start := train.BenchSparsity(table, s.first, s.layers)
+	cfg.NumHiddenLayers = s.layers
+	dtype := gpu.F32
+	if s.bf16 {
+		dtype = gpu.BF16
+	}
+	b := train.BenchBatch(s.batch, s.seq, s.output, s.padding, cfg.VocabSize)
+	stepShape, err := predictor.BatchShape(b, cfg.VocabSize)
+	if err != nil {
+		return train.BenchSettings{}, 0, nil, err
+	}
+	sparsity.SkipOutputTokens = table.SkipOutputTokens
+	flops, err := predictor.StepFLOPs(cfg, stepShape, predictor.LoRATargets{Rank: s.rank, Targets: targets}, sparsity)
+	if err != nil {
+		return train.BenchSettings{}, 0, nil, err
+	}
+	return train.BenchSettings{Config: cfg, DType: dtype, LoRA: lora.Config{Rank: s.rank, Alpha: float64(2 * s.rank), Targets: targets},
+		Sparsity: sparsity, Batch: b, Reps: s.reps, FLOPs: flops}, start, table, nil
 }
 
 // printProfile prints the GPU time per kind of kernel of the dense and the

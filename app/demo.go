@@ -13,6 +13,7 @@ import (
 
 	"github.com/sparselora/sparselora/data/synth"
 	"github.com/sparselora/sparselora/evaluate"
+	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/plot"
 	"github.com/sparselora/sparselora/train"
 )
@@ -22,7 +23,11 @@ const demoSynopsis = `demo [--model models/tiny] [--out runs/demo] [flags]
 The built-in default: fine-tunes the project's tiny base model on the built-in
 task (arithmetic word problems) twice, with dense LoRA and with SparseLoRA (the model's
 sparsity.yaml), measures exact match on the held-out split before and after,
-and prints one table of accuracy, speed and FLOPs.`
+and prints one table of accuracy, speed and FLOPs. Each run's folder gets its
+charts and summary.md, and OUT/comparison.png sets the two runs side by side
+(loss against step and time, exact match, step time). It ends with the speed-up
+of one SparseLoRA training step over dense LoRA on a larger layer shape
+(--bench-shape), measured in the same run.`
 
 // demoMaxNewTokens covers the worked answer of the arith task (" 7 + 1 = 8.
 // The answer is 8.") and the lookup task's value.
@@ -51,6 +56,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	nEval := fs.Int("eval-examples", 150, "held-out examples for exact match")
 	steps := fs.Int("max-steps", 200, "optimizer steps of each fine-tuning run")
 	seed := fs.Uint64("seed", 1, "seed of the data and the adapters")
+	benchShape := fs.String("bench-shape", filepath.Join("configs", "bench", "llama-4layer-1024.json"), "layer shape (config.json or built-in name) of the closing step benchmark, dense against SparseLoRA; empty: skip it")
 	var df deviceFlags
 	df.register(fs)
 	if err := parseCommand(fs, args); err != nil {
@@ -105,6 +111,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fmt.Fprintf(stdout, "base model: exact match %s\n", accuracyText(base))
 	rows := []demoVariant{{name: "base model", acc: base}}
+	compared := []plot.ComparedRun{{Name: "base model", Accuracy: base.Accuracy, AccuracyLo: base.Lo, AccuracyHi: base.Hi}}
 	for _, v := range []struct{ name, sparsity string }{{"dense LoRA", "dense"}, {"SparseLoRA", sparsity}} {
 		cfg := train.DefaultConfig()
 		cfg.Model, cfg.Data, cfg.Out = *modelDir, trainFile, filepath.Join(*out, strings.ReplaceAll(strings.ToLower(v.name), " ", "-"))
@@ -129,19 +136,73 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("%s: no evaluation", v.name)
 		}
 		row := demoVariant{name: v.name, acc: *res.ExactMatch, flops: res.FLOPsRatio, stepAnalytic: res.StepAnalytic, stepMeasured: res.StepMeasured}
-		// An unreadable metrics log leaves the speed columns at 0.
-		if recs, err := plot.ReadMetrics(filepath.Join(cfg.Out, train.MetricsFileName)); err == nil {
+		// An unreadable metrics log leaves the speed columns at 0 and the run
+		// without charts.
+		recs, err := plot.ReadMetrics(filepath.Join(cfg.Out, train.MetricsFileName))
+		if err == nil {
 			row.msPerStep, row.tokensPerS = plot.SteadyThroughput(recs, v.sparsity != "dense")
 		}
+		writePlots(cfg.Out, stdout, stderr)
+		compared = append(compared, plot.ComparedRun{Name: v.name, Records: recs, Accuracy: row.acc.Accuracy, AccuracyLo: row.acc.Lo, AccuracyHi: row.acc.Hi})
 		fmt.Fprintf(stdout, "%s: exact match %s, %.0f ms/step\n", v.name, accuracyText(row.acc), row.msPerStep)
 		rows = append(rows, row)
 	}
+	chart, err := plot.RenderComparison(compared, plot.ComparisonWidth, plot.ComparisonHeight)
+	if err == nil {
+		err = plot.WritePNG(filepath.Join(*out, demoChartName), chart)
+	}
+	if err != nil {
+		return fmt.Errorf("the comparison chart: %w", err)
+	}
 	table := demoTable(rows)
-	fmt.Fprintf(stdout, "\n%s\ntotal %s\n", table, time.Since(start).Round(time.Second))
+	fmt.Fprintf(stdout, "\n%s\ncharts: %s (dense against SparseLoRA), and each run's folder\n", table, filepath.Join(*out, demoChartName))
+	if *benchShape != "" {
+		line, err := demoStepBench(ctx, dev, *benchShape, stderr)
+		if err != nil {
+			return fmt.Errorf("step benchmark: %w", err)
+		}
+		fmt.Fprintf(stdout, "\n%s\n", line)
+		table += "\n" + line + "\n"
+	}
+	fmt.Fprintf(stdout, "total %s\n", time.Since(start).Round(time.Second))
+	table += fmt.Sprintf("\n![dense LoRA against SparseLoRA](%s)\n", demoChartName)
 	return writeJSONLFile(filepath.Join(*out, "table.md"), io.Discard, func(w io.Writer) error {
 		_, err := io.WriteString(w, table)
 		return err
 	})
+}
+
+// demoChartName is the demo's comparison chart, in its output folder.
+const demoChartName = "comparison.png"
+
+// demoBench is the demo's closing step benchmark: two decoder layers of the
+// shape taking the Math10K table's layers 14-15 (FFN 0.99, attention 0.75),
+// LoRA r=32 on q,k,v,o, 2 rows of 256 tokens with 64 output tokens, one timed
+// step of each variant; small enough to add about a minute on a 2-core CPU
+// adapter, large enough that the frozen GEMMs, not fixed costs, dominate.
+var demoBench = stepBenchSpec{layers: 2, first: 14, batch: 2, seq: 256, output: 64, rank: 32, reps: 1,
+	sparsity: "llama3-8b-math10k", targets: "q,k,v,o", bf16: true}
+
+// demoStepBench times one dense and one SparseLoRA step on random weights of
+// shape and returns the line that reports the speed-up.
+func demoStepBench(ctx context.Context, dev *gpu.Device, shape string, stderr io.Writer) (string, error) {
+	spec := demoBench
+	spec.shape = shape
+	settings, start, _, err := spec.settings()
+	if err != nil {
+		return "", err
+	}
+	settings.TimingsOnly = true
+	settings.SVD = progress(stderr, "SVD estimator")
+	res, err := train.BenchStep(ctx, dev, settings)
+	if err != nil {
+		return "", err
+	}
+	dense, sparse := res.Timings[0], res.Timings[1]
+	return fmt.Sprintf("one training step on %s (%d layers, sparsity of %s layers %d-%d, batch %d x %d, LoRA r=%d on %s):\n"+
+		"dense LoRA %.0f ms, SparseLoRA %.0f ms: speed-up %.2fx (FLOPs sparse/dense %.3f, bound %.2fx)",
+		shape, spec.layers, spec.sparsity, start, start+spec.layers-1, spec.batch, spec.seq, spec.rank, spec.targets,
+		dense.MedianMS, sparse.MedianMS, sparse.Speedup, settings.FLOPs.Ratio, 1/settings.FLOPs.Ratio), nil
 }
 
 func accuracyText(s evaluate.Summary) string {

@@ -33,6 +33,10 @@ type BenchSettings struct {
 	SVD func(done, total int)
 	// GradCheckpoint recomputes each layer's forward in backward.
 	GradCheckpoint bool
+	// TimingsOnly skips the count of the recorded work (BenchResult.Counted
+	// stays zero): it replays each step dispatch by dispatch, which costs more
+	// than the timed steps on a slow adapter.
+	TimingsOnly bool
 }
 
 // StepTiming is one variant's timed steps.
@@ -59,7 +63,8 @@ type BenchResult struct {
 	Setup time.Duration
 	// Timings are dense LoRA's, then SparseLoRA's.
 	Timings []StepTiming
-	// Counted are the FLOPs the dense and the sparse step recorded.
+	// Counted are the FLOPs the dense and the sparse step recorded (none
+	// with BenchSettings.TimingsOnly).
 	Counted [2]RecordedFLOPs
 }
 
@@ -145,6 +150,9 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 			r.Speedup = res.Timings[0].MedianMS / r.MedianMS
 		}
 		res.Timings = append(res.Timings, r)
+	}
+	if s.TimingsOnly {
+		return res, nil
 	}
 	// Count the work one step really records: every GEMM's sizes with the
 	// counts of its index lists read back, and the attention kernels' grids.
