@@ -96,7 +96,8 @@
 //   1. all invocations stage the tile's rows (and whether each is a real
 //      token, and for DKDV the queries' lse and D) in workgroup memory;
 //   2. the lanes of row r compute the row's scores against the tile, lane l
-//      taking tile rows l, l+LANES, ... (full hd-long dot products);
+//      taking tile rows l, l+LANES, ... (full hd-long dot products, all of a
+//      lane's at once so that each owned element is loaded once for them);
 //   3. each lane updates the head dimensions d = l, l+LANES, ... of its row's
 //      accumulators from the whole tile's scores.
 // Arrays in workgroup memory keep rows ROW_STRIDE = hd+1 floats apart so that
@@ -184,19 +185,40 @@ fn dsum_at(token_row: u32, h: u32) -> f32 {
     return bitcast<f32>(row_flags[p.flags_base + token_row * p.heads + h]);
 }
 
-// The score-phase dot products: owned row r against tile row c.
-fn dot_own_a_tile_a(r: u32, c: u32) -> f32 {
-    var acc = 0.0;
+// Tile rows a lane scores: lane, lane+LANES, ...; the last ones are absent
+// (clamped to the last tile row, their scores unused) when LANES does not
+// divide TILE_ROWS.
+const COLS_PER_LANE = (TILE_ROWS + LANES - 1u) / LANES;
+
+// lane_col is the tile row of a lane's j-th score.
+fn lane_col(lane: u32, j: u32) -> u32 {
+    return lane + j * LANES;
+}
+
+// The score-phase dot products of owned row r against all of a lane's tile
+// rows at once: each owned element is loaded once for COLS_PER_LANE products
+// (one load per FMA besides, not two), which is what workgroup-memory-bound
+// adapters such as lavapipe pay for.
+fn dots_own_a_tile_a(r: u32, lane: u32) -> array<f32, COLS_PER_LANE> {
+    var acc: array<f32, COLS_PER_LANE>;
     for (var d = 0u; d < p.head_dim; d++) {
-        acc += own_a[r * ROW_STRIDE + d] * tile_a[c * ROW_STRIDE + d];
+        let x = own_a[r * ROW_STRIDE + d];
+        for (var j = 0u; j < COLS_PER_LANE; j++) {
+            let c = min(lane_col(lane, j), TILE_ROWS - 1u);
+            acc[j] += x * tile_a[c * ROW_STRIDE + d];
+        }
     }
     return acc;
 }
 
-fn dot_own_b_tile_b(r: u32, c: u32) -> f32 {
-    var acc = 0.0;
+fn dots_own_b_tile_b(r: u32, lane: u32) -> array<f32, COLS_PER_LANE> {
+    var acc: array<f32, COLS_PER_LANE>;
     for (var d = 0u; d < p.head_dim; d++) {
-        acc += own_b[r * ROW_STRIDE + d] * tile_b[c * ROW_STRIDE + d];
+        let x = own_b[r * ROW_STRIDE + d];
+        for (var j = 0u; j < COLS_PER_LANE; j++) {
+            let c = min(lane_col(lane, j), TILE_ROWS - 1u);
+            acc[j] += x * tile_b[c * ROW_STRIDE + d];
+        }
     }
     return acc;
 }
@@ -280,10 +302,15 @@ fn forward(block: u32, h: u32, b: u32, li: u32) {
         workgroupBarrier();
         stage_key_tile(li, row0, first_key, key_end, kv_col);
         workgroupBarrier();
-        for (var c = lane; c < TILE_ROWS; c += LANES) {
+        let dots = dots_own_a_tile_a(r, lane);
+        for (var j = 0u; j < COLS_PER_LANE; j++) {
+            let c = lane_col(lane, j);
+            if (c >= TILE_ROWS) {
+                break;
+            }
             var s = NEG_BIG;
             if (row_real && tile_real[c] != 0.0 && first_key + c <= pos) {
-                s = dot_own_a_tile_a(r, c);
+                s = dots[j];
             }
             score_a[r * TILE_ROWS + c] = s;
         }
@@ -360,12 +387,18 @@ fn query_gradients(block: u32, h: u32, b: u32, li: u32) {
         workgroupBarrier();
         stage_key_tile(li, row0, first_key, key_end, kv_col);
         workgroupBarrier();
-        for (var c = lane; c < TILE_ROWS; c += LANES) {
+        let dots_s = dots_own_a_tile_a(r, lane);
+        let dots_dp = dots_own_b_tile_b(r, lane);
+        for (var j = 0u; j < COLS_PER_LANE; j++) {
+            let c = lane_col(lane, j);
+            if (c >= TILE_ROWS) {
+                break;
+            }
             var prob = 0.0;
             var prob_dp = 0.0;
             if (row_real && tile_real[c] != 0.0 && first_key + c <= pos) {
-                prob = exp(dot_own_a_tile_a(r, c) - row_lse);
-                prob_dp = prob * dot_own_b_tile_b(r, c);
+                prob = exp(dots_s[j] - row_lse);
+                prob_dp = prob * dots_dp[j];
             }
             score_a[r * TILE_ROWS + c] = prob;
             score_b[r * TILE_ROWS + c] = prob_dp;
@@ -459,12 +492,18 @@ fn key_gradients(block: u32, g: u32, b: u32, li: u32) {
                 tile_d[c] = dsum;
             }
             workgroupBarrier();
-            for (var c = lane; c < TILE_ROWS; c += LANES) {
+            let dots_s = dots_own_a_tile_a(r, lane);
+            let dots_dp = dots_own_b_tile_b(r, lane);
+            for (var j = 0u; j < COLS_PER_LANE; j++) {
+                let c = lane_col(lane, j);
+                if (c >= TILE_ROWS) {
+                    break;
+                }
                 var prob = 0.0;
                 var dscore = 0.0;
                 if (row_real && tile_real[c] != 0.0 && first_query + c >= pos) {
-                    prob = exp(dot_own_a_tile_a(r, c) - tile_lse[c]);
-                    dscore = prob * (dot_own_b_tile_b(r, c) - tile_d[c]);
+                    prob = exp(dots_s[j] - tile_lse[c]);
+                    dscore = prob * (dots_dp[j] - tile_d[c]);
                 }
                 score_a[r * TILE_ROWS + c] = prob;
                 score_b[r * TILE_ROWS + c] = dscore;
