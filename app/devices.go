@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -70,7 +71,25 @@ func printAdapters(w io.Writer, lib string, adapters []gpu.AdapterInfo) {
 			fmt.Fprintf(w, "  memory: %s (largest device-local heap; the default --memory-limit of train)\n", memString(a.MemoryBytes))
 		}
 		fmt.Fprintf(w, "  features: %s\n", strings.Join(a.Features, " "))
+		fmt.Fprintf(w, "  GPU-class paths: %s\n", gpuClassFeatures(a))
 	}
+}
+
+// gpuClassFeatures says which of the features that faster kernel paths
+// would use the adapter exposes: 16-bit float arithmetic, subgroup
+// operations and subgroup matrices (tensor cores, through Dawn's experimental
+// feature, which may also need its allow_unsafe_apis toggle). No kernel uses
+// them yet, so results are the same on adapters with and without them.
+func gpuClassFeatures(a gpu.AdapterInfo) string {
+	var parts []string
+	for _, f := range []string{"shader-f16", "subgroups", "chromium-experimental-subgroup-matrix"} {
+		state := "no"
+		if slices.Contains(a.Features, f) {
+			state = "yes"
+		}
+		parts = append(parts, f+" "+state)
+	}
+	return strings.Join(parts, ", ") + " (no kernel uses them yet)"
 }
 
 func bytesString(n uint64) string {
