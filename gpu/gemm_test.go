@@ -265,7 +265,7 @@ func TestGemmDense(t *testing.T) {
 
 func TestGemmTilesAndAccumulate(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge} {
+	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge, gpu.TileTall32, gpu.TileTall64, gpu.TileWide32, gpu.TileWide64} {
 		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, bTrans: true, tile: &tile})
 		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, alpha: 0.5, beta: 1, tile: &tile})
 	}
@@ -280,6 +280,22 @@ func subset(rng *rand.Rand, n, count int) []uint32 {
 		out[i] = uint32(p)
 	}
 	return out
+}
+
+// TestGemmThinShapes runs thin, odd shapes as LoRA (rank 8-64), the predictor
+// (rank 8) and kept channels (35-64) make them, with the tile the adapter
+// picks: on a CPU adapter, the thin tiles at their edges (33, 35, 63 across;
+// 129 and 257 along).
+func TestGemmThinShapes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, s := range [][3]int{{257, 8, 97}, {129, 33, 65}, {130, 35, 200}, {257, 63, 31}, {8, 257, 129}, {33, 129, 70}, {63, 200, 9}} {
+		runGemmCase(t, rng, gemmCase{m: s[0], n: s[1], k: s[2], bTrans: true})
+		runGemmCase(t, rng, gemmCase{m: s[0], n: s[1], k: s[2], aTrans: true, bf16: true, beta: 1})
+	}
+	// Kept channels, gathered: N = 40 of 97 output channels over 150 rows;
+	// K = 45 of 101 input channels into 64 columns.
+	runGemmCase(t, rng, gemmCase{m: 150, n: 97, k: 65, bTrans: true, bn: subset(rng, 97, 40), storedN: 97, scatterCN: true})
+	runGemmCase(t, rng, gemmCase{m: 150, n: 64, k: 64, bf16: true, kk: subset(rng, 101, 45), storedK: 101, gatherAK: true})
 }
 
 func TestGemmGathered(t *testing.T) {
