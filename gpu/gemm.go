@@ -44,10 +44,13 @@ var (
 	TileSmall  = Tile{BM: 32, BN: 32, BK: 16, TM: 2, TN: 2}
 	// Thin tiles, for a C with one side of at most 64 (LoRA ranks, the
 	// predictor's rank 8, SparseLoRA's kept channels) and the other long:
-	// 128 threads each own 8 x 4 or 8 x 8 outputs, so that a thread loads
-	// 0.4-0.25 operands per multiply-add where the small tile's 2 x 2 loads 1.
+	// 128 threads each own 8 x 2, 8 x 4 or 8 x 8 outputs, so that a thread
+	// loads 0.6-0.25 operands per multiply-add where the small tile's 2 x 2
+	// loads 1, and a side of 8 is not padded to 32.
+	TileTall8  = Tile{BM: 256, BN: 8, BK: 8, TM: 8, TN: 2}
 	TileTall32 = Tile{BM: 128, BN: 32, BK: 16, TM: 8, TN: 4}
 	TileTall64 = Tile{BM: 128, BN: 64, BK: 8, TM: 8, TN: 8}
+	TileWide8  = Tile{BM: 8, BN: 256, BK: 8, TM: 2, TN: 8}
 	TileWide32 = Tile{BM: 32, BN: 128, BK: 16, TM: 4, TN: 8}
 	TileWide64 = Tile{BM: 64, BN: 128, BK: 8, TM: 8, TN: 8}
 )
@@ -76,7 +79,7 @@ func (t Tile) valid(lim Limits) error {
 // of the dense rate with the medium tile, 94 % with the large one), while
 // rows the tile pads over are work thrown away.
 //
-// A CPU adapter also takes a thin tile (128 long, 32 or 64 across) for a C
+// A CPU adapter also takes a thin tile (128 or 256 long, 8, 32 or 64 across) for a C
 // with one side of at most 64 and the other of at least 128: the small and
 // medium square tiles that such sizes got ran LoRA's and the predictor's
 // products and the kept-channel GEMMs at 25-60 % of the dense rate. GPUs keep
@@ -87,10 +90,14 @@ func autoTile(m, n int, cpu bool) Tile {
 		return TileLarge
 	case cpu && m >= 128 && n >= 128 && 8*paddedArea(m, n, 128) <= 9*paddedArea(m, n, 64):
 		return TileLarge
+	case cpu && n <= 8 && m >= 128:
+		return TileTall8
 	case cpu && n <= 32 && m >= 128:
 		return TileTall32
 	case cpu && n <= 64 && m >= 128:
 		return TileTall64
+	case cpu && m <= 8 && n >= 128:
+		return TileWide8
 	case cpu && m <= 32 && n >= 128:
 		return TileWide32
 	case cpu && m <= 64 && n >= 128:

@@ -265,7 +265,7 @@ func TestGemmDense(t *testing.T) {
 
 func TestGemmTilesAndAccumulate(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge, gpu.TileTall32, gpu.TileTall64, gpu.TileWide32, gpu.TileWide64} {
+	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge, gpu.TileTall8, gpu.TileTall32, gpu.TileTall64, gpu.TileWide8, gpu.TileWide32, gpu.TileWide64} {
 		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, bTrans: true, tile: &tile})
 		runGemmCase(t, rng, gemmCase{m: 131, n: 137, k: 61, alpha: 0.5, beta: 1, tile: &tile})
 	}
@@ -288,7 +288,7 @@ func subset(rng *rand.Rand, n, count int) []uint32 {
 // 129 and 257 along).
 func TestGemmThinShapes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
-	for _, s := range [][3]int{{257, 8, 97}, {129, 33, 65}, {130, 35, 200}, {257, 63, 31}, {8, 257, 129}, {33, 129, 70}, {63, 200, 9}} {
+	for _, s := range [][3]int{{257, 8, 97}, {300, 7, 50}, {129, 33, 65}, {130, 35, 200}, {257, 63, 31}, {8, 257, 129}, {5, 300, 33}, {33, 129, 70}, {63, 200, 9}} {
 		runGemmCase(t, rng, gemmCase{m: s[0], n: s[1], k: s[2], bTrans: true})
 		runGemmCase(t, rng, gemmCase{m: s[0], n: s[1], k: s[2], aTrans: true, bf16: true, beta: 1})
 	}
