@@ -13,6 +13,11 @@ import (
 type IndexList struct {
 	Buf    *Buffer
 	Offset int // in u32 elements
+	// Max, when > 0, is the most entries the list will hold (the kept
+	// channels of a sparsity ratio). A GEMM gathering columns by the list
+	// picks its tile for this many rather than for its N bound; its grid and
+	// results still follow the count on the GPU, so Max changes speed only.
+	Max int
 }
 
 // NewIndexList uploads indices as a list with room for capacity entries.
@@ -265,7 +270,11 @@ func Gemm(rec *Recorder, g GemmArgs) error {
 		return err
 	}
 
-	tile := autoTile(g.M, g.N, d.Info.Type == AdapterTypeCPU)
+	tileN := g.N
+	if g.GatherBN != nil && g.GatherBN.Max > 0 {
+		tileN = min(tileN, g.GatherBN.Max)
+	}
+	tile := autoTile(g.M, tileN, d.Info.Type == AdapterTypeCPU)
 	if g.Tile != nil {
 		tile = *g.Tile
 	}

@@ -26,6 +26,7 @@ type gemmCase struct {
 	storedK        int // K extent of stored B (and A when gatherAK) when kk is set
 	storedCM       int // rows of C when cm is set
 	tile           *gpu.Tile
+	bnMax          int // IndexList.Max of the bn list
 }
 
 func (c gemmCase) String() string {
@@ -193,6 +194,9 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 			t.Fatal(err)
 		}
 		defer list.Buf.Release()
+		if l.dst == &args.GatherBN {
+			list.Max = c.bnMax
+		}
 		*l.dst = &list
 	}
 	rec := testDevice.NewRecorder()
@@ -295,6 +299,10 @@ func TestGemmThinShapes(t *testing.T) {
 	// Kept channels, gathered: N = 40 of 97 output channels over 150 rows;
 	// K = 45 of 101 input channels into 64 columns.
 	runGemmCase(t, rng, gemmCase{m: 150, n: 97, k: 65, bTrans: true, bn: subset(rng, 97, 40), storedN: 97, scatterCN: true})
+	// The same with the list's bound known (IndexList.Max): a thin tile, and
+	// a bound below the count (a wrong hint) still computes every column.
+	runGemmCase(t, rng, gemmCase{m: 150, n: 97, k: 65, bTrans: true, bn: subset(rng, 97, 40), storedN: 97, scatterCN: true, bnMax: 40})
+	runGemmCase(t, rng, gemmCase{m: 300, n: 97, k: 33, bf16: true, bn: subset(rng, 97, 45), storedN: 97, scatterCN: true, bnMax: 8})
 	runGemmCase(t, rng, gemmCase{m: 150, n: 64, k: 64, bf16: true, kk: subset(rng, 101, 45), storedK: 101, gatherAK: true})
 }
 

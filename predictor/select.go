@@ -340,6 +340,7 @@ func (s *Selector) newMLPSelection(layer int, sparsity float64, lf LayerFactors)
 	if m.list.Buf, err = s.newBuffer(fmt.Sprintf("layer %d FFN channel list", layer), 1+d.intermediate); err != nil {
 		return nil, err
 	}
+	m.list.Max = m.keep // the GEMMs' tiles fit the kept channels
 	s.maxRank = max(s.maxRank, lf.Gate.Rank)
 	return m, nil
 }
@@ -373,8 +374,11 @@ func (s *Selector) newAttentionSelection(layer int, sparsity float64, lf LayerFa
 		return nil, err
 	}
 	offset := 0
+	// At most keep kv channels, and the group's query or output channels of
+	// each: the GEMMs' tiles fit these, not all channels.
+	most := []int{a.keep * d.group, a.keep, a.keep, a.keep * d.group}
 	for i, list := range []*gpu.IndexList{&a.qList, &a.kList, &a.vList, &a.oList} {
-		*list = gpu.IndexList{Buf: a.lists, Offset: offset}
+		*list = gpu.IndexList{Buf: a.lists, Offset: offset, Max: min(most[i], sizes[i])}
 		offset += 1 + sizes[i]
 	}
 	return a, nil
