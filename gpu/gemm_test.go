@@ -393,7 +393,8 @@ func TestGemmAffine(t *testing.T) {
 	}
 	// Every tile, with alpha and accumulation.
 	f := gpu.Affine{Bits: 4, Group: 64, Scales: gpu.ScaleBF16}
-	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge} {
+	for _, tile := range []gpu.Tile{gpu.TileSmall, gpu.TileMedium, gpu.TileLarge,
+		gpu.TileTall8, gpu.TileTall32, gpu.TileTall64, gpu.TileWide8, gpu.TileWide32, gpu.TileWide64} {
 		runGemmCase(t, rng, gemmCase{m: 131, n: 67, k: 192, bTrans: true, affine: &f, tile: &tile, alpha: 0.5, beta: 1})
 	}
 }
