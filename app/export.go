@@ -78,13 +78,16 @@ func runExportGGUF(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stdout, "wrote %s: %s, architecture %s, %s, %d tensors, %.1f MB in %s\n",
 		*out, what, rep.Arch, rep.Type, rep.Tensors, float64(rep.Bytes)/1e6, time.Since(start).Round(time.Millisecond))
+	if rep.BaseQuantization != "" {
+		fmt.Fprintf(stdout, "base %s: quantized, %s (recorded as %s)\n", *modelDir, rep.BaseQuantization, llamacpp.KeyBaseQuantization)
+	}
 	return nil
 }
 
 // ggufModel resolves a --model that names a GGUF file to the HF checkpoint
 // made from it (llamacpp.Materialize, cached in the user cache folder) and
-// says so on w; any other path is returned unchanged. Block-quantized
-// weights are dequantized to float32 on the way.
+// says so on w; any other path is returned unchanged. Q8_0, Q4_0 and Q4_1
+// weights stay quantized (MLX's affine format); the rest is float32.
 func ggufModel(path string, w io.Writer) (string, error) {
 	if path == "" || !llamacpp.IsGGUF(path) {
 		return path, nil
@@ -101,9 +104,16 @@ func ggufModel(path string, w io.Writer) (string, error) {
 	if rep.Cached {
 		how = "converted earlier"
 	}
-	fmt.Fprintf(w, "model %s: GGUF (%s; %s), %s to an HF checkpoint with float32 weights in %s\n", path, rep.Arch, rep.TypeSummary(), how, rep.Dir)
-	if rep.Dequantized() {
-		fmt.Fprintf(w, "model %s: note: its block-quantized weights were dequantized to float32 at load (the GPU holds them unquantized)\n", path)
+	weights := "float32 weights"
+	if rep.Quantized > 0 {
+		weights = fmt.Sprintf("%d weights kept quantized (8/4-bit group-affine codes, groups of 32), the rest float32", rep.Quantized)
+	}
+	fmt.Fprintf(w, "model %s: GGUF (%s; %s), %s to an HF checkpoint with %s in %s\n", path, rep.Arch, rep.TypeSummary(), how, weights, rep.Dir)
+	if len(rep.WideScales) > 0 {
+		fmt.Fprintf(w, "model %s: note: %d weight(s) keep f32 scales (a block's offset overflows f16): %s\n", path, len(rep.WideScales), strings.Join(rep.WideScales, ", "))
+	}
+	if len(rep.Dequantized) > 0 {
+		fmt.Fprintf(w, "model %s: note: block-quantized 1-D tensors dequantized to float32: %s\n", path, strings.Join(rep.Dequantized, ", "))
 	}
 	return rep.Dir, nil
 }

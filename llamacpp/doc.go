@@ -6,8 +6,10 @@
 //     as a GGUF model with its configuration and tokenizer as metadata, or
 //     the adapter alone as llama.cpp's LoRA adapter GGUF.
 //   - ToHF turns a GGUF model (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors) back
-//     into an HF checkpoint directory with float32 weights, config.json and
-//     the tokenizer files, so every command that takes --model runs on it.
+//     into an HF checkpoint directory with config.json and the tokenizer
+//     files, so every command that takes --model runs on it: float tensors
+//     become float32, Q8_0/Q4_0/Q4_1 weights MLX's group-affine codes (the
+//     same values, kept quantized on the GPU).
 //
 // Tensor names map HF's onto llama.cpp's (model.layers.N.self_attn.q_proj ->
 // blk.N.attn_q); weights keep their bytes (an HF [out, in] weight is ggml ne

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,10 +40,46 @@ type ExportReport struct {
 	// Merged lists the base weights the adapter was folded into (or, with
 	// AdapterOnly, the weights it adapts).
 	Merged []string
+	// BaseQuantization describes an MLX-quantized base (empty for a float
+	// one), whose weights were merged and written from their dequantized
+	// values; the GGUF's metadata says the same (KeyBaseQuantization).
+	BaseQuantization string
 	// Fallbacks lists weights written as F16 because their rows are not a
 	// whole number of 32-element blocks (as convert_hf_to_gguf.py does).
 	Fallbacks []string
 	Warnings  []string
+}
+
+// KeyBaseQuantization is the metadata key that records, in a GGUF exported
+// from (or with an adapter trained on) an MLX-quantized base, which
+// quantization the base had and that the weights are its dequantized values.
+const KeyBaseQuantization = "sparselora.base_quantization"
+
+// describeQuantization says what a quantized base was, e.g. "MLX affine
+// 4-bit, groups of 32 (model.layers.0.mlp.down_proj float); weights merged
+// from the dequantized base"; empty for nil.
+func describeQuantization(q *model.QuantizationConfig) string {
+	if q == nil {
+		return ""
+	}
+	var other []string
+	for _, m := range slices.Sorted(maps.Keys(q.Overrides)) {
+		switch o := q.Overrides[m]; {
+		case o == nil:
+			other = append(other, m+" float")
+		case *o != q.Default:
+			other = append(other, fmt.Sprintf("%s %s", m, o))
+		}
+	}
+	desc := "MLX affine " + q.Default.String()
+	if len(other) > 0 {
+		const most = 4
+		if len(other) > most {
+			other = append(other[:most], fmt.Sprintf("%d more", len(other)-most))
+		}
+		desc += " (" + strings.Join(other, ", ") + ")"
+	}
+	return desc + "; weights merged from the dequantized base"
 }
 
 // fileTypes is llama.cpp's general.file_type (enum llama_ftype) per type.
@@ -66,7 +103,7 @@ func Export(ctx context.Context, opts ExportOptions) (ExportReport, error) {
 	if err != nil {
 		return ExportReport{}, err
 	}
-	rep := ExportReport{Arch: arch, Warnings: src.Warnings}
+	rep := ExportReport{Arch: arch, Warnings: src.Warnings, BaseQuantization: describeQuantization(src.BaseQuantized)}
 	if !opts.TypeSet {
 		opts.Type = gguf.F32
 		if info, err := src.Base.Info("model.embed_tokens.weight"); err == nil && !opts.AdapterOnly {
@@ -97,6 +134,9 @@ func Export(ctx context.Context, opts ExportOptions) (ExportReport, error) {
 	}
 	if err != nil {
 		return ExportReport{}, err
+	}
+	if rep.BaseQuantization != "" {
+		meta = append(meta, gguf.KV{Key: KeyBaseQuantization, Value: rep.BaseQuantization})
 	}
 	rep.Tensors = len(tensors)
 	err = atomicfile.Write(opts.Out, func(w io.Writer) error {

@@ -95,3 +95,6 @@ func splitMerge(s string) [2]string {
 
 // FixtureModel is fixtureModel for the external tests (llamacpp_test).
 var FixtureModel = fixtureModel
+
+// EncodeQ4_1 is encodeQ4_1 (ggml's Q4_1 quantizer) for the external tests.
+var EncodeQ4_1 = encodeQ4_1

@@ -5,11 +5,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/internal/atomicfile"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/gguf"
@@ -20,21 +22,19 @@ import (
 type ImportReport struct {
 	Dir  string
 	Arch string
-	// Types counts the GGUF's tensors by type; block-quantized ones were
-	// dequantized to float32.
+	// Types counts the GGUF's tensors by type.
 	Types map[gguf.TensorType]int
+	// Quantized counts the weights kept quantized (Q8_0, Q4_0 and Q4_1 as
+	// 8- and 4-bit group-affine codes in groups of 32, MLX's layout).
+	Quantized int
+	// WideScales names the quantized weights whose scales and biases are f32
+	// rather than f16 (a block's -128·d or -8·d overflows f16).
+	WideScales []string
+	// Dequantized names block-quantized tensors widened to float32 (1-D
+	// ones, which have no quantized form).
+	Dequantized []string
 	// Cached is true when Materialize found the checkpoint already made.
 	Cached bool
-}
-
-// Dequantized says whether any tensor was block-quantized.
-func (r ImportReport) Dequantized() bool {
-	for t := range r.Types {
-		if t.BlockSize() > 1 {
-			return true
-		}
-	}
-	return false
 }
 
 // TypeSummary lists the tensor types and counts, e.g. "Q8_0 x21, F32 x7".
@@ -82,7 +82,7 @@ func Materialize(path, cacheRoot string) (ImportReport, error) {
 	if err != nil {
 		return ImportReport{}, fmt.Errorf("llamacpp: %w", err)
 	}
-	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d\x00v1", abs, st.Size(), st.ModTime().UnixNano()))
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d\x00v2", abs, st.Size(), st.ModTime().UnixNano()))
 	dir := filepath.Join(cacheRoot, strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))+"-"+hex.EncodeToString(sum[:8]))
 	if raw, err := os.ReadFile(filepath.Join(dir, importRecord)); err == nil {
 		var rep ImportReport
@@ -116,9 +116,13 @@ func Materialize(path, cacheRoot string) (ImportReport, error) {
 const importRecord = "gguf_import.json"
 
 // ToHF converts the GGUF model at path into an HF checkpoint in dir (which
-// must exist): config.json, generation_config.json, model.safetensors
-// (float32, HF names, q/k rows restored), tokenizer.json and
-// tokenizer_config.json. Errors name the key or tensor at fault.
+// must exist): config.json, generation_config.json, model.safetensors (HF
+// names, q/k rows restored), tokenizer.json and tokenizer_config.json.
+// Q8_0, Q4_0 and Q4_1 weights stay quantized: they are written in MLX's
+// affine format (U32 codes, f16 scales and biases, groups of 32; SPEC §13),
+// with config.json's "quantization" naming their bits and the float modules,
+// so that model.Load keeps them as codes on the GPU. Other tensors become
+// float32. Errors name the key or tensor at fault.
 func ToHF(path, dir string) (ImportReport, error) {
 	g, err := gguf.Open(path)
 	if err != nil {
@@ -139,6 +143,7 @@ func ToHF(path, dir string) (ImportReport, error) {
 	rep := ImportReport{Arch: arch, Types: map[gguf.TensorType]int{}}
 	want := model.ExpectedTensors(cfg)
 	tensors := map[string]safetensors.Tensor{}
+	bits := map[string]int{} // modules kept quantized
 	for _, info := range g.Tensors {
 		hf, ok := hfName(info.Name)
 		if !ok {
@@ -159,11 +164,39 @@ func ToHF(path, dir string) (ImportReport, error) {
 			return ImportReport{}, fmt.Errorf("llamacpp: %s: tensor %q has type %s; sparselora reads %s (K-quants and other types: convert the model from its F16/BF16 GGUF or its HF checkpoint)",
 				path, info.Name, info.Type, gguf.DecodableTypes)
 		}
+		rep.Types[info.Type]++
+		heads := rotaryHeads(arch, hf, cfg)
+		if module, ok := strings.CutSuffix(hf, ".weight"); ok && len(shape) == 2 && keepsQuantized(info.Type) {
+			raw, err := g.ReadRaw(info.Name)
+			if err != nil {
+				return ImportReport{}, err
+			}
+			w, err := affineFromBlocks(info.Type, raw, shape[0], shape[1])
+			if err == nil && heads > 0 {
+				err = permuteAffineRows(w, heads, true)
+			}
+			if err != nil {
+				return ImportReport{}, fmt.Errorf("llamacpp: %s: tensor %q: %w", path, info.Name, err)
+			}
+			if w.Format.Scales == gpu.ScaleF32 {
+				rep.WideScales = append(rep.WideScales, info.Name)
+			}
+			parts, err := affineTensors(module, w)
+			if err != nil {
+				return ImportReport{}, fmt.Errorf("llamacpp: %s: tensor %q: %w", path, info.Name, err)
+			}
+			maps.Copy(tensors, parts)
+			bits[module] = w.Format.Bits
+			continue
+		}
 		values, err := g.ReadFloat32(info.Name)
 		if err != nil {
 			return ImportReport{}, err
 		}
-		if heads := rotaryHeads(arch, hf, cfg); heads > 0 {
+		if info.Type.BlockSize() > 1 {
+			rep.Dequantized = append(rep.Dequantized, info.Name)
+		}
+		if heads > 0 {
 			cols := 1
 			if len(shape) == 2 {
 				cols = shape[1]
@@ -177,7 +210,6 @@ func ToHF(path, dir string) (ImportReport, error) {
 			return ImportReport{}, fmt.Errorf("llamacpp: %s: tensor %q: %w", path, info.Name, err)
 		}
 		tensors[hf] = t
-		rep.Types[info.Type]++
 	}
 	for hf := range want {
 		if _, ok := tensors[hf]; !ok {
@@ -197,7 +229,19 @@ func ToHF(path, dir string) (ImportReport, error) {
 		gen["eos_token_id"] = cfg.EOSTokenIDs[0]
 	}
 	genJSON, _ := json.MarshalIndent(gen, "", "  ")
-	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": "pt"}); err != nil {
+	if cfgRaw, err = quantizationJSON(cfgRaw, cfg, bits); err != nil {
+		return ImportReport{}, err
+	}
+	format := "pt"
+	if len(bits) > 0 {
+		// The loader checks the quantization config against the tensors.
+		if _, err := model.ParseConfig(cfgRaw, path+" (metadata)"); err != nil {
+			return ImportReport{}, err
+		}
+		format = "mlx"
+	}
+	rep.Quantized = len(bits)
+	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, map[string]string{"format": format}); err != nil {
 		return ImportReport{}, err
 	}
 	for name, data := range map[string][]byte{model.ConfigFileName: cfgRaw, "generation_config.json": genJSON,
@@ -206,11 +250,7 @@ func ToHF(path, dir string) (ImportReport, error) {
 			return ImportReport{}, err
 		}
 	}
-	record, _ := json.Marshal(struct {
-		Source string
-		Arch   string
-		Types  map[gguf.TensorType]int
-	}{path, arch, rep.Types})
+	record, _ := json.Marshal(rep)
 	if err := atomicfile.WriteFile(filepath.Join(dir, importRecord), record); err != nil {
 		return ImportReport{}, err
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/gguf"
 	"github.com/sparselora/sparselora/model/safetensors"
 )
@@ -130,8 +131,10 @@ func TestToHFRejectsBadFiles(t *testing.T) {
 
 // TestToHFDecodesEveryReadType converts exports in F16, BF16, Q8_0 and
 // Q4_0, and a file with a Q4_1 tensor, back to HF weights: each weight is
-// within its format's rounding of the original, and the q/k rows are back
-// in HF order.
+// within its format's rounding of the original, the q/k rows are back in HF
+// order, Q8_0/Q4_0/Q4_1 weights are kept as group-affine codes whose
+// dequantized values equal ggml's dequantization of the blocks exactly,
+// and every other tensor is float32.
 func TestToHFDecodesEveryReadType(t *testing.T) {
 	orig, err := safetensors.Open(filepath.Join(tinyDir, "model.safetensors"))
 	if err != nil {
@@ -144,11 +147,57 @@ func TestToHFDecodesEveryReadType(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		back, err := safetensors.Open(filepath.Join(dir, "model.safetensors"))
+		cfg, err := model.LoadConfig(filepath.Join(dir, model.ConfigFileName))
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer back.Close()
+		ckpt, err := safetensors.OpenDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ckpt.Close()
+		back := model.DequantizedReader(cfg, ckpt)
+		g, err := gguf.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		quantized := 0
+		for _, info := range g.Tensors {
+			hf, _ := hfName(info.Name)
+			stored, err := ckpt.Info(hf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := safetensors.F32
+			if keepsQuantized(info.Type) && len(info.Dims) == 2 {
+				want = safetensors.U32
+				quantized++
+			}
+			if stored.Dtype != want {
+				t.Fatalf("%s (%s) is stored as %s, want %s", hf, info.Type, stored.Dtype, want)
+			}
+			ggml, err := g.ReadFloat32(info.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if heads := rotaryHeads(archLlama, hf, cfg); heads > 0 {
+				ggml, _ = permuteRows(ggml, heads, int(info.Dims[0]), true)
+			}
+			got, err := back.ReadFloat32(hf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Equal as numbers: ggml's d·(q-8) is -0 where ours, s·8 + (-8·s), is +0.
+			for i := range ggml {
+				if got[i] != ggml[i] || math.IsNaN(float64(got[i])) {
+					t.Fatalf("%s (%s): element %d reads %g, ggml's dequantization %g", hf, info.Type, i, got[i], ggml[i])
+				}
+			}
+		}
+		if quantized != rep.Quantized {
+			t.Fatalf("%d weights stored quantized, the report says %d", quantized, rep.Quantized)
+		}
 		for _, name := range orig.Names() {
 			w, _ := orig.ReadFloat32(name)
 			got, err := back.ReadFloat32(name)

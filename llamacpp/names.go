@@ -106,13 +106,13 @@ func rotaryHeads(arch, hf string, cfg *model.Config) int {
 // permuteRows reorders the rows of a [heads*hd, cols] matrix for llama.cpp's
 // rotary layout (convert_hf_to_gguf.py's LlamaModel.permute): within each
 // head, new row 2j+t is old row t*hd/2+j. inverse undoes it.
-func permuteRows(values []float32, heads, cols int, inverse bool) ([]float32, error) {
+func permuteRows[T any](values []T, heads, cols int, inverse bool) ([]T, error) {
 	rows := len(values) / max(cols, 1)
 	if heads <= 0 || rows*cols != len(values) || rows%heads != 0 || (rows/heads)%2 != 0 {
 		return nil, fmt.Errorf("cannot permute %d values as %d heads of rows of %d", len(values), heads, cols)
 	}
 	hd := rows / heads
-	out := make([]float32, len(values))
+	out := make([]T, len(values))
 	for h := 0; h < heads; h++ {
 		for j := 0; j < hd/2; j++ {
 			for t := 0; t < 2; t++ {

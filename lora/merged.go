@@ -20,12 +20,17 @@ type Merged struct {
 	Adapter *AdapterConfig
 	// Warnings are model.VerifyCheckpoint's remarks on the base.
 	Warnings []string
-	Base     safetensors.Reader
-	deltas   map[string]*loraDelta
+	// BaseQuantized is the base's MLX quantization (nil for a float base):
+	// Base then reads its quantized weights dequantized, as the GPU reads
+	// them (model.DequantizedReader).
+	BaseQuantized *model.QuantizationConfig
+	Base          safetensors.Reader
+	deltas        map[string]*loraDelta
 }
 
 // OpenMerged opens the HF checkpoint in modelDir and, when adapterDir is not
-// empty, the PEFT adapter there, with the checks Merge makes.
+// empty, the PEFT adapter there, with the checks Merge makes. An
+// MLX-quantized base reads dequantized.
 func OpenMerged(modelDir, adapterDir string) (*Merged, error) {
 	cfg, err := model.LoadConfig(filepath.Join(modelDir, model.ConfigFileName))
 	if err != nil {
@@ -39,6 +44,11 @@ func OpenMerged(modelDir, adapterDir string) (*Merged, error) {
 	if m.Warnings, err = model.VerifyCheckpoint(cfg, ckpt); err != nil {
 		ckpt.Close()
 		return nil, err
+	}
+	if cfg.Quantization != nil {
+		m.BaseQuantized = cfg.Quantization
+		m.Base = model.DequantizedReader(cfg, ckpt)
+		ckpt = m.Base
 	}
 	if adapterDir != "" {
 		if m.Adapter, m.deltas, err = readAdapter(adapterDir, cfg, ckpt); err != nil {
