@@ -1,0 +1,193 @@
+package llamacpp_test
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/llamacpp"
+	"github.com/sparselora/sparselora/model"
+	"github.com/sparselora/sparselora/model/gguf"
+	"github.com/sparselora/sparselora/model/safetensors"
+)
+
+// rewriteGGUF copies the GGUF at src to dst with each tensor's type and
+// data chosen by conv (given its type and its values as ggml dequantizes
+// them).
+func rewriteGGUF(t *testing.T, src, dst string, conv func(typ gguf.TensorType, values []float32) (gguf.TensorType, []byte)) {
+	t.Helper()
+	g, err := gguf.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var tensors []gguf.Tensor
+	for _, info := range g.Tensors {
+		values, err := g.ReadFloat32(info.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ, data := conv(info.Type, values)
+		tensors = append(tensors, gguf.Tensor{Name: info.Name, Dims: info.Dims, Type: typ,
+			Data: func() ([]byte, error) { return data, nil }})
+	}
+	f, err := os.Create(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := bufio.NewWriter(f)
+	if err := gguf.Write(w, g.Metadata, tensors); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runLosses reads the losses of a run's metrics.jsonl.
+func runLosses(t *testing.T, run string) []float64 {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(run, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var losses []float64
+	for _, line := range jsonLines[map[string]any](t, string(raw)) {
+		if l, ok := line["loss"].(float64); ok {
+			losses = append(losses, l)
+		}
+	}
+	return losses
+}
+
+// TestQuantizedGGUFEqualsDequantized makes Q8_0, Q4_0 and Q4_1 GGUFs of
+// models/tiny and, from each, its twin with every tensor dequantized to F32
+// (ggml's values). The quantized GGUF loads with its weights as
+// group-affine codes on the GPU (gpu.Quantized, no float copy), the twin
+// as float32; greedy generation gives the same tokens, and a short training
+// run the same losses and adapter (LoRA gradients through the quantized
+// weights) to 1e-5.
+func TestQuantizedGGUFEqualsDequantized(t *testing.T) {
+	cache := t.TempDir()
+	t.Setenv("XDG_CACHE_HOME", cache)
+	in, err := gpu.NewInstance()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	dev, err := in.OpenDevice(gpu.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	dir := t.TempDir()
+	data := filepath.Join(dir, "train.jsonl")
+	cli(t, "data", "synth", "lookup", "--n", "8", "--seed", "3", "--out", data)
+	for _, typ := range []gguf.TensorType{gguf.Q8_0, gguf.Q4_0, gguf.Q4_1} {
+		t.Run(typ.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			quantized := filepath.Join(dir, "q.gguf")
+			if typ == gguf.Q4_1 {
+				q40 := filepath.Join(dir, "q4_0.gguf")
+				cli(t, "export", "gguf", "--model", "../models/tiny", "--dtype", "q4_0", "--out", q40)
+				rewriteGGUF(t, q40, quantized, func(tt gguf.TensorType, v []float32) (gguf.TensorType, []byte) {
+					if tt != gguf.Q4_0 {
+						raw, _ := gguf.Encode(tt, v)
+						return tt, raw
+					}
+					return gguf.Q4_1, llamacpp.EncodeQ4_1(v)
+				})
+			} else {
+				cli(t, "export", "gguf", "--model", "../models/tiny", "--dtype", typ.String(), "--out", quantized)
+			}
+			twin := filepath.Join(dir, "f32.gguf")
+			rewriteGGUF(t, quantized, twin, func(_ gguf.TensorType, v []float32) (gguf.TensorType, []byte) {
+				raw, _ := gguf.Encode(gguf.F32, v)
+				return gguf.F32, raw
+			})
+
+			// On the GPU: every 2-D weight of the quantized GGUF is codes, the
+			// twin's are float32.
+			for _, c := range []struct {
+				path      string
+				quantized bool
+			}{{quantized, true}, {twin, false}} {
+				rep, err := llamacpp.Materialize(c.path, filepath.Join(cache, "sparselora", "gguf"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				m, err := model.Load(dev, rep.Dir, gpu.F32)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n := 0
+				for name, w := range m.NamedTensors() {
+					if len(w.Shape) != 2 {
+						continue
+					}
+					n++
+					if want := map[bool]gpu.DType{true: gpu.Quantized, false: gpu.F32}[c.quantized]; w.DType != want {
+						t.Errorf("%s: %s is %v on the GPU, want %v", c.path, name, w.DType, want)
+					}
+				}
+				m.Release()
+				if c.quantized && (n == 0 || n != rep.Quantized) {
+					t.Errorf("%s: %d 2-D weights on the GPU, %d kept quantized", c.path, n, rep.Quantized)
+				}
+			}
+
+			genQ, genT := sparseloraGenerate(t, quantized, dir, 16), sparseloraGenerate(t, twin, dir, 16)
+			if !slices.EqualFunc(genQ, genT, func(a, b generated) bool { return slices.Equal(a.IDs, b.IDs) }) {
+				t.Errorf("generate: %v on the %s GGUF, %v on its dequantized twin", genQ, typ, genT)
+			}
+
+			var runs []string
+			for i, m := range []string{quantized, twin} {
+				out := filepath.Join(dir, fmt.Sprint("run", i))
+				cli(t, "train", "--model", m, "--data", data, "--out", out, "--max-steps", "3", "--batch-size", "2", "--rank", "4",
+					"--lr", "1e-2", "--sparsity", "dense", "--no-window", "--log-every", "1", "--svd-cache", filepath.Join(dir, "svd"))
+				runs = append(runs, out)
+			}
+			lq, lt := runLosses(t, runs[0]), runLosses(t, runs[1])
+			if len(lq) != 3 || len(lt) != 3 {
+				t.Fatalf("losses %v and %v, want 3 steps each", lq, lt)
+			}
+			for i := range lq {
+				if d := math.Abs(lq[i]-lt[i]) / math.Abs(lt[i]); !(d < 1e-5) {
+					t.Errorf("step %d: loss %v on the %s GGUF, %v on its twin", i+1, lq[i], typ, lt[i])
+				}
+			}
+			a, err := safetensors.Open(filepath.Join(runs[0], "adapter_model.safetensors"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			b, err := safetensors.Open(filepath.Join(runs[1], "adapter_model.safetensors"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if !slices.Equal(a.Names(), b.Names()) {
+				t.Fatalf("adapters hold %v and %v", a.Names(), b.Names())
+			}
+			for _, name := range a.Names() {
+				x, _ := a.ReadFloat32(name)
+				y, _ := b.ReadFloat32(name)
+				var diff, norm float64
+				for i := range x {
+					diff += math.Pow(float64(x[i])-float64(y[i]), 2)
+					norm += math.Pow(float64(y[i]), 2)
+				}
+				if rel := math.Sqrt(diff / max(norm, 1e-30)); !(rel < 1e-5) || len(x) != len(y) {
+					t.Errorf("%s: relative difference %.3g between training on the %s GGUF and on its twin", name, rel, typ)
+				}
+			}
+		})
+	}
+}
