@@ -79,7 +79,7 @@ func describeQuantization(q *model.QuantizationConfig) string {
 		}
 		desc += " (" + strings.Join(other, ", ") + ")"
 	}
-	return desc + "; weights merged from the dequantized base"
+	return desc + "; weights written from the dequantized base (adapter merged into them)"
 }
 
 // fileTypes is llama.cpp's general.file_type (enum llama_ftype) per type.

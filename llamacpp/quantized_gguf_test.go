@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
@@ -189,5 +190,87 @@ func TestQuantizedGGUFEqualsDequantized(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExportFromQuantizedBaseSaysSo exports a model merged with an adapter
+// trained on an MLX-quantized base (and the adapter alone): the command's
+// output and the GGUF's metadata name the base's quantization, the weights
+// are the base's dequantized values (not the float original's), and a float
+// base's export carries no such key.
+func TestExportFromQuantizedBaseSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	floatDir := llamacpp.FixtureModel(t, "../testdata/fixtures/hf/llama-gqa")
+	adapter := "../testdata/fixtures/hf/llama-gqa/adapter_after_step2"
+	qDir := filepath.Join(dir, "q4")
+	cli(t, "quantize", "--model", floatDir, "--bits", "4", "--group-size", "32", "--out", qDir)
+	meta := func(path string) (string, bool) {
+		g, err := gguf.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Close()
+		if !g.Has(llamacpp.KeyBaseQuantization) {
+			return "", false
+		}
+		v, err := g.String(llamacpp.KeyBaseQuantization)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v, true
+	}
+	const want = "MLX affine 4-bit, groups of 32; weights written from the dequantized base (adapter merged into them)"
+	merged := filepath.Join(dir, "merged.gguf")
+	out := cli(t, "export", "gguf", "--model", qDir, "--adapter", adapter, "--out", merged)
+	if !strings.Contains(out, "base "+qDir+": quantized, "+want) {
+		t.Errorf("export's output does not name the quantized base:\n%s", out)
+	}
+	if v, ok := meta(merged); v != want {
+		t.Errorf("%s is %q (present %v), want %q", llamacpp.KeyBaseQuantization, v, ok, want)
+	}
+	adapterOnly := filepath.Join(dir, "adapter.gguf")
+	cli(t, "export", "gguf", "--model", qDir, "--adapter", adapter, "--adapter-only", "--out", adapterOnly)
+	if v, _ := meta(adapterOnly); v != want {
+		t.Errorf("adapter GGUF: %s is %q, want %q", llamacpp.KeyBaseQuantization, v, want)
+	}
+	floatGGUF := filepath.Join(dir, "float.gguf")
+	if out := cli(t, "export", "gguf", "--model", floatDir, "--adapter", adapter, "--out", floatGGUF); strings.Contains(out, "quantized") {
+		t.Errorf("a float base's export says %q", out)
+	}
+	if v, ok := meta(floatGGUF); ok {
+		t.Errorf("a float base's export has %s = %q", llamacpp.KeyBaseQuantization, v)
+	}
+
+	// The embedding (not adapted) is the quantized base's dequantized table.
+	cfg, err := model.LoadConfig(filepath.Join(qDir, model.ConfigFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckpt, err := safetensors.OpenDir(qDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ckpt.Close()
+	wantEmbed, err := model.DequantizedReader(cfg, ckpt).ReadFloat32("model.embed_tokens.weight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig, err := safetensors.OpenDir(floatDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	origEmbed, _ := orig.ReadFloat32("model.embed_tokens.weight")
+	g, err := gguf.Open(merged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	got, err := g.ReadFloat32("token_embd.weight")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, wantEmbed) || slices.Equal(got, origEmbed) {
+		t.Errorf("token_embd.weight is not the quantized base's dequantized embedding")
 	}
 }
