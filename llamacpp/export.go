@@ -56,8 +56,8 @@ type ExportReport struct {
 const KeyBaseQuantization = "sparselora.base_quantization"
 
 // describeQuantization says what a quantized base was, e.g. "MLX affine
-// 4-bit, groups of 32 (model.layers.0.mlp.down_proj float); weights merged
-// from the dequantized base"; empty for nil.
+// 4-bit, groups of 32 (model.layers.0.mlp.down_proj float); weights
+// written from the dequantized base (adapter merged into them)"; empty for nil.
 func describeQuantization(q *model.QuantizationConfig) string {
 	if q == nil {
 		return ""

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/gguf"
 	"github.com/sparselora/sparselora/model/safetensors"
@@ -20,6 +21,24 @@ import (
 //
 //	go test ./llamacpp -run XXX -bench Export -benchtime 3x
 func BenchmarkExport(b *testing.B) {
+	dir, total := benchCheckpoint(b)
+	for _, typ := range []gguf.TensorType{gguf.F32, gguf.F16, gguf.BF16, gguf.Q8_0, gguf.Q4_0} {
+		b.Run(fmt.Sprint(typ), func(b *testing.B) {
+			b.SetBytes(total)
+			out := filepath.Join(b.TempDir(), "m.gguf")
+			for b.Loop() {
+				if _, err := Export(context.Background(), ExportOptions{ModelDir: dir, Type: typ, TypeSet: true, Out: out}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// benchCheckpoint writes a random LLaMA-shaped f32 checkpoint of 134 M
+// parameters (hidden 1024, 8 layers, vocab 16384) with models/tiny's
+// tokenizer and returns its directory and its tensors' bytes.
+func benchCheckpoint(b *testing.B) (string, int64) {
 	dir := b.TempDir()
 	cfg := map[string]any{"architectures": []string{"LlamaForCausalLM"}, "model_type": "llama", "vocab_size": 16384,
 		"hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 8, "num_attention_heads": 16,
@@ -59,16 +78,54 @@ func BenchmarkExport(b *testing.B) {
 	if err := safetensors.WriteFile(filepath.Join(dir, "model.safetensors"), tensors, nil); err != nil {
 		b.Fatal(err)
 	}
-	tensors = nil
-	for _, typ := range []gguf.TensorType{gguf.F32, gguf.F16, gguf.BF16, gguf.Q8_0, gguf.Q4_0} {
+	return dir, total
+}
+
+// BenchmarkLoadQuantizedGGUF converts Q8_0 and Q4_0 GGUFs of the 134 M
+// checkpoint (ToHF, timed) and loads them on the GPU, reporting the device's
+// peak bytes after the load (gpu-MiB) and the converted checkpoint's size on
+// disk (disk-MiB): Q-blocks stay 8/4-bit codes. The F32 case is the same
+// model in float32, what a Q8_0/Q4_0 GGUF cost before it was kept quantized.
+//
+//	go test ./llamacpp -run XXX -bench LoadQuantizedGGUF -benchtime 1x
+func BenchmarkLoadQuantizedGGUF(b *testing.B) {
+	src, _ := benchCheckpoint(b)
+	in, err := gpu.NewInstance()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Close()
+	dev, err := in.OpenDevice(gpu.DefaultOptions())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dev.Close()
+	for _, typ := range []gguf.TensorType{gguf.F32, gguf.Q8_0, gguf.Q4_0} {
 		b.Run(fmt.Sprint(typ), func(b *testing.B) {
-			b.SetBytes(total)
-			out := filepath.Join(b.TempDir(), "m.gguf")
+			path := filepath.Join(b.TempDir(), "m.gguf")
+			if _, err := Export(context.Background(), ExportOptions{ModelDir: src, Type: typ, TypeSet: true, Out: path}); err != nil {
+				b.Fatal(err)
+			}
+			var dir string
 			for b.Loop() {
-				if _, err := Export(context.Background(), ExportOptions{ModelDir: dir, Type: typ, TypeSet: true, Out: out}); err != nil {
+				dir = b.TempDir()
+				if _, err := ToHF(path, dir); err != nil {
 					b.Fatal(err)
 				}
 			}
+			st, err := os.Stat(filepath.Join(dir, "model.safetensors"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			dev.ResetPeakBytes()
+			base := dev.LiveBytes()
+			m, err := model.Load(dev, dir, gpu.F32)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(dev.PeakBytes()-base)/(1<<20), "gpu-MiB")
+			b.ReportMetric(float64(st.Size())/(1<<20), "disk-MiB")
+			m.Release()
 		})
 	}
 }
