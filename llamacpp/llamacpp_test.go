@@ -201,7 +201,7 @@ func TestLlamaCppAgrees(t *testing.T) {
 					}
 					total += max(len(got), len(g.IDs))
 				}
-				t.Logf("%s: llama.cpp and sparselora (on the dequantized %s GGUF) agree on %d of %d greedy tokens (common prefixes)", c.name, q, same, total)
+				t.Logf("%s: llama.cpp and sparselora (on the %s GGUF, kept quantized) agree on %d of %d greedy tokens (common prefixes)", c.name, q, same, total)
 			}
 
 			if c.adapter == "" {
