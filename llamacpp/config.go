@@ -15,8 +15,9 @@ func configMetadata(arch string, cfg *model.Config) ([]gguf.KV, error) {
 	switch cfg.Rope.Type {
 	case model.RopeDefault, "":
 	case model.RopeLinear:
+	case model.RopeLlama3: // as the rope_freqs.weight tensor (rope.go)
 	default:
-		return nil, fmt.Errorf("llamacpp: %s: rope type %q is not exported yet (default and linear are)", cfg.Path, cfg.Rope.Type)
+		return nil, fmt.Errorf("llamacpp: %s: rope type %q is not exported yet (default, linear and llama3 are)", cfg.Path, cfg.Rope.Type)
 	}
 	if cfg.OutputBias || cfg.MLPBias {
 		return nil, fmt.Errorf("llamacpp: %s: attention_bias on o_proj or mlp_bias have no llama.cpp tensors", cfg.Path)
@@ -120,12 +121,27 @@ func configJSON(g *gguf.File) ([]byte, string, error) {
 			return nil, "", fmt.Errorf("llamacpp: %s: %s.rope.scaling.type %q is not supported (none, linear are)", g.Path(), arch, st)
 		}
 	}
-	if _, ok := g.Tensor("rope_freqs.weight"); ok {
-		return nil, "", fmt.Errorf("llamacpp: %s: tensor \"rope_freqs.weight\" (Llama 3.1 rope scaling) is not supported yet", g.Path())
-	}
 	for _, err := range errs {
 		if err != nil {
 			return nil, "", fmt.Errorf("llamacpp: %w", err)
+		}
+	}
+	if info, ok := g.Tensor(ropeFreqsName); ok {
+		if _, scaled := c["rope_scaling"]; scaled || info.Type != gguf.F32 || len(info.Dims) != 1 {
+			return nil, "", fmt.Errorf("llamacpp: %s: tensor %q: want one F32 row and no %s.rope.scaling.type, have %s %v", g.Path(), ropeFreqsName, arch, info.Type, info.Dims)
+		}
+		factors, err := g.ReadFloat32(ropeFreqsName)
+		if err != nil {
+			return nil, "", err
+		}
+		thetaF, _ := theta.Float64()
+		headDim, _ := c["head_dim"].(int)
+		scaling, err := llama3Scaling(factors, headDim, thetaF)
+		if err != nil {
+			return nil, "", fmt.Errorf("llamacpp: %s: %w", g.Path(), err)
+		}
+		if scaling != nil {
+			c["rope_scaling"] = scaling
 		}
 	}
 	_, hasOutput := g.Tensor("output.weight")

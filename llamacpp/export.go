@@ -255,6 +255,9 @@ func modelFile(arch string, src *lora.Merged, opts ExportOptions, rep *ExportRep
 			return gguf.Encode(typ, values)
 		}})
 	}
+	if cfg.Rope.Type == model.RopeLlama3 {
+		tensors = append([]gguf.Tensor{ropeFreqsTensor(cfg)}, tensors...)
+	}
 	rep.Merged = src.Adapted()
 	slices.Sort(rep.Merged)
 	return meta, tensors, nil

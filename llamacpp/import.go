@@ -145,6 +145,9 @@ func ToHF(path, dir string) (ImportReport, error) {
 	tensors := map[string]safetensors.Tensor{}
 	bits := map[string]int{} // modules kept quantized
 	for _, info := range g.Tensors {
+		if info.Name == ropeFreqsName { // read into the config (configJSON)
+			continue
+		}
 		hf, ok := hfName(info.Name)
 		if !ok {
 			return ImportReport{}, fmt.Errorf("llamacpp: %s: tensor %q has no place in the %s architecture", path, info.Name, arch)

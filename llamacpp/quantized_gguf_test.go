@@ -2,6 +2,7 @@ package llamacpp_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -272,5 +273,74 @@ func TestExportFromQuantizedBaseSaysSo(t *testing.T) {
 	}
 	if !slices.Equal(got, wantEmbed) || slices.Equal(got, origEmbed) {
 		t.Errorf("token_embd.weight is not the quantized base's dequantized embedding")
+	}
+}
+
+// TestLlama3RopeAgrees gives models/tiny Llama 3's RoPE scaling (factor 8,
+// low 1, high 4, original context 64, so that the scaling changes the
+// angles of a short prompt) and checks that its f32 GGUF export carries
+// rope_freqs.weight, that llama.cpp continues prompts greedily with the same
+// 16 tokens as `sparselora generate` on the HF directory, that the GGUF
+// loads back into sparselora with the same tokens, and that the scaling
+// matters (the unscaled model continues differently).
+func TestLlama3RopeAgrees(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	dir := t.TempDir()
+	hf := filepath.Join(dir, "tiny-llama3")
+	if err := os.Mkdir(hf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"} {
+		data, err := os.ReadFile(filepath.Join("../models/tiny", name))
+		if os.IsNotExist(err) && name == "generation_config.json" {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "config.json" {
+			var cfg map[string]any
+			if err := json.Unmarshal(data, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			cfg["rope_scaling"] = map[string]any{"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 4,
+				"original_max_position_embeddings": 64}
+			data, _ = json.Marshal(cfg)
+		}
+		if err := os.WriteFile(filepath.Join(hf, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "llama3.gguf")
+	cli(t, "export", "gguf", "--model", hf, "--dtype", "f32", "--out", path)
+	g, err := gguf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, ok := g.Tensor("rope_freqs.weight")
+	g.Close()
+	if !ok || info.Type != gguf.F32 || !slices.Equal(info.Dims, []int64{12}) {
+		t.Fatalf("rope_freqs.weight: %+v (present %v), want F32 [12]", info, ok)
+	}
+
+	gen := sparseloraGenerate(t, hf, dir, 16)
+	promptIDs := make([][]int32, len(gen))
+	for i, g := range gen {
+		promptIDs[i] = g.PromptIDs
+	}
+	theirs := llamaCpp(t, llamaRequest{Model: path, Prompts: promptIDs, MaxTokens: 16})
+	for i, g := range gen {
+		if got := untilEOG(theirs.Completions[i], 256); !slices.Equal(got, g.IDs) {
+			t.Errorf("prompt %q: llama.cpp continues with %v, sparselora generate with %v", prompts[i], got, g.IDs)
+		}
+	}
+	same := func(a, b []generated) bool {
+		return slices.EqualFunc(a, b, func(x, y generated) bool { return slices.Equal(x.IDs, y.IDs) })
+	}
+	if again := sparseloraGenerate(t, path, dir, 16); !same(again, gen) {
+		t.Errorf("generate --model llama3.gguf: %v, from the HF directory %v", again, gen)
+	}
+	if plain := sparseloraGenerate(t, "../models/tiny", dir, 16); same(plain, gen) {
+		t.Errorf("the unscaled model continues the prompts as the scaled one does: the checks above cannot tell a dropped scaling")
 	}
 }
