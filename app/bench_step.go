@@ -33,6 +33,8 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	targetsFlag := fs.String("targets", "q,k,v,o", "LoRA target modules")
 	bf16 := fs.Bool("bf16", true, "store frozen weights as bf16 (f32 otherwise)")
 	gradCheckpoint := fs.Bool("grad-checkpoint", false, "keep only each layer's input and recompute its forward in backward")
+	var quant quantizeFlags
+	addQuantizeFlags(fs, &quant)
 	reps := fs.Int("reps", 3, "timed steps per variant (after one warm-up step)")
 	jsonOut := fs.String("json", "bench-step.json", "write results as JSON to this file (empty: don't)")
 	var df deviceFlags
@@ -48,6 +50,10 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	spec := stepBenchSpec{shape: *shape, layers: *layers, first: *first, batch: *batch, seq: *seq, output: *output, padding: *padding,
 		sparsity: *sparsityName, rank: *rank, targets: *targetsFlag, bf16: *bf16, reps: *reps}
+	quantize, err := quant.spec()
+	if err != nil {
+		return err
+	}
 	settings, start, table, err := spec.settings()
 	if err != nil {
 		return err
@@ -66,10 +72,15 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	defer closeUnlessInterrupted(ctx, closeDev)
 	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
+	weights := dtype.String()
+	if quantize != nil {
+		weights = fmt.Sprintf("%d-bit (groups of %d, scales %s; matrices the group does not divide %s)", quantize.Bits, quantize.GroupSize, dtype, dtype)
+	}
 	fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s), weights %s; batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
-		*shape, *layers, start, start+*layers-1, *sparsityName, dtype, *batch, *seq, *padding, *output, *rank, *targetsFlag)
+		*shape, *layers, start, start+*layers-1, *sparsityName, weights, *batch, *seq, *padding, *output, *rank, *targetsFlag)
 	settings.SVD = progress(stderr, "SVD estimator")
 	settings.GradCheckpoint = *gradCheckpoint
+	settings.Quantize = quantize
 	res, err := train.BenchStep(ctx, dev, settings)
 	if err != nil {
 		return err
@@ -108,7 +119,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		out := map[string]any{"adapter": dev.Info, "date": time.Now().UTC().Format(time.RFC3339), "shape": *shape,
 			"layers": *layers, "table_layers": []int{start, start + *layers - 1}, "sparsity": *sparsityName,
 			"batch": *batch, "seq": *seq, "output_tokens": *output, "lora_rank": *rank, "lora_targets": *targetsFlag,
-			"weights": dtype.String(), "grad_checkpoint": *gradCheckpoint, "flops_ratio": flops.Ratio, "results": results, "padding": *padding,
+			"weights": dtype.String(), "grad_checkpoint": *gradCheckpoint, "quantize_bits": quant.bits, "group_size": quant.group, "flops_ratio": flops.Ratio, "results": results, "padding": *padding,
 			"flops": flops, "recorded_flops": map[string]any{"dense": counted[0], "sparse": counted[1]}}
 		return writeJSON(*jsonOut, out, stdout)
 	}

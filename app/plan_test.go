@@ -67,40 +67,44 @@ func TestTrainDryRun(t *testing.T) {
 	}
 }
 
-// bench step --grad-checkpoint records each variant's planned and measured
-// peak, within 10 % of each other.
+// bench step --grad-checkpoint, and bench step on 4-bit weights, record each
+// variant's planned and measured peak, within 10 % of each other.
 func TestBenchStepPeaks(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "step.json")
-	code, out, errOut := run(t, "bench", "step", "--shape", filepath.Join(fixtures.HF(t, "llama-gqa"), "model", "config.json"),
-		"--layers", "2", "--batch", "2", "--seq", "16", "--output-tokens", "4", "--first-layer", "14", "--rank", "4", "--reps", "1",
-		"--grad-checkpoint", "--json", path)
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errOut)
-	}
-	if !strings.Contains(out, "GPU memory, SparseLoRA: planned peak") {
-		t.Errorf("no memory line in\n%s", out)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec struct {
-		GradCheckpoint bool `json:"grad_checkpoint"`
-		Results        []struct {
-			Variant  string `json:"variant"`
-			Planned  uint64 `json:"planned_peak_bytes"`
-			Measured int64  `json:"measured_peak_bytes"`
-		} `json:"results"`
-	}
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		t.Fatal(err)
-	}
-	if !rec.GradCheckpoint || len(rec.Results) != 2 {
-		t.Fatalf("record %+v", rec)
-	}
-	for _, r := range rec.Results {
-		if d := float64(r.Measured)/float64(r.Planned) - 1; r.Planned == 0 || math.Abs(d) > 0.10 {
-			t.Errorf("%s: planned peak %d bytes, measured %d", r.Variant, r.Planned, r.Measured)
+	for _, flags := range [][]string{{"--grad-checkpoint"}, {"--quantize", "4", "--group-size", "32"}} {
+		path := filepath.Join(t.TempDir(), "step.json")
+		args := append([]string{"bench", "step", "--shape", filepath.Join(fixtures.HF(t, "llama-gqa"), "model", "config.json"),
+			"--layers", "2", "--batch", "2", "--seq", "16", "--output-tokens", "4", "--first-layer", "14", "--rank", "4", "--reps", "1",
+			"--json", path}, flags...)
+		code, out, errOut := run(t, args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", flags, code, errOut)
+		}
+		if !strings.Contains(out, "GPU memory, SparseLoRA: planned peak") {
+			t.Errorf("%v: no memory line in\n%s", flags, out)
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec struct {
+			GradCheckpoint bool `json:"grad_checkpoint"`
+			QuantizeBits   int  `json:"quantize_bits"`
+			Results        []struct {
+				Variant  string `json:"variant"`
+				Planned  uint64 `json:"planned_peak_bytes"`
+				Measured int64  `json:"measured_peak_bytes"`
+			} `json:"results"`
+		}
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec.GradCheckpoint != (flags[0] == "--grad-checkpoint") || rec.QuantizeBits != map[bool]int{true: 4}[flags[0] == "--quantize"] || len(rec.Results) != 2 {
+			t.Fatalf("%v: record %+v", flags, rec)
+		}
+		for _, r := range rec.Results {
+			if d := float64(r.Measured)/float64(r.Planned) - 1; r.Planned == 0 || math.Abs(d) > 0.10 {
+				t.Errorf("%v: %s: planned peak %d bytes, measured %d", flags, r.Variant, r.Planned, r.Measured)
+			}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package lora
 
 import (
 	"context"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -17,8 +18,9 @@ import (
 )
 
 // stepOf runs one LoRA forward and backward of a fixture's initial adapter
-// on a fixed batch and returns the loss and every adapter gradient.
-func stepOf(t *testing.T, m *model.Model, fixture string) (float64, map[string][]float32) {
+// on a fixed batch and returns the loss and every adapter gradient: dense, or
+// sparse with the channels of sparseChannels.
+func stepOf(t *testing.T, m *model.Model, fixture string, sparse bool) (float64, map[string][]float32) {
 	t.Helper()
 	adapters, err := Load(m, filepath.Join(fixtures.HF(t, fixture), "adapter_init"))
 	if err != nil {
@@ -42,12 +44,16 @@ func stepOf(t *testing.T, m *model.Model, fixture string) (float64, map[string][
 	if err := ws.Load(m, b); err != nil {
 		t.Fatal(err)
 	}
+	var sel model.ChannelSelector
+	if sparse {
+		sel = sparseChannels(t, m)
+	}
 	rec := m.Dev.NewRecorder()
 	defer rec.Release()
 	if err := adapters.ZeroGrad(rec); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Forward(rec, ws, nil); err != nil {
+	if err := m.Forward(rec, ws, sel); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Backward(rec, ws); err != nil {
@@ -60,6 +66,55 @@ func stepOf(t *testing.T, m *model.Model, fixture string) (float64, map[string][
 		grads[p.Name] = gputest.Download(t, p.Grad)
 	}
 	return float64(loss[0]), grads
+}
+
+// keptChannels keeps the same channels on every batch: attention's on layer
+// 0 and the MLP's on the last layer, so that the gathered GEMMs (rows and K)
+// run on the layers' weights.
+type keptChannels struct {
+	attn model.AttentionChannels
+	mlp  *gpu.IndexList
+	last int
+}
+
+// SparseScoredTokens: stepOf's batch scores every token, so they all run on
+// the kept channels.
+func (k keptChannels) SparseScoredTokens() bool { return true }
+
+func (k keptChannels) Attention(_ *gpu.Recorder, layer int, _ *gpu.Tensor, _ *model.TokenSets) (model.AttentionChannels, error) {
+	if layer == 0 {
+		return k.attn, nil
+	}
+	return model.AttentionChannels{}, nil
+}
+
+func (k keptChannels) MLP(_ *gpu.Recorder, layer int, _ *gpu.Tensor, _ *model.TokenSets) (*gpu.IndexList, error) {
+	if layer == k.last {
+		return k.mlp, nil
+	}
+	return nil, nil
+}
+
+// sparseChannels keeps every other head dimension of q, k and v, a third of
+// o's inputs and every third intermediate channel.
+func sparseChannels(t *testing.T, m *model.Model) keptChannels {
+	t.Helper()
+	list := func(n, every int) *gpu.IndexList {
+		var idx []uint32
+		for i := 0; i < n; i += every {
+			idx = append(idx, uint32(i))
+		}
+		l, err := m.Dev.NewIndexList(idx, len(idx), "kept channels")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(l.Buf.Release)
+		return &l
+	}
+	c := m.Config
+	q, kv := c.NumAttentionHeads*c.HeadDim, c.NumKeyValueHeads*c.HeadDim
+	return keptChannels{attn: model.AttentionChannels{Q: list(q, 2), K: list(kv, 2), V: list(kv, 2), O: list(q, 3)},
+		mlp: list(c.IntermediateSize, 3), last: c.NumHiddenLayers - 1}
 }
 
 // decodeLogits appends a 6-token prompt and then 3 single tokens to a
@@ -149,14 +204,23 @@ func TestQuantizedStepMatchesDequantizedTwin(t *testing.T) {
 			if e := gputest.RelL2(logitsQ, gputest.Float64s(logitsT)); !(e < 1e-5) {
 				t.Errorf("decode logits: relative L2 difference %g from the dequantized twin", e)
 			}
-			lossQ, gradsQ := stepOf(t, qm, c.fixture)
-			lossT, gradsT := stepOf(t, twin, c.fixture)
-			if d := math.Abs(lossQ-lossT) / math.Abs(lossT); !(d < 1e-5) {
-				t.Errorf("loss %v, dequantized twin %v (relative difference %g)", lossQ, lossT, d)
-			}
-			for name, g := range gradsT {
-				if e := gputest.RelL2(gradsQ[name], gputest.Float64s(g)); !(e < 1e-5) {
-					t.Errorf("gradient %s: relative L2 difference %g from the dequantized twin", name, e)
+			// Dense, then sparse (the gathered GEMMs on quantized rows and K).
+			for _, sparse := range []bool{false, true} {
+				lossQ, gradsQ := stepOf(t, qm, c.fixture, sparse)
+				lossT, gradsT := stepOf(t, twin, c.fixture, sparse)
+				if d := math.Abs(lossQ-lossT) / math.Abs(lossT); !(d < 1e-5) {
+					t.Errorf("sparse %t: loss %v, dequantized twin %v (relative difference %g)", sparse, lossQ, lossT, d)
+				}
+				for name, g := range gradsT {
+					if e := gputest.RelL2(gradsQ[name], gputest.Float64s(g)); !(e < 1e-5) {
+						t.Errorf("sparse %t: gradient %s: relative L2 difference %g from the dequantized twin", sparse, name, e)
+					}
+				}
+				if sparse {
+					_, dense := stepOf(t, twin, c.fixture, false)
+					if !slices.ContainsFunc(slices.Collect(maps.Keys(dense)), func(name string) bool { return !slices.Equal(dense[name], gradsT[name]) }) {
+						t.Errorf("the sparse step's gradients equal the dense step's: no channel was dropped")
+					}
 				}
 			}
 		})

@@ -1,6 +1,9 @@
 package model
 
-import "github.com/sparselora/sparselora/gpu"
+import (
+	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/model/safetensors"
+)
 
 // Quantization describes frozen weights stored in MLX's affine format: per
 // row, groups of GroupSize input weights share a scale and a bias (in the
@@ -39,9 +42,12 @@ func (c *Config) ProjectionShape(p Projection) (in, out int) {
 }
 
 // WeightBytes counts the bytes Load allocates for the frozen weights:
-// matrices in dtype (or quantized: codes in u32 words plus a scale and a bias
-// per group in dtype), norms and biases in f32, and the RoPE table.
-func (c *Config) WeightBytes(dtype gpu.DType, q Quantization) uint64 {
+// matrices in dtype, or quantized by q (codes in u32 words plus a scale and a
+// bias per group in scales, the dtype a quantized checkpoint stores them in or
+// that of the float checkpoint quantized at load; matrices whose input size
+// the group does not divide stay in dtype, as Load leaves them), norms and
+// biases in f32, and the RoPE table.
+func (c *Config) WeightBytes(dtype, scales gpu.DType, q Quantization) uint64 {
 	var total uint64
 	for _, shape := range ExpectedTensors(c) {
 		n := 1
@@ -49,11 +55,11 @@ func (c *Config) WeightBytes(dtype gpu.DType, q Quantization) uint64 {
 			n *= d
 		}
 		switch {
-		case len(shape) == 2 && q.Bits > 0 && q.GroupSize > 0:
+		case len(shape) == 2 && q.Bits > 0 && q.GroupSize > 0 && shape[1]%q.GroupSize == 0:
 			rows, cols := uint64(shape[0]), uint64(shape[1])
-			words := (cols*uint64(q.Bits) + 31) / 32
-			groups := (cols + uint64(q.GroupSize) - 1) / uint64(q.GroupSize)
-			total += 4*rows*words + 2*dtype.Bytes(int(rows*groups))
+			words := cols * uint64(q.Bits) / 32
+			groups := cols / uint64(q.GroupSize)
+			total += 4*rows*words + 2*scales.Bytes(int(rows*groups))
 		case len(shape) == 2:
 			total += dtype.Bytes(n)
 		default: // norms and biases stay f32
@@ -63,6 +69,28 @@ func (c *Config) WeightBytes(dtype gpu.DType, q Quantization) uint64 {
 	half := uint64(c.HeadDim / 2)
 	total += 4 * 2 * uint64(c.MaxPositionEmbeddings) * half
 	return total
+}
+
+// CheckpointScaleDType is the GPU storage size class of the scales and biases
+// that loading dir quantized keeps (as stored in an MLX-quantized checkpoint,
+// or the float weights' dtype when quantized at load): BF16 for 2-byte types
+// (bf16, f16), F32 otherwise. It reads only the safetensors header.
+func CheckpointScaleDType(dir string) (gpu.DType, error) {
+	ckpt, err := safetensors.OpenDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	defer ckpt.Close()
+	info, err := ckpt.Info("model.embed_tokens.scales")
+	if err != nil {
+		if info, err = ckpt.Info("model.embed_tokens.weight"); err != nil {
+			return 0, err
+		}
+	}
+	if info.Dtype.Size() == 2 {
+		return gpu.BF16, nil
+	}
+	return gpu.F32, nil
 }
 
 // WorkspaceBytes is what NewWorkspaceWith allocates, by part.

@@ -34,6 +34,27 @@ func BuiltinShape(name string) (*Config, error) {
 // std 0.02, norms 1), for benchmarks: the work per step depends only on the
 // shapes. maxSeq sizes the RoPE table.
 func NewRandom(dev *gpu.Device, cfg *Config, dtype gpu.DType, maxSeq int, seed uint64) (*Model, error) {
+	return NewRandomQuantized(dev, cfg, dtype, nil, maxSeq, seed)
+}
+
+// NewRandomQuantized is NewRandom with the matrices that q's groups divide
+// quantized as Load's --quantize does (MLX's rounding; scales and biases in
+// dtype, as a checkpoint of dtype quantized at load keeps them); the others
+// stay in dtype. A nil q is NewRandom. The model's config is a copy of cfg
+// naming the quantization.
+func NewRandomQuantized(dev *gpu.Device, cfg *Config, dtype gpu.DType, q *Quantization, maxSeq int, seed uint64) (*Model, error) {
+	if q != nil {
+		if err := q.Check(); err != nil {
+			return nil, err
+		}
+		c := *cfg
+		c.Quantization = &QuantizationConfig{Default: *q}
+		cfg = &c
+	}
+	scales := gpu.ScaleF32
+	if dtype == gpu.BF16 {
+		scales = gpu.ScaleBF16
+	}
 	rng := rand.New(rand.NewPCG(seed, 1))
 	m := &Model{Config: cfg, Dev: dev}
 	ok := false
@@ -61,9 +82,24 @@ func NewRandom(dev *gpu.Device, cfg *Config, dtype gpu.DType, maxSeq int, seed u
 		}
 		return t, nil
 	}
+	// matrix is a random weight [out, in], quantized when q's groups divide in.
+	matrix := func(name string, out, in int) (*gpu.Tensor, error) {
+		if q == nil || in%q.GroupSize != 0 {
+			return random(name, dtype, 0.02, out, in)
+		}
+		v := make([]float32, out*in)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() * 0.02)
+		}
+		w, err := QuantizeAffine(v, out, in, *q, scales)
+		if err != nil {
+			return nil, fmt.Errorf("model: random %s [%d, %d]: %w", name, out, in, err)
+		}
+		return dev.NewAffineTensor(w, name)
+	}
 	var err error
 	H, V := cfg.HiddenSize, cfg.VocabSize
-	if m.Embed, err = random("embed_tokens", dtype, 0.02, V, H); err != nil {
+	if m.Embed, err = matrix("embed_tokens", V, H); err != nil {
 		return nil, err
 	}
 	if m.Norm, err = random("norm", gpu.F32, 0, H); err != nil {
@@ -71,7 +107,7 @@ func NewRandom(dev *gpu.Device, cfg *Config, dtype gpu.DType, maxSeq int, seed u
 	}
 	if cfg.TieWordEmbeddings {
 		m.Head = m.Embed
-	} else if m.Head, err = random("lm_head", dtype, 0.02, V, H); err != nil {
+	} else if m.Head, err = matrix("lm_head", V, H); err != nil {
 		return nil, err
 	}
 	shapes := ExpectedTensors(cfg)
@@ -86,7 +122,8 @@ func NewRandom(dev *gpu.Device, cfg *Config, dtype gpu.DType, maxSeq int, seed u
 		}
 		for _, p := range Projections {
 			name := fmt.Sprintf("model.layers.%d.%s.%s", i, p.Module(), p)
-			w, err := random(name, dtype, 0.02, shapes[name+".weight"]...)
+			shape := shapes[name+".weight"]
+			w, err := matrix(name, shape[0], shape[1])
 			if err != nil {
 				return nil, err
 			}

@@ -62,3 +62,38 @@ func TestNewRandomRunsAForwardPass(t *testing.T) {
 		t.Errorf("loss %v, want about ln(300) = 5.70", loss[0])
 	}
 }
+
+// WeightBytes counts what the random model allocates, byte for byte: float
+// matrices, quantized ones (scales in the weights' dtype) and, when the group
+// does not divide a matrix's input size (down_proj's 96 with groups of 64),
+// the float matrices that quantization leaves.
+func TestWeightBytesCountsAllocation(t *testing.T) {
+	cfg, err := BuiltinShape("llama3-8b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HiddenSize, cfg.IntermediateSize, cfg.NumHiddenLayers, cfg.VocabSize = 64, 96, 2, 300
+	cfg.NumAttentionHeads, cfg.NumKeyValueHeads, cfg.HeadDim, cfg.MaxPositionEmbeddings = 4, 2, 16, 8
+	for _, c := range []struct {
+		dtype gpu.DType
+		q     *Quantization
+	}{{gpu.F32, nil}, {gpu.BF16, nil}, {gpu.BF16, &Quantization{Bits: 4, GroupSize: 64}}, {gpu.F32, &Quantization{Bits: 8, GroupSize: 32}}} {
+		base := testDevice.LiveBytes()
+		m, err := NewRandomQuantized(testDevice, cfg, c.dtype, c.q, cfg.MaxPositionEmbeddings, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := testDevice.LiveBytes() - base
+		m.Release()
+		var q Quantization
+		if c.q != nil {
+			q = *c.q
+			if m.Config.Quantization == nil || m.Config.Quantization.Default != q {
+				t.Errorf("%s %+v: the model's config names quantization %+v", c.dtype, q, m.Config.Quantization)
+			}
+		}
+		if want := cfg.WeightBytes(c.dtype, c.dtype, q); uint64(got) != want {
+			t.Errorf("%s %+v: allocated %d bytes, WeightBytes %d", c.dtype, q, got, want)
+		}
+	}
+}

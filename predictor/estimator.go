@@ -1063,9 +1063,8 @@ func settled(previous, current []float64, rank int, tolerance float64) bool {
 
 // weightRows views rows [r0, r0+n) of a projection's weight. Weights larger
 // than a storage binding are multiplied in Linear.BlockRows blocks.
-func weightRows(lin *model.Linear, r0, n int) *gpu.Tensor {
-	w := lin.W
-	return &gpu.Tensor{Buf: w.Buf, Offset: w.Offset + w.DType.Bytes(r0*lin.In), Shape: []int{n, lin.In}, DType: w.DType}
+func weightRows(lin *model.Linear, r0, n int) (*gpu.Tensor, error) {
+	return lin.W.Rows(r0, n) // whole rows of a quantized weight too (codes, scales and biases)
 }
 
 // blockRows is the number of weight rows one GEMM may bind.
@@ -1091,7 +1090,11 @@ func multiplyW(rec *gpu.Recorder, lin *model.Linear, src, dst *gpu.Tensor, l int
 		if r0 > 0 {
 			beta = 1
 		}
-		err := gpu.Gemm(rec, gpu.GemmArgs{A: columnView(src, l, lin.Out, r0, n), B: weightRows(lin, r0, n), C: dst,
+		rows, err := weightRows(lin, r0, n)
+		if err != nil {
+			return fmt.Errorf("sketch product with W: %w", err)
+		}
+		err = gpu.Gemm(rec, gpu.GemmArgs{A: columnView(src, l, lin.Out, r0, n), B: rows, C: dst,
 			M: l, N: lin.In, K: n, LDA: lin.Out, LDB: lin.In, LDC: lin.In, Beta: beta})
 		if err != nil {
 			return fmt.Errorf("sketch product with W: %w", err)
@@ -1106,7 +1109,11 @@ func multiplyWT(rec *gpu.Recorder, lin *model.Linear, src, dst *gpu.Tensor, l in
 	block := blockRows(lin)
 	for r0 := 0; r0 < lin.Out; r0 += block {
 		n := min(block, lin.Out-r0)
-		err := gpu.Gemm(rec, gpu.GemmArgs{A: src, B: weightRows(lin, r0, n), C: columnView(dst, l, lin.Out, r0, n),
+		rows, err := weightRows(lin, r0, n)
+		if err != nil {
+			return fmt.Errorf("sketch product with W^T: %w", err)
+		}
+		err = gpu.Gemm(rec, gpu.GemmArgs{A: src, B: rows, C: columnView(dst, l, lin.Out, r0, n),
 			BTrans: true, M: l, N: n, K: lin.In, LDA: lin.In, LDB: lin.In, LDC: lin.Out})
 		if err != nil {
 			return fmt.Errorf("sketch product with W^T: %w", err)

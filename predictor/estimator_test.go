@@ -212,11 +212,15 @@ func TestEstimateRandomizedSVD(t *testing.T) {
 		opts    EstimateOptions
 		method  Method
 		maxRows int // forces weight row blocks when > 0
+		// quantize replaces the weight by its 8-bit affine quantization (the
+		// reference is then its dequantized values).
+		quantize bool
 	}{
-		{"forced/300x500", 300, 500, gpu.F32, EstimateOptions{Method: MethodRandomized}, MethodRandomized, 0},
-		{"forced/500x300/bf16", 500, 300, gpu.BF16, EstimateOptions{Method: MethodRandomized}, MethodRandomized, 0},
-		{"forced/row-blocks", 300, 200, gpu.F32, EstimateOptions{Method: MethodRandomized}, MethodRandomized, 64},
-		{"auto/40x1030", 40, 1030, gpu.F32, EstimateOptions{}, MethodRandomized, 0},
+		{"forced/300x500", 300, 500, gpu.F32, EstimateOptions{Method: MethodRandomized}, MethodRandomized, 0, false},
+		{"forced/500x300/bf16", 500, 300, gpu.BF16, EstimateOptions{Method: MethodRandomized}, MethodRandomized, 0, false},
+		{"forced/row-blocks", 300, 200, gpu.F32, EstimateOptions{Method: MethodRandomized}, MethodRandomized, 64, false},
+		{"auto/40x1030", 40, 1030, gpu.F32, EstimateOptions{}, MethodRandomized, 0, false},
+		{"forced/8-bit/row-blocks", 300, 320, gpu.F32, EstimateOptions{Method: MethodRandomized}, MethodRandomized, 64, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const rank = 8
@@ -227,6 +231,19 @@ func TestEstimateRandomizedSVD(t *testing.T) {
 			}
 			if tc.dtype == gpu.BF16 {
 				w = roundBF16(w)
+			}
+			if tc.quantize {
+				q, err := model.QuantizeAffine(w, tc.out, tc.in, model.Quantization{Bits: 8, GroupSize: 32}, gpu.ScaleBF16)
+				if err != nil {
+					t.Fatal(err)
+				}
+				qt, err := testDevice.NewAffineTensor(q, "quantized gate")
+				if err != nil {
+					t.Fatal(err)
+				}
+				lin := m.Layers[0].Proj[tgt.Proj]
+				lin.W.Release()
+				lin.W, w = qt, q.Dequantize()
 			}
 			tc.opts.NoCache = true
 			e := estimate(t, m, []Target{tgt}, rank, tc.opts)

@@ -37,6 +37,9 @@ type BenchSettings struct {
 	// stays zero): it replays each step dispatch by dispatch, which costs more
 	// than the timed steps on a slow adapter.
 	TimingsOnly bool
+	// Quantize, when set, quantizes the random matrices (MLX's affine
+	// format, scales in DType, as a checkpoint of DType quantized at load).
+	Quantize *model.Quantization
 }
 
 // StepTiming is one variant's timed steps.
@@ -85,7 +88,7 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 		sparsity = &c
 	}
 	t, err := New(ctx, dev, Settings{
-		Model:     ModelSource{Random: s.Config, MaxSeq: s.Batch.Seq, Seed: 1, DType: s.DType},
+		Model:     ModelSource{Random: s.Config, MaxSeq: s.Batch.Seq, Seed: 1, DType: s.DType, Quantize: s.Quantize},
 		Params:    ParamSource{LoRA: s.LoRA, Seed: 1},
 		AdamW:     optim.DefaultAdamWConfig(),
 		Schedule:  optim.Schedule{Kind: optim.ScheduleConstant, TotalSteps: 1, BaseRate: 1e-4},
@@ -265,6 +268,9 @@ func BenchPlan(s BenchSettings) MemoryPlan {
 	c.MaxPositionEmbeddings = s.Batch.Seq
 	m := MemorySettings{Rows: s.Batch.Rows, Seq: s.Batch.Seq, GradAccum: 1, WeightDType: s.DType,
 		Rank: s.LoRA.Rank, Targets: s.LoRA.Targets, GradCheckpoint: s.GradCheckpoint}
+	if s.Quantize != nil {
+		m.Quantize, m.ScaleDType = *s.Quantize, s.DType
+	}
 	if t := s.Sparsity; t != nil && t.HasSparseLayers() {
 		m.SparseAttnLayers, m.SparseMLPs = sparseLayerCounts(t)
 		if m.SVDRank = t.Rank; m.SVDRank == 0 {

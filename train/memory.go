@@ -65,6 +65,15 @@ func (c Config) MemorySettings(mcfg *model.Config, seq int, lim gpu.Limits) (Mem
 	case mcfg != nil && mcfg.Quantization != nil:
 		s.Quantize = mcfg.Quantization.Default
 	}
+	// Quantized scales and biases keep the checkpoint's type (for this plan
+	// and its --quantize alternative); a shape without a checkpoint is one of
+	// the published bf16/f16 models.
+	s.ScaleDType = gpu.BF16
+	if c.Model != "" {
+		if dt, err := model.CheckpointScaleDType(c.Model); err == nil {
+			s.ScaleDType = dt
+		}
+	}
 	if !c.Full {
 		targets, err := lora.ParseTargets(c.Targets)
 		if err != nil {

@@ -14,6 +14,10 @@ type MemorySettings struct {
 	// its Bits are set, stores them in MLX's affine format instead.
 	WeightDType gpu.DType
 	Quantize    model.Quantization
+	// ScaleDType is the size of a quantized weight's scales and biases: the
+	// checkpoint's float type, whatever WeightDType is (BF16 for bf16 and f16
+	// checkpoints, F32 for f32 ones; model.CheckpointScaleDType).
+	ScaleDType gpu.DType
 	// Full trains every weight; otherwise LoRA of Rank on Targets.
 	Full    bool
 	Rank    int
@@ -73,7 +77,7 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 	if dtype == 0 {
 		dtype = gpu.F32
 	}
-	add("frozen weights", cfg.WeightBytes(dtype, s.Quantize))
+	add("frozen weights", cfg.WeightBytes(dtype, s.ScaleDType, s.Quantize))
 	L := uint64(cfg.NumHiddenLayers)
 	var ranks [7]int
 	if s.Full {

@@ -58,7 +58,8 @@ type ModelSource struct {
 	// DType stores the frozen weights (f32 or bf16).
 	DType gpu.DType
 	// Quantize, when set, quantizes Dir's float weights at load (MLX's
-	// affine format); an MLX-quantized Dir loads quantized without it.
+	// affine format), or the random ones; an MLX-quantized Dir loads
+	// quantized without it.
 	Quantize *model.Quantization
 }
 
@@ -167,7 +168,7 @@ func loadModel(dev *gpu.Device, src ModelSource) (*model.Model, []string, error)
 	if src.Random == nil {
 		return nil, nil, errors.New("train: no model: want a directory or a config for random weights")
 	}
-	m, err := model.NewRandom(dev, src.Random, src.DType, src.MaxSeq, src.Seed)
+	m, err := model.NewRandomQuantized(dev, src.Random, src.DType, src.Quantize, src.MaxSeq, src.Seed)
 	if err != nil {
 		return nil, nil, err
 	}
