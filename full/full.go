@@ -40,7 +40,11 @@ func New(m *model.Model) (*Set, error) {
 		return nil, err
 	}
 	grad := func(name string, w *gpu.Tensor, noDecay bool) (*gpu.Tensor, error) {
-		if w.DType != gpu.F32 {
+		switch w.DType {
+		case gpu.F32:
+		case gpu.Quantized:
+			return nil, fmt.Errorf("full-parameter training needs float weights; %s is quantized (%s): drop --quantize, or train a float (f32/bf16/f16) checkpoint", name, w.Affine)
+		default:
 			return nil, fmt.Errorf("full-parameter training needs f32 weights; %s is %s (drop --bf16)", name, w.DType)
 		}
 		g, err := m.Dev.NewTensor(gpu.F32, "grad "+name, w.Shape...)

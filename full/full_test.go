@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
@@ -154,5 +155,25 @@ func TestGradientsMatchFiniteDifferences(t *testing.T) {
 				t.Errorf("only %d weights probed", checked)
 			}
 		})
+	}
+}
+
+// Full training refuses a quantized model, saying why and what to do
+// instead (not the bf16 advice: the weights are codes, not bf16).
+func TestNewRefusesQuantizedWeights(t *testing.T) {
+	cfg := tinyConfig(t, "llama", false)
+	cfg.HiddenSize, cfg.IntermediateSize = 32, 64 // groups of 32 divide every input size
+	m, err := model.NewRandomQuantized(testDevice, cfg, gpu.F32, &model.Quantization{Bits: 4, GroupSize: 32}, 8, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Release()
+	s, err := New(m)
+	if err == nil {
+		s.Release()
+		t.Fatal("full training of a quantized model was accepted")
+	}
+	if msg := err.Error(); !strings.Contains(msg, "drop --quantize") || strings.Contains(msg, "--bf16") {
+		t.Errorf("error %q: want the advice to drop --quantize or use a float checkpoint", msg)
 	}
 }
