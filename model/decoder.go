@@ -105,9 +105,9 @@ type Workspace struct {
 	Loss          *gpu.Tensor // [1] mean cross-entropy
 	head          *LMHead
 	// gradient scratch, reused by every layer
-	dRes, dMid, dXn     *gpu.Tensor
-	dq, dk, dv, dAttn   *gpu.Tensor
-	dg, du, dh, attnTmp *gpu.Tensor
+	dRes, dMid, dXn   *gpu.Tensor
+	dq, dk, dv, dAttn *gpu.Tensor
+	du, dh, attnTmp   *gpu.Tensor
 	// dxa is the adapters' backward scratch [T * the largest rank].
 	dxa *gpu.Tensor
 	all []*gpu.Tensor
@@ -223,7 +223,9 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 	w.Loss = alloc("loss", 1)
 	w.dRes, w.dMid, w.dXn = alloc("dres", T, c.HiddenSize), alloc("dmid", T, c.HiddenSize), alloc("dxn", T, c.HiddenSize)
 	w.dq, w.dk, w.dv, w.dAttn = alloc("dq", T, qDim), alloc("dk", T, kvDim), alloc("dv", T, kvDim), alloc("dattn", T, qDim)
-	w.dg, w.du, w.dh = alloc("dg", T, c.IntermediateSize), alloc("du", T, c.IntermediateSize), alloc("dh", T, c.IntermediateSize)
+	// The gate's gradient has no buffer of its own: it overwrites the layer's
+	// h (see layerBackward).
+	w.du, w.dh = alloc("du", T, c.IntermediateSize), alloc("dh", T, c.IntermediateSize)
 	w.attnTmp = alloc("attention scratch", T, c.NumAttentionHeads)
 	if err != nil {
 		w.Release()
@@ -808,10 +810,18 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, layer, T, H, I in
 	if err := l.backwardKeptInputs(rec, ProjDown, a.h, w.dRes, w.dh, w, a, a.mlpKeep, false); err != nil {
 		return err
 	}
-	if err := SwiGLUBackward(rec, a.g, a.u, w.dh, w.dg, w.du, T*I); err != nil {
+	// h is dead once down's backward has read it: the gate's gradient takes
+	// its place (one [T, intermediate] buffer less). The layer's activations
+	// are then spent; with checkpointing the next backward of this scratch
+	// recomputes them.
+	dg := a.h
+	if w.checkpoint {
+		w.scratchLayer = -1
+	}
+	if err := SwiGLUBackward(rec, a.g, a.u, w.dh, dg, w.du, T*I); err != nil {
 		return err
 	}
-	if err := l.backwardKeptOutputs(rec, ProjGate, a.xn2, w.dg, w.dXn, w, a, a.mlpKeep, false, false); err != nil {
+	if err := l.backwardKeptOutputs(rec, ProjGate, a.xn2, dg, w.dXn, w, a, a.mlpKeep, false, false); err != nil {
 		return err
 	}
 	if err := l.backwardKeptOutputs(rec, ProjUp, a.xn2, w.du, w.dXn, w, a, a.mlpKeep, true, false); err != nil {

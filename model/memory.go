@@ -142,8 +142,9 @@ func (c *Config) PlanWorkspace(rows, seq int, ranks [7]int, opts WorkspaceOption
 		w.Saved = 4 * T * L * (H + layer)
 	}
 	w.Saved += 4 * T * (2*H + 1) // final, normed, rstdF
-	// dRes, dMid, dXn, dq, dAttn, dk, dv, dg, du, dh and the adapters' scratch.
-	w.Gradients = 4 * T * (3*H + 2*q + 2*kv + 3*I + maxRank)
+	// dRes, dMid, dXn, dq, dAttn, dk, dv, du, dh and the adapters' scratch
+	// (the gate's gradient overwrites h).
+	w.Gradients = 4 * T * (3*H + 2*q + 2*kv + 2*I + maxRank)
 	w.Attention = 4 * T * heads
 	w.Inputs = 4*3*T + 4 + 4*3*(T+1)
 	chunk := uint64(c.VocabSize)
