@@ -222,10 +222,20 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 	w.ids, w.mask, w.targets = alloc("ids", T), alloc("mask", T), alloc("targets", T)
 	w.Loss = alloc("loss", 1)
 	w.dRes, w.dMid, w.dXn = alloc("dres", T, c.HiddenSize), alloc("dmid", T, c.HiddenSize), alloc("dxn", T, c.HiddenSize)
-	w.dq, w.dk, w.dv, w.dAttn = alloc("dq", T, qDim), alloc("dk", T, kvDim), alloc("dv", T, kvDim), alloc("dattn", T, qDim)
 	// The gate's gradient has no buffer of its own: it overwrites the layer's
 	// h (see layerBackward).
 	w.du, w.dh = alloc("du", T, c.IntermediateSize), alloc("dh", T, c.IntermediateSize)
+	// The attention's gradients live in the MLP's, which are dead by then
+	// (the MLP's backward comes first in a layer): dq, dk and dv in dh at
+	// binding-aligned offsets (they are written in one dispatch), dAttn in du.
+	if offs, ok := attentionGradOffsets(T, qDim, kvDim, c.IntermediateSize); ok && err == nil {
+		view := func(t *gpu.Tensor, off, width int) *gpu.Tensor {
+			return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*off), Shape: []int{T, width}, DType: gpu.F32}
+		}
+		w.dq, w.dk, w.dv, w.dAttn = view(w.dh, offs[0], qDim), view(w.dh, offs[1], kvDim), view(w.dh, offs[2], kvDim), view(w.du, 0, qDim)
+	} else {
+		w.dq, w.dk, w.dv, w.dAttn = alloc("dq", T, qDim), alloc("dk", T, kvDim), alloc("dv", T, kvDim), alloc("dattn", T, qDim)
+	}
 	w.attnTmp = alloc("attention scratch", T, c.NumAttentionHeads)
 	if err != nil {
 		w.Release()
@@ -244,6 +254,22 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 		return nil, err
 	}
 	return w, nil
+}
+
+// bindingAlignFloats is WebGPU's largest minStorageBufferOffsetAlignment (256
+// bytes) in f32 elements: views that one dispatch writes side by side start on
+// it, so that their bindings never overlap.
+const bindingAlignFloats = 64
+
+// attentionGradOffsets places dq [T, q], dk and dv [T, kv] in one [T, I]
+// buffer at binding-aligned element offsets; ok is false when they do not
+// fit (then they get buffers of their own), or when dAttn [T, q] would not
+// fit in another.
+func attentionGradOffsets(T, q, kv, I int) (offs [3]int, ok bool) {
+	up := func(n int) int { return (n + bindingAlignFloats - 1) / bindingAlignFloats * bindingAlignFloats }
+	offs[1] = up(T * q)
+	offs[2] = up(offs[1] + T*kv)
+	return offs, offs[2]+T*kv <= T*I && q <= I
 }
 
 // allocActivations allocates a layer's activations other than its input x

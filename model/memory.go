@@ -142,9 +142,12 @@ func (c *Config) PlanWorkspace(rows, seq int, ranks [7]int, opts WorkspaceOption
 		w.Saved = 4 * T * L * (H + layer)
 	}
 	w.Saved += 4 * T * (2*H + 1) // final, normed, rstdF
-	// dRes, dMid, dXn, dq, dAttn, dk, dv, du, dh and the adapters' scratch
-	// (the gate's gradient overwrites h).
-	w.Gradients = 4 * T * (3*H + 2*q + 2*kv + 2*I + maxRank)
+	// dRes, dMid, dXn, du, dh and the adapters' scratch (the gate's gradient
+	// overwrites h), and dq, dAttn, dk, dv unless they fit in du and dh.
+	w.Gradients = 4 * T * (3*H + 2*I + maxRank)
+	if _, ok := attentionGradOffsets(int(T), int(q), int(kv), int(I)); !ok {
+		w.Gradients += 4 * T * (2*q + 2*kv)
+	}
 	w.Attention = 4 * T * heads
 	w.Inputs = 4*3*T + 4 + 4*3*(T+1)
 	chunk := uint64(c.VocabSize)
