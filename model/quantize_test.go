@@ -162,3 +162,37 @@ func TestQuantizedCheckpointRejectsBadInput(t *testing.T) {
 		})
 	}
 }
+
+// WeightBytes with the checkpoint's scale type (CheckpointScaleDType) counts
+// what loading allocates: an f32 checkpoint quantized at load with --bf16
+// keeps f32 scales and biases (the checkpoint's) and bf16 float matrices
+// (down_proj, whose 176 inputs groups of 32 do not divide), and an
+// MLX-quantized checkpoint loads as written.
+func TestWeightBytesCountsQuantizedLoad(t *testing.T) {
+	src := filepath.Join(fixtures.HF(t, "llama-gqa"), "model")
+	q := Quantization{Bits: 4, GroupSize: 32}
+	for _, c := range []struct {
+		name string
+		dir  string
+		opts LoadOptions
+	}{
+		{"f32 checkpoint, --bf16 --quantize 4", src, LoadOptions{DType: gpu.BF16, Quantize: &q}},
+		{"MLX-quantized checkpoint", quantizedFixture(t), LoadOptions{DType: gpu.F32}},
+	} {
+		scales, err := CheckpointScaleDType(c.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		base := testDevice.LiveBytes()
+		m, _, err := LoadWithOptions(testDevice, c.dir, c.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := testDevice.LiveBytes() - base
+		cfg := m.Config
+		m.Release()
+		if want := cfg.WeightBytes(c.opts.DType, scales, q); uint64(got) != want {
+			t.Errorf("%s: allocated %d bytes, WeightBytes %d (scales %s)", c.name, got, want, scales)
+		}
+	}
+}
