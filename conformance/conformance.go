@@ -140,6 +140,27 @@ func openFixture(ctx context.Context, dev *gpu.Device, dir string, bf16 bool, ba
 	})
 }
 
+// openReference reads a fixture's reference.json and opens its
+// reference.safetensors (the caller closes it), with the batch the reference
+// ran and the AdamW settings it stepped with.
+func openReference(dir string) (ref referenceJSON, tensors *safetensors.File, batch model.Batch, cfg optim.AdamWConfig, err error) {
+	if err = readJSON(filepath.Join(dir, "reference.json"), &ref); err != nil {
+		return
+	}
+	if tensors, err = safetensors.Open(filepath.Join(dir, "reference.safetensors")); err != nil {
+		return
+	}
+	if batch, err = referenceBatch(tensors); err != nil {
+		tensors.Close()
+		return
+	}
+	cfg = optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
+	if len(ref.Optimizer.Betas) == 2 {
+		cfg.Beta1, cfg.Beta2 = ref.Optimizer.Betas[0], ref.Optimizer.Betas[1]
+	}
+	return
+}
+
 // readJSON decodes a JSON file, naming it in errors.
 func readJSON(path string, v any) error {
 	raw, err := os.ReadFile(path)
@@ -176,25 +197,13 @@ func referenceBatch(tensors *safetensors.File) (model.Batch, error) {
 // Dense runs the dense checks of the fixture in dir on dev: with bf16, those
 // of the forward pass with DIR/model-bf16's frozen weights kept as bf16.
 func Dense(ctx context.Context, dev *gpu.Device, dir string, bf16 bool) ([]Check, error) {
-	var ref referenceJSON
 	refPath := filepath.Join(dir, "reference.json")
-	if err := readJSON(refPath, &ref); err != nil {
-		return nil, err
-	}
-	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
+	ref, tensors, batch, cfg, err := openReference(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer tensors.Close()
-	batch, err := referenceBatch(tensors)
-	if err != nil {
-		return nil, err
-	}
 	mask := batch.Mask
-	cfg := optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
-	if len(ref.Optimizer.Betas) == 2 {
-		cfg.Beta1, cfg.Beta2 = ref.Optimizer.Betas[0], ref.Optimizer.Betas[1]
-	}
 	tr, err := openFixture(ctx, dev, dir, bf16, batch, cfg, ref.Optimizer.LR, nil)
 	if err != nil {
 		return nil, err

@@ -8,7 +8,6 @@ import (
 
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/model"
-	"github.com/sparselora/sparselora/model/safetensors"
 	"github.com/sparselora/sparselora/optim"
 	"github.com/sparselora/sparselora/predictor"
 	"github.com/sparselora/sparselora/train"
@@ -27,23 +26,11 @@ const tolQuantized = 1e-5
 // parameters after each step must agree to 1e-5. The fixture's Hugging Face
 // reference is of the float model, so it is not the yardstick here.
 func Quantized(ctx context.Context, dev *gpu.Device, dir string, spec model.Quantization) ([]Check, error) {
-	var ref referenceJSON
-	if err := readJSON(filepath.Join(dir, "reference.json"), &ref); err != nil {
-		return nil, err
-	}
-	tensors, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
+	ref, tensors, batch, cfg, err := openReference(dir)
 	if err != nil {
 		return nil, err
 	}
 	defer tensors.Close()
-	batch, err := referenceBatch(tensors)
-	if err != nil {
-		return nil, err
-	}
-	cfg := optim.AdamWConfig{Beta1: 0.9, Beta2: 0.999, Eps: ref.Optimizer.Eps, WeightDecay: ref.Optimizer.WeightDecay}
-	if len(ref.Optimizer.Betas) == 2 {
-		cfg.Beta1, cfg.Beta2 = ref.Optimizer.Betas[0], ref.Optimizer.Betas[1]
-	}
 	open := func(quantize *model.Quantization) (*train.Trainer, error) {
 		return train.New(ctx, dev, train.Settings{
 			Model:    train.ModelSource{Dir: filepath.Join(dir, "model"), DType: gpu.F32, Quantize: quantize},

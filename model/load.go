@@ -96,15 +96,8 @@ func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, opts L
 		}
 	}()
 	upload := func(name string, dt gpu.DType) (*gpu.Tensor, error) {
-		info, err := ckpt.Info(name)
+		info, values, err := readFinite(ckpt, name)
 		if err != nil {
-			return nil, err
-		}
-		values, err := ckpt.ReadFloat32(name)
-		if err != nil {
-			return nil, err
-		}
-		if err := checkFinite(info, values); err != nil {
 			return nil, err
 		}
 		t, err := dev.NewTensor(dt, name, info.Shape...)
@@ -128,15 +121,8 @@ func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, opts L
 			}
 		} else if opts.Quantize != nil && moduleShape(cfg, module)[1]%opts.Quantize.GroupSize == 0 {
 			// Modules whose input size the group does not divide stay float, as mlx-lm leaves them.
-			info, err := ckpt.Info(name)
+			info, values, err := readFinite(ckpt, name)
 			if err != nil {
-				return nil, err
-			}
-			values, err := ckpt.ReadFloat32(name)
-			if err != nil {
-				return nil, err
-			}
-			if err := checkFinite(info, values); err != nil {
 				return nil, err
 			}
 			if w, err = QuantizeAffine(values, info.Shape[0], info.Shape[1], *opts.Quantize, scaleType(info.Dtype)); err != nil {
@@ -203,6 +189,20 @@ func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, opts L
 // the tensor, the file that holds it and the element: such a weight turns
 // every output it touches into NaN, which would otherwise surface only as a
 // NaN loss far from its cause.
+// readFinite reads tensor name as float32 and refuses non-finite values,
+// naming the element.
+func readFinite(ckpt safetensors.Reader, name string) (safetensors.TensorInfo, []float32, error) {
+	info, err := ckpt.Info(name)
+	if err != nil {
+		return info, nil, err
+	}
+	values, err := ckpt.ReadFloat32(name)
+	if err != nil {
+		return info, nil, err
+	}
+	return info, values, checkFinite(info, values)
+}
+
 func checkFinite(info safetensors.TensorInfo, values []float32) error {
 	for i, v := range values {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {

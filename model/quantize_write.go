@@ -90,11 +90,8 @@ func QuantizeCheckpoint(dir, out string, s Quantization) ([]QuantizedTensor, err
 			tensors[name] = safetensors.Tensor{Dtype: info.Dtype, Shape: info.Shape, Data: data}
 			continue
 		}
-		values, err := ckpt.ReadFloat32(name)
+		_, values, err := readFinite(ckpt, name)
 		if err != nil {
-			return nil, err
-		}
-		if err := checkFinite(info, values); err != nil {
 			return nil, err
 		}
 		w, err := QuantizeAffine(values, info.Shape[0], info.Shape[1], s, scaleType(info.Dtype))
