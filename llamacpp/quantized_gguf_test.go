@@ -165,31 +165,8 @@ func TestQuantizedGGUFEqualsDequantized(t *testing.T) {
 					t.Errorf("step %d: loss %v on the %s GGUF, %v on its twin", i+1, lq[i], typ, lt[i])
 				}
 			}
-			a, err := safetensors.Open(filepath.Join(runs[0], "adapter_model.safetensors"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
-			b, err := safetensors.Open(filepath.Join(runs[1], "adapter_model.safetensors"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			if !slices.Equal(a.Names(), b.Names()) {
-				t.Fatalf("adapters hold %v and %v", a.Names(), b.Names())
-			}
-			for _, name := range a.Names() {
-				x, _ := a.ReadFloat32(name)
-				y, _ := b.ReadFloat32(name)
-				var diff, norm float64
-				for i := range x {
-					diff += math.Pow(float64(x[i])-float64(y[i]), 2)
-					norm += math.Pow(float64(y[i]), 2)
-				}
-				if rel := math.Sqrt(diff / max(norm, 1e-30)); !(rel < 1e-5) || len(x) != len(y) {
-					t.Errorf("%s: relative difference %.3g between training on the %s GGUF and on its twin", name, rel, typ)
-				}
-			}
+			compareAdapters(t, filepath.Join(runs[0], "adapter_model.safetensors"), filepath.Join(runs[1], "adapter_model.safetensors"), 1e-5,
+				fmt.Sprintf("training on the %s GGUF and on its twin", typ))
 		})
 	}
 }
