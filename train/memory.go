@@ -16,7 +16,7 @@ import (
 
 // ErrOutOfMemory reports a run whose memory plan exceeds the limit, or a
 // device that ran out of memory.
-var ErrOutOfMemory = errors.New("out of GPU memory")
+var ErrOutOfMemory = errors.New("does not fit in GPU memory")
 
 // ParseSize reads a byte count such as "16GiB", "16G" (binary), "16GB"
 // (decimal), "512MiB" or "1073741824"; empty is 0.
