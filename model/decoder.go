@@ -107,7 +107,7 @@ type Workspace struct {
 	// gradient scratch, reused by every layer
 	dRes, dMid, dXn   *gpu.Tensor
 	dq, dk, dv, dAttn *gpu.Tensor
-	du, dh, attnTmp   *gpu.Tensor
+	dh, attnTmp       *gpu.Tensor
 	// dxa is the adapters' backward scratch [T * the largest rank].
 	dxa *gpu.Tensor
 	all []*gpu.Tensor
@@ -133,6 +133,11 @@ type Workspace struct {
 	// whose activations that set holds now (-1: none).
 	checkpoint   bool
 	scratchLayer int
+	// every is the checkpoint segment's length (WorkspaceOptions.CheckpointEvery,
+	// at least 1); slotsSegment is the segment whose inner layers' inputs
+	// the shared input slots hold now (-1: none).
+	every        int
+	slotsSegment int
 }
 
 // NewWorkspace allocates the buffers for batches of rows x seq tokens,
@@ -148,6 +153,41 @@ type WorkspaceOptions struct {
 	// and backward; backward recomputes the layer's forward (with the
 	// channels the step selected) before running its backward.
 	GradCheckpoint bool
+	// CheckpointEvery, with GradCheckpoint, keeps the input of every N-th
+	// layer only (0 or 1: every layer's): the layers in between share N-1
+	// input buffers, which backward refills by replaying the forward of the
+	// segment of N layers from its kept input. Results are the same; about
+	// (N-1)/N more layer forwards per step, for N-1 of every N inputs.
+	CheckpointEvery int
+}
+
+// checkpointEvery is the segment length opts keep layer inputs at.
+func (opts WorkspaceOptions) checkpointEvery() int {
+	if !opts.GradCheckpoint {
+		return 1
+	}
+	return max(opts.CheckpointEvery, 1)
+}
+
+// CheckpointSegment is the segment length for a model of layers decoder
+// layers that keeps the fewest layer inputs (ceil(layers/N) kept plus N-1
+// shared), the shortest of those, which replays the least.
+func CheckpointSegment(layers int) int {
+	best, bestInputs := 1, layers
+	for n := 2; n <= layers; n++ {
+		if inputs := checkpointInputs(layers, n); inputs < bestInputs {
+			best, bestInputs = n, inputs
+		}
+	}
+	return best
+}
+
+// checkpointInputs is how many layer inputs a model of layers layers keeps
+// with segments of n: one per segment and n-1 shared by the segments' inner
+// layers.
+func checkpointInputs(layers, n int) int {
+	n = max(n, 1)
+	return (layers+n-1)/n + min(n, layers) - 1
 }
 
 // NewWorkspaceWith is NewWorkspace with options.
@@ -158,7 +198,8 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 	if c.SlidingWindow > 0 && seq > c.SlidingWindow {
 		return nil, fmt.Errorf("%s: sequences of %d tokens exceed sliding_window %d, which sparselora does not implement", c.Path, seq, c.SlidingWindow)
 	}
-	w := &Workspace{Rows: rows, Seq: seq, checkpoint: opts.GradCheckpoint, scratchLayer: -1}
+	w := &Workspace{Rows: rows, Seq: seq, checkpoint: opts.GradCheckpoint, scratchLayer: -1,
+		every: opts.checkpointEvery(), slotsSegment: -1}
 	var err error
 	alloc := func(label string, shape ...int) *gpu.Tensor {
 		if err != nil {
@@ -194,6 +235,12 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 			}
 		}
 	}
+	// With checkpoint segments, the inner layers of every segment share
+	// these inputs (see replaySegment).
+	slots := make([]*gpu.Tensor, min(w.every, len(w.layers))-1)
+	for i := range slots {
+		slots[i] = alloc("residual (segment slot)", T, c.HiddenSize)
+	}
 	for i := range w.layers {
 		a := &w.layers[i]
 		if shared != nil {
@@ -201,7 +248,11 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 		} else {
 			allocActivations(a, alloc, T, c.HiddenSize, c.IntermediateSize, qDim, kvDim, c.NumAttentionHeads)
 		}
-		a.x = alloc("residual", T, c.HiddenSize)
+		if i%w.every == 0 {
+			a.x = alloc("residual", T, c.HiddenSize)
+		} else {
+			a.x = slots[i%w.every-1]
+		}
 		for p, ad := range m.Layers[i].Adapters {
 			if ad == nil || ad.Rank() == 0 {
 				a.xa[p] = nil
@@ -222,17 +273,18 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 	w.ids, w.mask, w.targets = alloc("ids", T), alloc("mask", T), alloc("targets", T)
 	w.Loss = alloc("loss", 1)
 	w.dRes, w.dMid, w.dXn = alloc("dres", T, c.HiddenSize), alloc("dmid", T, c.HiddenSize), alloc("dxn", T, c.HiddenSize)
-	// The gate's gradient has no buffer of its own: it overwrites the layer's
-	// h (see layerBackward).
-	w.du, w.dh = alloc("du", T, c.IntermediateSize), alloc("dh", T, c.IntermediateSize)
-	// The attention's gradients live in the MLP's, which are dead by then
-	// (the MLP's backward comes first in a layer): dq, dk and dv in dh at
-	// binding-aligned offsets (they are written in one dispatch), dAttn in du.
+	// The gate's and up's gradients have no buffers of their own: they
+	// overwrite the layer's gate and up (see layerBackward).
+	w.dh = alloc("dh", T, c.IntermediateSize)
+	// The attention's gradients live in the MLP's buffers, which are dead by
+	// then (the MLP's backward comes first in a layer): dq, dk and dv in dh at
+	// binding-aligned offsets (they are written in one dispatch), dAttn in the
+	// layer's h (w.dAttn stays nil; see attentionOutputGrad).
 	if offs, ok := attentionGradOffsets(T, qDim, kvDim, c.IntermediateSize); ok && err == nil {
 		view := func(t *gpu.Tensor, off, width int) *gpu.Tensor {
 			return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*off), Shape: []int{T, width}, DType: gpu.F32}
 		}
-		w.dq, w.dk, w.dv, w.dAttn = view(w.dh, offs[0], qDim), view(w.dh, offs[1], kvDim), view(w.dh, offs[2], kvDim), view(w.du, 0, qDim)
+		w.dq, w.dk, w.dv = view(w.dh, offs[0], qDim), view(w.dh, offs[1], kvDim), view(w.dh, offs[2], kvDim)
 	} else {
 		w.dq, w.dk, w.dv, w.dAttn = alloc("dq", T, qDim), alloc("dk", T, kvDim), alloc("dv", T, kvDim), alloc("dattn", T, qDim)
 	}
@@ -270,6 +322,17 @@ func attentionGradOffsets(T, q, kv, I int) (offs [3]int, ok bool) {
 	offs[1] = up(T * q)
 	offs[2] = up(offs[1] + T*kv)
 	return offs, offs[2]+T*kv <= T*I && q <= I
+}
+
+// attentionOutputGrad is where layer activations a's backward puts the
+// gradient of the attention's output [T, q]: a buffer of its own, or the
+// first columns' worth of a.h, dead once the MLP's backward has read it.
+func (w *Workspace) attentionOutputGrad(a *layerActivations) *gpu.Tensor {
+	if w.dAttn != nil {
+		return w.dAttn
+	}
+	T, q := w.dq.Shape[0], w.dq.Shape[1]
+	return &gpu.Tensor{Buf: a.h.Buf, Offset: a.h.Offset, Shape: []int{T, q}, DType: gpu.F32}
 }
 
 // allocActivations allocates a layer's activations other than its input x
@@ -708,6 +771,13 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace, sel ChannelSelector) erro
 		}
 	}
 	w.scratchLayer = len(m.Layers) - 1
+	// The slots hold the inputs of the last segment with inner layers.
+	w.slotsSegment = -1
+	if last := len(m.Layers) - 1; last%w.every != 0 {
+		w.slotsSegment = last / w.every
+	} else if last > 0 {
+		w.slotsSegment = (last - 1) / w.every
+	}
 	w.trace(-1)
 	if err := RMSNormForward(rec, w.final, m.Norm, w.normed, w.rstdF, T, H, eps); err != nil {
 		return fmt.Errorf("final norm: %w", err)
@@ -807,6 +877,9 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 	}
 	for i := len(m.Layers) - 1; i >= 0; i-- {
 		w.trace(i)
+		if err := m.replaySegment(rec, w, i, T, H, I); err != nil {
+			return fmt.Errorf("layer %d backward: replaying its checkpoint segment: %w", i, err)
+		}
 		if err := m.layerBackward(rec, w, i, T, H, I); err != nil {
 			return fmt.Errorf("layer %d backward: %w", i, err)
 		}
@@ -817,6 +890,26 @@ func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
 			return fmt.Errorf("embedding gradient: %w", err)
 		}
 	}
+	return nil
+}
+
+// replaySegment refills the shared inputs of the inner layers of layer's
+// checkpoint segment (see WorkspaceOptions.CheckpointEvery) when they hold
+// another segment's: it replays the forward of the segment's layers below
+// layer from the segment's kept input, with the channels the step kept.
+func (m *Model) replaySegment(rec *gpu.Recorder, w *Workspace, layer, T, H, I int) error {
+	segment := layer / w.every
+	if !w.checkpoint || layer%w.every == 0 || w.slotsSegment == segment {
+		return nil
+	}
+	eps := float32(m.Config.RMSNormEps)
+	for j := segment * w.every; j < layer; j++ {
+		if err := m.layerForward(rec, w, nil, j, m.Layers[j], &w.layers[j], w.layers[j+1].x, T, H, I, eps, true); err != nil {
+			return fmt.Errorf("layer %d: %w", j, err)
+		}
+		w.scratchLayer = j
+	}
+	w.slotsSegment = segment
 	return nil
 }
 
@@ -836,21 +929,20 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, layer, T, H, I in
 	if err := l.backwardKeptInputs(rec, ProjDown, a.h, w.dRes, w.dh, w, a, a.mlpKeep, false); err != nil {
 		return err
 	}
-	// h is dead once down's backward has read it: the gate's gradient takes
-	// its place (one [T, intermediate] buffer less). The layer's activations
-	// are then spent; with checkpointing the next backward of this scratch
-	// recomputes them.
-	dg := a.h
+	// The gate's and up's gradients overwrite gate and up, and h is dead once
+	// down's backward has read it: the layer's activations are then spent;
+	// with checkpointing the next backward of this scratch recomputes them.
 	if w.checkpoint {
 		w.scratchLayer = -1
 	}
-	if err := SwiGLUBackward(rec, a.g, a.u, w.dh, dg, w.du, T*I); err != nil {
+	if err := SwiGLUBackward(rec, a.g, a.u, w.dh, T*I); err != nil {
 		return err
 	}
+	dg, du := a.g, a.u
 	if err := l.backwardKeptOutputs(rec, ProjGate, a.xn2, dg, w.dXn, w, a, a.mlpKeep, false, false); err != nil {
 		return err
 	}
-	if err := l.backwardKeptOutputs(rec, ProjUp, a.xn2, w.du, w.dXn, w, a, a.mlpKeep, true, false); err != nil {
+	if err := l.backwardKeptOutputs(rec, ProjUp, a.xn2, du, w.dXn, w, a, a.mlpKeep, true, false); err != nil {
 		return err
 	}
 	rec.Copy(w.dMid.Buf, w.dMid.Offset, w.dRes.Buf, w.dRes.Offset, w.dRes.Bytes())
@@ -862,10 +954,11 @@ func (m *Model) layerBackward(rec *gpu.Recorder, w *Workspace, layer, T, H, I in
 		return err
 	}
 	// Attention: mid = x + o_proj(attention(rope(q), rope(k), v)).
-	if err := l.backwardKeptInputs(rec, ProjO, a.attn, w.dMid, w.dAttn, w, a, a.attnKeep.O, skip); err != nil {
+	dAttn := w.attentionOutputGrad(a)
+	if err := l.backwardKeptInputs(rec, ProjO, a.attn, w.dMid, dAttn, w, a, a.attnKeep.O, skip); err != nil {
 		return err
 	}
-	if err := AttentionBackward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse, w.dAttn,
+	if err := AttentionBackward(rec, m.attentionShape(w), a.q, a.k, a.v, w.mask, a.attn, a.lse, dAttn,
 		w.dq, w.dk, w.dv, w.attnTmp); err != nil {
 		return err
 	}

@@ -136,15 +136,16 @@ func (c *Config) PlanWorkspace(rows, seq int, ranks [7]int, opts WorkspaceOption
 	layer := 3*H + 2 + 2*q + 2*kv + heads + 3*I + sumRank
 	var w WorkspaceBytes
 	if opts.GradCheckpoint {
-		w.Saved = 4 * T * L * H
+		w.Saved = 4 * T * uint64(checkpointInputs(int(L), opts.checkpointEvery())) * H
 		w.Recompute = 4 * T * layer
 	} else {
 		w.Saved = 4 * T * L * (H + layer)
 	}
 	w.Saved += 4 * T * (2*H + 1) // final, normed, rstdF
-	// dRes, dMid, dXn, du, dh and the adapters' scratch (the gate's gradient
-	// overwrites h), and dq, dAttn, dk, dv unless they fit in du and dh.
-	w.Gradients = 4 * T * (3*H + 2*I + maxRank)
+	// dRes, dMid, dXn, dh and the adapters' scratch (the gate's and up's
+	// gradients overwrite gate and up), and dq, dAttn, dk, dv unless they fit
+	// in dh and h.
+	w.Gradients = 4 * T * (3*H + I + maxRank)
 	if _, ok := attentionGradOffsets(int(T), int(q), int(kv), int(I)); !ok {
 		w.Gradients += 4 * T * (2*q + 2*kv)
 	}

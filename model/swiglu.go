@@ -18,14 +18,15 @@ func SwiGLUForward(rec *gpu.Recorder, g, u, h *gpu.Tensor, n int) error {
 	return swiGLUForward(rec, g, u, h, n, 0)
 }
 
-// SwiGLUBackward records the gradients of SwiGLUForward given dh:
+// SwiGLUBackward records the gradients of SwiGLUForward given dh, in place:
 //
-//	dg = dh * u * silu'(g),  silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
-//	du = dh * silu(g)
+//	g <- dg = dh * u * silu'(g),  silu'(z) = s (1 + z (1 - s)), s = sigmoid(z)
+//	u <- du = dh * silu(g)
 //
-// dg and du are overwritten (they may hold garbage).
-func SwiGLUBackward(rec *gpu.Recorder, g, u, dh, dg, du *gpu.Tensor, n int) error {
-	return swiGLUBackward(rec, g, u, dh, dg, du, n, 0)
+// The MLP's backward reads g and u only here, so their gradients take their
+// place instead of needing two more [tokens, intermediate] buffers.
+func SwiGLUBackward(rec *gpu.Recorder, g, u, dh *gpu.Tensor, n int) error {
+	return swiGLUBackward(rec, g, u, dh, n, 0)
 }
 
 // swiGLUForward is SwiGLUForward with the per-dimension workgroup limit as an
@@ -52,7 +53,7 @@ func swiGLUForward(rec *gpu.Recorder, g, u, h *gpu.Tensor, n int, gridLimit uint
 	return dispatchActivationKernel(op, gpu.KindElementwise, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }
 
-func swiGLUBackward(rec *gpu.Recorder, g, u, dh, dg, du *gpu.Tensor, n int, gridLimit uint32) error {
+func swiGLUBackward(rec *gpu.Recorder, g, u, dh *gpu.Tensor, n int, gridLimit uint32) error {
 	const op = "SwiGLUBackward"
 	if err := checkU32Elements(op, n); err != nil {
 		return err
@@ -62,8 +63,7 @@ func swiGLUBackward(rec *gpu.Recorder, g, u, dh, dg, du *gpu.Tensor, n int, grid
 		return err
 	}
 	views, bases, err := bindActivationOperands(op, dev,
-		activationOperand("g", g, n), activationOperand("u", u, n), activationOperand("dh", dh, n),
-		activationOperand("dg", dg, n), activationOperand("du", du, n))
+		activationOperand("g", g, n), activationOperand("u", u, n), activationOperand("dh", dh, n))
 	if err != nil || n == 0 {
 		return err
 	}
@@ -71,6 +71,6 @@ func swiGLUBackward(rec *gpu.Recorder, g, u, dh, dg, du *gpu.Tensor, n int, grid
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	params := gpu.PackParams(uint32(n), bases[0], bases[1], bases[2], bases[3], bases[4])
+	params := gpu.PackParams(uint32(n), bases[0], bases[1], bases[2])
 	return dispatchActivationKernel(op, gpu.KindElementwise, rec, dev, kernel, params, views, activationGroups(n), activationWorkgroupSize, gridLimit)
 }

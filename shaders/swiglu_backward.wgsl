@@ -1,8 +1,10 @@
 // swiglu_backward.wgsl: gradients of h = silu(g) * u (swiglu.wgsl), elementwise
-// over n values, given dh:
-//   dg[i] = dh[i] * u[i] * silu'(g[i]),  silu'(z) = s * (1 + z*(1 - s)), s = sigmoid(z)
-//   du[i] = dh[i] * silu(g[i])
-// dg and du are overwritten, never read (they may hold garbage or NaN).
+// over n values, given dh, written in place over the forward's g and u:
+//   g[i] <- dg[i] = dh[i] * u[i] * silu'(g[i]),  silu'(z) = s * (1 + z*(1 - s)), s = sigmoid(z)
+//   u[i] <- du[i] = dh[i] * silu(g[i])
+// In place because backward never reads g and u again, and their gradients
+// then need no [tokens, intermediate] buffers of their own: each invocation
+// reads its element of g and u before it writes them.
 //
 // This is its own file rather than a variant of swiglu.wgsl because the bind
 // group layout comes from what `main` references, whatever the consts: one
@@ -10,17 +12,14 @@
 //
 // Bindings (group 0):
 //   0  uniform Params (below).
-//   1  storage, read_write, array<f32> `g`:  g[i] at g_base + i.
-//   2  storage, read_write, array<f32> `u`:  u[i] at u_base + i.
+//   1  storage, read_write, array<f32> `g`:  g[i] at g_base + i; dg on return.
+//   2  storage, read_write, array<f32> `u`:  u[i] at u_base + i; du on return.
 //   3  storage, read_write, array<f32> `dh`: dh[i] at dh_base + i.
-//   4  storage, read_write, array<f32> `dg`: dg[i] at dg_base + i.
-//   5  storage, read_write, array<f32> `du`: du[i] at du_base + i.
-// g, u and dh are only read but declared read_write so that any of the five may
-// share a buffer (WebGPU forbids binding one buffer both read-only and writable
-// in a dispatch; writable bindings may share one if they do not overlap).
+// dh is only read but declared read_write so that it may share a buffer with g
+// and u (WebGPU forbids binding one buffer both read-only and writable in a
+// dispatch; writable bindings may share one if they do not overlap).
 //
-// Params (32 bytes, little-endian u32): n, g_base, u_base, dh_base, dg_base,
-// du_base, then 8 bytes of padding.
+// Params (16 bytes, little-endian u32): n, g_base, u_base, dh_base.
 //
 // Workgroup: WORKGROUP_SIZE x 1 x 1 invocations, one element each: element
 // i = flat_element over the 2-D grid (prelude.wgsl); those with i >= n exit.
@@ -30,15 +29,12 @@
 
 struct Params {
     n: u32, g_base: u32, u_base: u32, dh_base: u32,
-    dg_base: u32, du_base: u32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> g: array<f32>;
 @group(0) @binding(2) var<storage, read_write> u: array<f32>;
 @group(0) @binding(3) var<storage, read_write> dh: array<f32>;
-@group(0) @binding(4) var<storage, read_write> dg: array<f32>;
-@group(0) @binding(5) var<storage, read_write> du: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
@@ -47,8 +43,9 @@ fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
         return;
     }
     let z = g[p.g_base + i];
+    let up = u[p.u_base + i];
     let grad = dh[p.dh_base + i];
     let s = sigmoid(z);
-    dg[p.dg_base + i] = grad * u[p.u_base + i] * s * (1.0 + z * (1.0 - s));
-    du[p.du_base + i] = grad * z * s;
+    g[p.g_base + i] = grad * up * s * (1.0 + z * (1.0 - s));
+    u[p.u_base + i] = grad * z * s;
 }
