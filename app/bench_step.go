@@ -33,6 +33,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	targetsFlag := fs.String("targets", "q,k,v,o", "LoRA target modules")
 	bf16 := fs.Bool("bf16", true, "store frozen weights as bf16 (f32 otherwise)")
 	gradCheckpoint := fs.Bool("grad-checkpoint", false, "keep only each layer's input and recompute its forward in backward")
+	checkpointEvery := fs.Int("checkpoint-every", 1, "with --grad-checkpoint: keep every N-th layer's input only, replaying the layers between in backward")
 	var quant quantizeFlags
 	addQuantizeFlags(fs, &quant)
 	reps := fs.Int("reps", 3, "timed steps per variant (after one warm-up step)")
@@ -79,7 +80,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fmt.Fprintf(stdout, "model: %s shapes, %d layers (sparsity of table layers %d-%d of %s), weights %s; batch %d x %d (%d padding), %d output tokens; LoRA r=%d on %s\n",
 		*shape, *layers, start, start+*layers-1, *sparsityName, weights, *batch, *seq, *padding, *output, *rank, *targetsFlag)
 	settings.SVD = progress(stderr, "SVD estimator")
-	settings.GradCheckpoint = *gradCheckpoint
+	settings.GradCheckpoint, settings.CheckpointEvery = *gradCheckpoint, *checkpointEvery
 	settings.Quantize = quantize
 	res, err := train.BenchStep(ctx, dev, settings)
 	if err != nil {

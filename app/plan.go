@@ -74,7 +74,7 @@ func runPlan(_ context.Context, args []string, stdout, stderr io.Writer) error {
 			mcfg.HiddenSize, mcfg.IntermediateSize, mcfg.VocabSize)
 		fmt.Fprintf(stdout, "run: batch %d x %d tokens, grad-accum %d, %s\n", cfg.BatchSize, *seq, cfg.GradAccum, planRunString(cfg, settings))
 		printMemoryPlan(stdout, plan)
-		for _, alt := range train.Alternatives(settings) {
+		for _, alt := range train.Alternatives(mcfg, settings) {
 			fmt.Fprintf(stdout, "  with %-55s %10s\n", alt.Flags+":", memString(train.PlanMemory(mcfg, alt.Settings).PeakBytes))
 		}
 	}
@@ -131,7 +131,10 @@ func planRunString(cfg train.Config, s train.MemorySettings) string {
 	default:
 		parts = append(parts, s.WeightDType.String()+" weights")
 	}
-	if s.GradCheckpoint {
+	switch {
+	case s.GradCheckpoint && s.CheckpointEvery > 1:
+		parts = append(parts, fmt.Sprintf("grad-checkpoint keeping every %d layers' input", s.CheckpointEvery))
+	case s.GradCheckpoint:
 		parts = append(parts, "grad-checkpoint")
 	}
 	if s.SparseAttnLayers+s.SparseMLPs > 0 {

@@ -39,11 +39,15 @@ func TestPlanCommand(t *testing.T) {
 	if !(q4.PeakBytes < ckpt.PeakBytes && ckpt.PeakBytes < f32.PeakBytes) {
 		t.Errorf("peaks: f32 %d, checkpointed %d, 4-bit checkpointed %d; want each smaller", f32.PeakBytes, ckpt.PeakBytes, q4.PeakBytes)
 	}
+	segments := planOf("--grad-checkpoint", "--checkpoint-every", "4")
+	if segments.Part("saved activations") >= ckpt.Part("saved activations") {
+		t.Errorf("saved activations: %d with --checkpoint-every 4, %d without", segments.Part("saved activations"), ckpt.Part("saved activations"))
+	}
 	if ckpt.Part("recompute scratch") == 0 || f32.Part("recompute scratch") != 0 {
 		t.Errorf("recompute scratch: %d with checkpointing, %d without", ckpt.Part("recompute scratch"), f32.Part("recompute scratch"))
 	}
 	code, _, errOut := run(t, "plan", "--shape", "llama3-8b", "--bf16", "--memory-limit", "16GiB")
-	if code == 0 || !strings.Contains(errOut, "limit 16.0 GiB") || !strings.Contains(errOut, "--grad-checkpoint --quantize 4: ") {
+	if code == 0 || !strings.Contains(errOut, "limit 16.0 GiB") || !strings.Contains(errOut, "--grad-checkpoint --checkpoint-every 4 --quantize 4: ") {
 		t.Errorf("over the limit: exit %d, stderr %q", code, errOut)
 	}
 	for _, bad := range [][]string{{"--shape", "llama3-8b", "--quantize", "3"}, {"--shape", "llama3-8b", "models/tiny"}, {}, {"--shape", "llama3-8b", "--memory-limit", "lots"}} {

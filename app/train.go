@@ -76,6 +76,7 @@ func trainFlags(fs *flag.FlagSet, c *train.Config) {
 	fs.IntVar(&c.LogEvery, "log-every", c.LogEvery, "read the loss back and log every N steps")
 	fs.BoolVar(&c.BF16, "bf16", c.BF16, "keep frozen weights as bf16 on the GPU (compute stays f32)")
 	fs.BoolVar(&c.GradCheckpoint, "grad-checkpoint", c.GradCheckpoint, "keep only each decoder layer's input and recompute its forward in backward (same results, less memory; each layer but the last runs its forward twice: about 1.5x the FLOPs of a LoRA step)")
+	fs.IntVar(&c.CheckpointEvery, "checkpoint-every", c.CheckpointEvery, "with --grad-checkpoint: keep the input of every N-th layer only (default 1: every layer's); backward replays the N-1 layers between, bit-identical results; the plan suggests the N that keeps the fewest inputs")
 	fs.StringVar(&c.MemoryLimit, "memory-limit", c.MemoryLimit, "GPU memory the run may use, e.g. 16GiB (default: the adapter's reported memory, if any); a run whose plan exceeds it is refused before it allocates")
 	fs.IntVar(&c.Quantize, "quantize", c.Quantize, "quantize the frozen f32/bf16/f16 weights at load to 4 or 8 bits (MLX's affine format and rounding; 0: as stored)")
 	fs.IntVar(&c.GroupSize, "group-size", c.GroupSize, "inputs per quantization group with --quantize: 32, 64 or 128")

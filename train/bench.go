@@ -31,8 +31,10 @@ type BenchSettings struct {
 	FLOPs predictor.FLOPReport
 	// SVD reports the estimator's progress (factors done of total).
 	SVD func(done, total int)
-	// GradCheckpoint recomputes each layer's forward in backward.
-	GradCheckpoint bool
+	// GradCheckpoint recomputes each layer's forward in backward, keeping
+	// every CheckpointEvery-th layer's input (0 or 1: every layer's).
+	GradCheckpoint  bool
+	CheckpointEvery int
 	// TimingsOnly skips the count of the recorded work (BenchResult.Counted
 	// stays zero): it replays each step dispatch by dispatch, which costs more
 	// than the timed steps on a slow adapter.
@@ -94,7 +96,7 @@ func BenchStep(ctx context.Context, dev *gpu.Device, s BenchSettings) (*BenchRes
 		Schedule:  optim.Schedule{Kind: optim.ScheduleConstant, TotalSteps: 1, BaseRate: 1e-4},
 		Rows:      s.Batch.Rows,
 		Seq:       s.Batch.Seq,
-		Workspace: model.WorkspaceOptions{GradCheckpoint: s.GradCheckpoint},
+		Workspace: model.WorkspaceOptions{GradCheckpoint: s.GradCheckpoint, CheckpointEvery: s.CheckpointEvery},
 		Sparsity:  sparsity,
 		Estimate:  predictor.EstimateOptions{NoCache: true, Progress: s.SVD},
 	})
@@ -267,7 +269,7 @@ func BenchPlan(s BenchSettings) MemoryPlan {
 	c := *s.Config
 	c.MaxPositionEmbeddings = s.Batch.Seq
 	m := MemorySettings{Rows: s.Batch.Rows, Seq: s.Batch.Seq, GradAccum: 1, WeightDType: s.DType,
-		Rank: s.LoRA.Rank, Targets: s.LoRA.Targets, GradCheckpoint: s.GradCheckpoint}
+		Rank: s.LoRA.Rank, Targets: s.LoRA.Targets, GradCheckpoint: s.GradCheckpoint, CheckpointEvery: s.CheckpointEvery}
 	if s.Quantize != nil {
 		m.Quantize, m.ScaleDType = *s.Quantize, s.DType
 	}

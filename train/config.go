@@ -78,6 +78,10 @@ type Config struct {
 	// GradCheckpoint recomputes each layer's forward in backward instead of
 	// keeping its activations (same results, less memory, more compute).
 	GradCheckpoint bool `yaml:"grad-checkpoint"`
+	// CheckpointEvery, with GradCheckpoint, keeps every N-th layer's input
+	// only (0 or 1: every layer's) and replays the layers in between in
+	// backward (model.WorkspaceOptions.CheckpointEvery).
+	CheckpointEvery int `yaml:"checkpoint-every,omitempty"`
 	// MemoryLimit is the GPU memory the run may use ("16GiB"; empty: what
 	// the adapter reports, if anything): a run whose plan exceeds it is
 	// refused before it allocates.
@@ -166,6 +170,10 @@ func (c *Config) Validate() error {
 		return bad("eval-max-new-tokens", c.EvalMaxNewTokens, "want 1..1048576")
 	case c.Resume && c.Overwrite:
 		return errors.New("--resume and --overwrite: give one of them (continue the run in --out, or replace it)")
+	case c.CheckpointEvery < 0:
+		return bad("checkpoint-every", c.CheckpointEvery, "want 1 or more layers per segment (0: 1)")
+	case c.CheckpointEvery > 1 && !c.GradCheckpoint:
+		return errors.New("--checkpoint-every: only with --grad-checkpoint (it sets which layer inputs checkpointing keeps)")
 	case c.Sparsity == "":
 		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
 	}

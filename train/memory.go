@@ -51,7 +51,7 @@ func ParseSize(s string) (uint64, error) {
 // with micro-batches of seq tokens.
 func (c Config) MemorySettings(mcfg *model.Config, seq int, lim gpu.Limits) (MemorySettings, error) {
 	s := MemorySettings{Rows: c.BatchSize, Seq: seq, GradAccum: c.GradAccum, WeightDType: gpu.F32,
-		Full: c.Full, Rank: c.Rank, GradCheckpoint: c.GradCheckpoint,
+		Full: c.Full, Rank: c.Rank, GradCheckpoint: c.GradCheckpoint, CheckpointEvery: c.CheckpointEvery,
 		EvalLoss: c.EvalData != "" && c.EvalMetric == "loss", Limits: lim}
 	if c.EvalData != "" && c.EvalMetric == "exact-match" {
 		s.EvalGenerate = seq + c.EvalMaxNewTokens
@@ -127,7 +127,7 @@ func CheckMemory(mcfg *model.Config, s MemorySettings, limit uint64) error {
 		return nil
 	}
 	msg := fmt.Sprintf("the memory plan needs %s, limit %s", sizeString(need), sizeString(limit))
-	for _, alt := range Alternatives(s) {
+	for _, alt := range Alternatives(mcfg, s) {
 		msg += fmt.Sprintf("; %s: %s", alt.Flags, sizeString(PlanMemory(mcfg, alt.Settings).PeakBytes))
 	}
 	return fmt.Errorf("%w: %s (see sparselora plan)", ErrOutOfMemory, msg)
@@ -139,10 +139,11 @@ type Alternative struct {
 	Settings MemorySettings
 }
 
-// Alternatives are the memory-saving settings s does not use yet, in the
-// order they cost accuracy or speed: checkpointing (compute only), bf16
-// weights, 4-bit weights, one sequence per micro-batch.
-func Alternatives(s MemorySettings) []Alternative {
+// Alternatives are the memory-saving settings s does not use yet for a model
+// of mcfg, each adding to the one before, in the order they cost accuracy or
+// speed: checkpointing and checkpoint segments (compute only), bf16 weights,
+// 4-bit weights, one sequence per micro-batch.
+func Alternatives(mcfg *model.Config, s MemorySettings) []Alternative {
 	var out []Alternative
 	var flags []string
 	cur := s
@@ -153,6 +154,9 @@ func Alternatives(s MemorySettings) []Alternative {
 	}
 	if !s.GradCheckpoint {
 		try("--grad-checkpoint", func(m *MemorySettings) { m.GradCheckpoint = true })
+	}
+	if every := model.CheckpointSegment(mcfg.NumHiddenLayers); every > 1 && s.CheckpointEvery <= 1 {
+		try(fmt.Sprintf("--checkpoint-every %d", every), func(m *MemorySettings) { m.CheckpointEvery = every })
 	}
 	if !s.Full && s.Quantize.Bits == 0 && s.WeightDType != gpu.BF16 {
 		try("--bf16", func(m *MemorySettings) { m.WeightDType = gpu.BF16 })

@@ -122,7 +122,7 @@ func (r *run) identity(resumeStep int) string {
 	settings := strings.Fields(r.fprint)
 	settings = append(settings, "adapter-init="+c.AdapterInit, fmt.Sprintf("log-every=%d", c.LogEvery), fmt.Sprintf("eval-every=%d", c.EvalEvery),
 		"eval-metric="+c.EvalMetric, fmt.Sprintf("eval-max-new-tokens=%d", c.EvalMaxNewTokens),
-		fmt.Sprintf("save-every=%d", c.SaveEvery), fmt.Sprintf("resume=%t", c.Resume), fmt.Sprintf("grad-checkpoint=%t", c.GradCheckpoint))
+		fmt.Sprintf("save-every=%d", c.SaveEvery), fmt.Sprintf("resume=%t", c.Resume), fmt.Sprintf("grad-checkpoint=%t", c.GradCheckpoint), fmt.Sprintf("checkpoint-every=%d", max(c.CheckpointEvery, 1)))
 	for _, kv := range settings {
 		k, v, _ := strings.Cut(kv, "=")
 		if k == fpModel {

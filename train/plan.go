@@ -24,6 +24,9 @@ type MemorySettings struct {
 	Targets []model.Projection
 	// GradCheckpoint recomputes each layer's forward in backward.
 	GradCheckpoint bool
+	// CheckpointEvery keeps every N-th layer's input only, with
+	// GradCheckpoint (0 or 1: every layer's).
+	CheckpointEvery int
 	// SVDRank and the counts of layers with sparse attention and sparse MLPs
 	// size the SparseLoRA predictor (0 layers: a dense run).
 	SVDRank                      int
@@ -95,7 +98,7 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 		// Value, gradient and two AdamW moments.
 		add("LoRA parameters + gradients + AdamW moments", 4*4*params+adamwReductionBytes(params))
 	}
-	ws := cfg.PlanWorkspace(s.Rows, s.Seq, ranks, model.WorkspaceOptions{GradCheckpoint: s.GradCheckpoint}, lim)
+	ws := cfg.PlanWorkspace(s.Rows, s.Seq, ranks, s.workspaceOptions(), lim)
 	add("saved activations", ws.Saved)
 	if s.GradCheckpoint {
 		add("recompute scratch", ws.Recompute)
@@ -124,6 +127,11 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 		add("generation (exact-match evaluation)", cfg.GeneratorBytes(s.EvalGenerate, 0, maxRank))
 	}
 	return p
+}
+
+// workspaceOptions are the step workspace's options of a run with s.
+func (s MemorySettings) workspaceOptions() model.WorkspaceOptions {
+	return model.WorkspaceOptions{GradCheckpoint: s.GradCheckpoint, CheckpointEvery: s.CheckpointEvery}
 }
 
 // adamwReductionBytes is the gradient-norm reduction's scratch: about one

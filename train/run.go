@@ -260,7 +260,7 @@ func (r *run) settings(mcfg *model.Config, resumeDir string) Settings {
 		Schedule:  r.schedule,
 		Rows:      cfg.BatchSize,
 		Seq:       r.plan.Seq,
-		Workspace: model.WorkspaceOptions{GradCheckpoint: cfg.GradCheckpoint},
+		Workspace: model.WorkspaceOptions{GradCheckpoint: cfg.GradCheckpoint, CheckpointEvery: cfg.CheckpointEvery},
 		Sparsity:  r.sparsity,
 		Estimate:  predictor.EstimateOptions{CacheDir: cfg.SVDCacheDir, VerifyContent: cfg.VerifySVDCache, Progress: r.hooks.SVD},
 	}

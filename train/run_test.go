@@ -184,19 +184,20 @@ func TestConfigValidateNamesTheFlag(t *testing.T) {
 		t.Fatalf("defaults: %v", err)
 	}
 	for flag, edit := range map[string]func(*Config){
-		"--rank":          func(c *Config) { c.Rank = 0 },
-		"--batch-size":    func(c *Config) { c.BatchSize = -1 },
-		"--grad-accum":    func(c *Config) { c.GradAccum = 0 },
-		"--lr":            func(c *Config) { c.LR = -1 },
-		"--schedule":      func(c *Config) { c.Schedule = "step" },
-		"--warmup-ratio":  func(c *Config) { c.WarmupRatio = 1.5 },
-		"--targets":       func(c *Config) { c.Targets = "q,qq" },
-		"--keep":          func(c *Config) { c.Keep = 0 },
-		"--log-every":     func(c *Config) { c.LogEvery = 0 },
-		"--max-seq-len":   func(c *Config) { c.MaxSeqLen = 1 },
-		"--epochs":        func(c *Config) { c.Epochs = 0 },
-		"--max-grad-norm": func(c *Config) { c.MaxGradNorm = -2 },
-		"--model":         func(c *Config) { c.Model = "" },
+		"--rank":             func(c *Config) { c.Rank = 0 },
+		"--batch-size":       func(c *Config) { c.BatchSize = -1 },
+		"--grad-accum":       func(c *Config) { c.GradAccum = 0 },
+		"--lr":               func(c *Config) { c.LR = -1 },
+		"--schedule":         func(c *Config) { c.Schedule = "step" },
+		"--warmup-ratio":     func(c *Config) { c.WarmupRatio = 1.5 },
+		"--targets":          func(c *Config) { c.Targets = "q,qq" },
+		"--keep":             func(c *Config) { c.Keep = 0 },
+		"--log-every":        func(c *Config) { c.LogEvery = 0 },
+		"--max-seq-len":      func(c *Config) { c.MaxSeqLen = 1 },
+		"--epochs":           func(c *Config) { c.Epochs = 0 },
+		"--max-grad-norm":    func(c *Config) { c.MaxGradNorm = -2 },
+		"--model":            func(c *Config) { c.Model = "" },
+		"--checkpoint-every": func(c *Config) { c.CheckpointEvery = 4 },
 	} {
 		c := base
 		edit(&c)
