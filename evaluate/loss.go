@@ -36,10 +36,9 @@ type Evaluator struct {
 // NewEvaluator allocates a workspace of rows x seq tokens on m (with the
 // adapters attached now).
 func NewEvaluator(m *model.Model, rows, seq int) (*Evaluator, error) {
-	// Evaluation runs no backward, so its layers can share one set of
-	// activations: the checkpointing layout, the same forward in a fraction
-	// of the memory.
-	ws, err := m.NewWorkspaceWith(rows, seq, model.WorkspaceOptions{GradCheckpoint: true})
+	// Evaluation runs no backward: its layers share one set of activations
+	// and two inputs, the same forward in a fraction of the memory.
+	ws, err := m.NewWorkspaceWith(rows, seq, model.WorkspaceOptions{ForwardOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("evaluation workspace: %w", err)
 	}

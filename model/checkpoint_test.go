@@ -1,10 +1,13 @@
 package model_test
 
 import (
+	"math"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/internal/gputest"
 	"github.com/sparselora/sparselora/model"
 )
 
@@ -147,5 +150,63 @@ func TestCheckpointSegment(t *testing.T) {
 		if got := model.CheckpointSegment(c.layers); got != c.want {
 			t.Errorf("CheckpointSegment(%d) = %d, want %d", c.layers, got, c.want)
 		}
+	}
+}
+
+// TestForwardOnlyWorkspace: evaluation's workspace (one shared set of
+// activations, two alternating layer inputs, no gradient buffers) gives the
+// loss of a training workspace bit for bit on the 7-layer stack, holds the
+// bytes PlanWorkspace counts, and refuses a backward pass.
+func TestForwardOnlyWorkspace(t *testing.T) {
+	r := newSparseRig(t)
+	defer r.Close()
+	own, ownWS := r.m.Layers, r.ws
+	defer func() { r.m.Layers, r.ws = own, ownWS }()
+	r.m.Layers = []*model.Layer{own[0], own[1], own[2], own[0], own[1], own[2], own[0]}
+	dev := r.m.Dev
+	loss := func(opts model.WorkspaceOptions) (float32, *model.Workspace, uint64) {
+		before := dev.LiveBytes()
+		ws, err := r.m.NewWorkspaceWith(ownWS.Rows, ownWS.Seq, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bytes := uint64(dev.LiveBytes() - before)
+		if err := ws.Load(r.m, r.batch); err != nil {
+			t.Fatal(err)
+		}
+		rec := dev.NewRecorder()
+		defer rec.Release()
+		if err := r.m.Forward(rec, ws, nil); err != nil {
+			t.Fatal(err)
+		}
+		gputest.Submit(t, rec)
+		return gputest.Download(t, ws.Loss)[0], ws, bytes
+	}
+	want, saved, savedBytes := loss(model.WorkspaceOptions{})
+	saved.Release()
+	got, ws, bytes := loss(model.WorkspaceOptions{ForwardOnly: true})
+	defer ws.Release()
+	if got != want {
+		t.Errorf("forward-only loss %v, training workspace's %v", got, want)
+	}
+	c := *r.m.Config
+	c.NumHiddenLayers = len(r.m.Layers)
+	var ranks [7]int
+	for p, ad := range own[0].Adapters {
+		if ad != nil {
+			ranks[p] = ad.Rank()
+		}
+	}
+	plan := c.PlanWorkspace(ownWS.Rows, ownWS.Seq, ranks, model.WorkspaceOptions{ForwardOnly: true}, dev.Limits).Total()
+	if d := float64(bytes)/float64(plan) - 1; math.Abs(d) > 0.02 {
+		t.Errorf("forward-only workspace holds %d bytes, PlanWorkspace says %d (%+.1f %%)", bytes, plan, 100*d)
+	}
+	if bytes*2 > savedBytes {
+		t.Errorf("forward-only workspace holds %d bytes, a training workspace %d: want less than half", bytes, savedBytes)
+	}
+	rec := dev.NewRecorder()
+	defer rec.Release()
+	if err := r.m.Backward(rec, ws); err == nil || !strings.Contains(err.Error(), "forward-only") {
+		t.Errorf("Backward on a forward-only workspace: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/sparselora/sparselora/gpu"
@@ -138,6 +139,8 @@ type Workspace struct {
 	// the shared input slots hold now (-1: none).
 	every        int
 	slotsSegment int
+	// forwardOnly: WorkspaceOptions.ForwardOnly.
+	forwardOnly bool
 }
 
 // NewWorkspace allocates the buffers for batches of rows x seq tokens,
@@ -159,6 +162,11 @@ type WorkspaceOptions struct {
 	// segment of N layers from its kept input. Results are the same; about
 	// (N-1)/N more layer forwards per step, for N-1 of every N inputs.
 	CheckpointEvery int
+	// ForwardOnly allocates a workspace for forward passes only (evaluation):
+	// the layers share one set of activations, their inputs alternate
+	// between two buffers, and there are no gradient buffers; Backward
+	// refuses it.
+	ForwardOnly bool
 }
 
 // checkpointEvery is the segment length opts keep layer inputs at.
@@ -198,8 +206,8 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 	if c.SlidingWindow > 0 && seq > c.SlidingWindow {
 		return nil, fmt.Errorf("%s: sequences of %d tokens exceed sliding_window %d, which sparselora does not implement", c.Path, seq, c.SlidingWindow)
 	}
-	w := &Workspace{Rows: rows, Seq: seq, checkpoint: opts.GradCheckpoint, scratchLayer: -1,
-		every: opts.checkpointEvery(), slotsSegment: -1}
+	w := &Workspace{Rows: rows, Seq: seq, checkpoint: opts.GradCheckpoint && !opts.ForwardOnly, scratchLayer: -1,
+		every: opts.checkpointEvery(), slotsSegment: -1, forwardOnly: opts.ForwardOnly}
 	var err error
 	alloc := func(label string, shape ...int) *gpu.Tensor {
 		if err != nil {
@@ -216,9 +224,9 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 	maxRank := 0
 	// With checkpointing every layer keeps only its input x; the rest is one
 	// set shared by all layers, which backward refills by recomputing the
-	// layer's forward.
+	// layer's forward. A forward-only workspace needs no more than that set.
 	var shared *layerActivations
-	if opts.GradCheckpoint {
+	if opts.GradCheckpoint || opts.ForwardOnly {
 		shared = &layerActivations{}
 		allocActivations(shared, alloc, T, c.HiddenSize, c.IntermediateSize, qDim, kvDim, c.NumAttentionHeads)
 		var ranks [7]int
@@ -236,8 +244,13 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 		}
 	}
 	// With checkpoint segments, the inner layers of every segment share
-	// these inputs (see replaySegment).
-	slots := make([]*gpu.Tensor, min(w.every, len(w.layers))-1)
+	// these inputs (see replaySegment); a forward-only workspace's layers
+	// alternate between two.
+	every := w.every
+	if opts.ForwardOnly {
+		every = 2
+	}
+	slots := make([]*gpu.Tensor, min(every, len(w.layers))-1)
 	for i := range slots {
 		slots[i] = alloc("residual (segment slot)", T, c.HiddenSize)
 	}
@@ -248,10 +261,13 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 		} else {
 			allocActivations(a, alloc, T, c.HiddenSize, c.IntermediateSize, qDim, kvDim, c.NumAttentionHeads)
 		}
-		if i%w.every == 0 {
+		switch {
+		case opts.ForwardOnly && i > 1:
+			a.x = w.layers[i%2].x
+		case i%every == 0:
 			a.x = alloc("residual", T, c.HiddenSize)
-		} else {
-			a.x = slots[i%w.every-1]
+		default:
+			a.x = slots[i%every-1]
 		}
 		for p, ad := range m.Layers[i].Adapters {
 			if ad == nil || ad.Rank() == 0 {
@@ -266,29 +282,12 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 			}
 		}
 	}
-	if maxRank > 0 {
-		w.dxa = alloc("adapter backward scratch", T*maxRank)
-	}
 	w.final, w.normed, w.rstdF = alloc("final", T, c.HiddenSize), alloc("normed", T, c.HiddenSize), alloc("rstdF", T)
 	w.ids, w.mask, w.targets = alloc("ids", T), alloc("mask", T), alloc("targets", T)
 	w.Loss = alloc("loss", 1)
-	w.dRes, w.dMid, w.dXn = alloc("dres", T, c.HiddenSize), alloc("dmid", T, c.HiddenSize), alloc("dxn", T, c.HiddenSize)
-	// The gate's and up's gradients have no buffers of their own: they
-	// overwrite the layer's gate and up (see layerBackward).
-	w.dh = alloc("dh", T, c.IntermediateSize)
-	// The attention's gradients live in the MLP's buffers, which are dead by
-	// then (the MLP's backward comes first in a layer): dq, dk and dv in dh at
-	// binding-aligned offsets (they are written in one dispatch), dAttn in the
-	// layer's h (w.dAttn stays nil; see attentionOutputGrad).
-	if offs, ok := attentionGradOffsets(T, qDim, kvDim, c.IntermediateSize); ok && err == nil {
-		view := func(t *gpu.Tensor, off, width int) *gpu.Tensor {
-			return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*off), Shape: []int{T, width}, DType: gpu.F32}
-		}
-		w.dq, w.dk, w.dv = view(w.dh, offs[0], qDim), view(w.dh, offs[1], kvDim), view(w.dh, offs[2], kvDim)
-	} else {
-		w.dq, w.dk, w.dv, w.dAttn = alloc("dq", T, qDim), alloc("dk", T, kvDim), alloc("dv", T, kvDim), alloc("dattn", T, qDim)
+	if !opts.ForwardOnly {
+		w.allocGradients(alloc, T, c.HiddenSize, c.IntermediateSize, qDim, kvDim, c.NumAttentionHeads, maxRank)
 	}
-	w.attnTmp = alloc("attention scratch", T, c.NumAttentionHeads)
 	if err != nil {
 		w.Release()
 		return nil, fmt.Errorf("allocating activations for %d x %d tokens: %w", rows, seq, err)
@@ -306,6 +305,33 @@ func (m *Model) NewWorkspaceWith(rows, seq int, opts WorkspaceOptions) (*Workspa
 		return nil, err
 	}
 	return w, nil
+}
+
+// allocGradients allocates backward's buffers, shared by the layers.
+func (w *Workspace) allocGradients(alloc func(string, ...int) *gpu.Tensor, T, H, I, qDim, kvDim, heads, maxRank int) {
+	if maxRank > 0 {
+		w.dxa = alloc("adapter backward scratch", T*maxRank)
+	}
+	w.dRes, w.dMid, w.dXn = alloc("dres", T, H), alloc("dmid", T, H), alloc("dxn", T, H)
+	// The gate's and up's gradients have no buffers of their own: they
+	// overwrite the layer's gate and up (see layerBackward).
+	w.dh = alloc("dh", T, I)
+	if w.dh == nil {
+		return // the allocation failed: NewWorkspaceWith reports it
+	}
+	// The attention's gradients live in the MLP's buffers, which are dead by
+	// then (the MLP's backward comes first in a layer): dq, dk and dv in dh at
+	// binding-aligned offsets (they are written in one dispatch), dAttn in the
+	// layer's h (w.dAttn stays nil; see attentionOutputGrad).
+	if offs, ok := attentionGradOffsets(T, qDim, kvDim, I); ok {
+		view := func(t *gpu.Tensor, off, width int) *gpu.Tensor {
+			return &gpu.Tensor{Buf: t.Buf, Offset: t.Offset + uint64(4*off), Shape: []int{T, width}, DType: gpu.F32}
+		}
+		w.dq, w.dk, w.dv = view(w.dh, offs[0], qDim), view(w.dh, offs[1], kvDim), view(w.dh, offs[2], kvDim)
+	} else {
+		w.dq, w.dk, w.dv, w.dAttn = alloc("dq", T, qDim), alloc("dk", T, kvDim), alloc("dv", T, kvDim), alloc("dattn", T, qDim)
+	}
+	w.attnTmp = alloc("attention scratch", T, heads)
 }
 
 // bindingAlignFloats is WebGPU's largest minStorageBufferOffsetAlignment (256
@@ -851,6 +877,9 @@ func (m *Model) layerForward(rec *gpu.Recorder, w *Workspace, sel ChannelSelecto
 // Backward records the backward pass of the last Forward: every adapter's
 // parameter gradients accumulate; frozen weights get none.
 func (m *Model) Backward(rec *gpu.Recorder, w *Workspace) error {
+	if w.forwardOnly {
+		return errors.New("backward on a forward-only workspace (WorkspaceOptions.ForwardOnly)")
+	}
 	c := m.Config
 	T := w.Rows * w.Seq
 	H, I := c.HiddenSize, c.IntermediateSize

@@ -135,7 +135,10 @@ func (c *Config) PlanWorkspace(rows, seq int, ranks [7]int, opts WorkspaceOption
 	// output, k and v, the log-sum-exp, gate, up and h; plus x A^T per adapter.
 	layer := 3*H + 2 + 2*q + 2*kv + heads + 3*I + sumRank
 	var w WorkspaceBytes
-	if opts.GradCheckpoint {
+	if opts.ForwardOnly {
+		w.Saved = 4 * T * min(L, 2) * H
+		w.Recompute = 4 * T * layer
+	} else if opts.GradCheckpoint {
 		w.Saved = 4 * T * uint64(checkpointInputs(int(L), opts.checkpointEvery())) * H
 		w.Recompute = 4 * T * layer
 	} else {
@@ -145,11 +148,13 @@ func (c *Config) PlanWorkspace(rows, seq int, ranks [7]int, opts WorkspaceOption
 	// dRes, dMid, dXn, dh and the adapters' scratch (the gate's and up's
 	// gradients overwrite gate and up), and dq, dAttn, dk, dv unless they fit
 	// in dh and h.
-	w.Gradients = 4 * T * (3*H + I + maxRank)
-	if _, ok := attentionGradOffsets(int(T), int(q), int(kv), int(I)); !ok {
-		w.Gradients += 4 * T * (2*q + 2*kv)
+	if !opts.ForwardOnly {
+		w.Gradients = 4 * T * (3*H + I + maxRank)
+		if _, ok := attentionGradOffsets(int(T), int(q), int(kv), int(I)); !ok {
+			w.Gradients += 4 * T * (2*q + 2*kv)
+		}
+		w.Attention = 4 * T * heads
 	}
-	w.Attention = 4 * T * heads
 	w.Inputs = 4*3*T + 4 + 4*3*(T+1)
 	chunk := uint64(c.VocabSize)
 	if cols, err := chunkColumns(lim, int(T), c.HiddenSize, c.VocabSize, 0); err == nil {

@@ -114,8 +114,8 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 	chunks := (dispatches*uniformSlotBytes + uniformChunkBytes - 1) / uniformChunkBytes
 	add("staging", model.StagingBytes(s.Rows, s.Seq, max(s.GradAccum, 1))+ws.Inputs+chunks*uniformChunkBytes)
 	if s.EvalLoss {
-		// evaluate.NewEvaluator: forward only, in the checkpointing layout.
-		ev := cfg.PlanWorkspace(s.Rows, s.Seq, ranks, model.WorkspaceOptions{GradCheckpoint: true}, lim)
+		// evaluate.NewEvaluator: a forward-only workspace.
+		ev := cfg.PlanWorkspace(s.Rows, s.Seq, ranks, model.WorkspaceOptions{ForwardOnly: true}, lim)
 		add("evaluation workspace", ev.Total())
 	}
 	if s.EvalGenerate > 0 {
