@@ -58,7 +58,8 @@ func openModel(df *deviceFlags, dir, adapterDir string, bf16 bool, quant quantiz
 	if bf16 {
 		dtype = gpu.BF16
 	}
-	m, warnings, err := model.LoadWithOptions(dev, dir, model.LoadOptions{DType: dtype, Quantize: spec})
+	// The commands that use a trained model only look the embedding table up.
+	m, warnings, err := model.LoadWithOptions(dev, dir, model.LoadOptions{DType: dtype, Quantize: spec, HostEmbedding: true})
 	if err != nil {
 		closeDev()
 		return nil, err

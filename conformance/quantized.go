@@ -66,6 +66,11 @@ func Quantized(ctx context.Context, dev *gpu.Device, dir string, spec model.Quan
 			return nil, fmt.Errorf("conformance: dequantized twin: %s: %w", name, err)
 		}
 	}
+	// An embedding table kept in host memory (untied head) is the twin's too.
+	if e := q.Model.HostEmbed; e != nil && e.DType() == gpu.Quantized {
+		quantized++
+		twin.Model.HostEmbed = e.Dequantized()
+	}
 	if quantized == 0 {
 		return nil, fmt.Errorf("conformance: %s/model: no weight is quantized with %s (the group must divide the input sizes)", dir, spec)
 	}

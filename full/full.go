@@ -34,6 +34,9 @@ type Set struct {
 // the gradients. The weights must be f32 (bf16 weights cannot take small
 // updates). Create workspaces after New, as after attaching adapters.
 func New(m *model.Model) (*Set, error) {
+	if m.Embed == nil {
+		return nil, errors.New("full-parameter training trains the embedding table, which this model keeps in host memory (load it without model.LoadOptions.HostEmbedding)")
+	}
 	s := &Set{m: m}
 	fail := func(err error) (*Set, error) {
 		s.Release()
@@ -187,6 +190,9 @@ func rowsView(t *gpu.Tensor, rows, cols int) *gpu.Tensor {
 func InitRandom(m *model.Model, std float64, seed uint64) error {
 	if math.IsNaN(std) || math.IsInf(std, 0) || std < 0 {
 		return fmt.Errorf("full: initializer_range %g must be a finite, non-negative number", std)
+	}
+	if m.Embed == nil {
+		return errors.New("full: initialising the weights: the embedding table is in host memory (load the model without model.LoadOptions.HostEmbedding)")
 	}
 	rng := rand.New(rand.NewPCG(seed, 0x1417))
 	tensors := m.NamedTensors()

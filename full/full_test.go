@@ -163,7 +163,7 @@ func TestGradientsMatchFiniteDifferences(t *testing.T) {
 func TestNewRefusesQuantizedWeights(t *testing.T) {
 	cfg := tinyConfig(t, "llama", false)
 	cfg.HiddenSize, cfg.IntermediateSize = 32, 64 // groups of 32 divide every input size
-	m, err := model.NewRandomQuantized(testDevice, cfg, gpu.F32, &model.Quantization{Bits: 4, GroupSize: 32}, 8, 1)
+	m, err := model.NewRandomWith(testDevice, cfg, model.LoadOptions{DType: gpu.F32, Quantize: &model.Quantization{Bits: 4, GroupSize: 32}}, 8, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -136,18 +136,68 @@ func (w *AffineWeight) Code(r, c int) uint32 {
 	return word >> (bit % 32) & (1<<w.Format.Bits - 1)
 }
 
-// Dequantize returns W as float32, each element s*q + b rounded once from
-// float64 (the kernels compute it with a fused multiply-add in f32).
+// Dequantize returns W as float32, each element s*q + b rounded once (as a
+// fused multiply-add, DequantizeRow's fused).
 func (w *AffineWeight) Dequantize() []float32 {
 	out := make([]float32, w.Out*w.In)
-	groups := w.In / w.Format.Group
 	for r := 0; r < w.Out; r++ {
-		for c := 0; c < w.In; c++ {
-			g := r*groups + c/w.Format.Group
-			out[r*w.In+c] = float32(float64(w.Scales[g])*float64(w.Code(r, c)) + float64(w.Biases[g]))
-		}
+		w.DequantizeRow(r, out[r*w.In:(r+1)*w.In], true)
 	}
 	return out
+}
+
+// DequantizeRow writes row r of W into dst ([In]): each element s*q + b as
+// the kernels' load_affine computes it with WGSL's fma, which an
+// implementation may evaluate fused (one rounding, fused set) or as a
+// product and a sum (two roundings; lavapipe does). The two differ in the
+// last bit only when s*q is not exact in float32, which needs f32 scales:
+// bf16 and f16 scales (at most 11 significant bits) times codes of at most
+// 8 bits are exact. Host code that must give a device's values (the
+// embedding table kept in host memory) asks which the device does.
+func (w *AffineWeight) DequantizeRow(r int, dst []float32, fused bool) {
+	f := w.Format
+	codes := w.Codes[r*f.CodeWords(w.In) : (r+1)*f.CodeWords(w.In)]
+	groups := w.In / f.Group
+	perWord, mask := 32/f.Bits, uint32(1)<<f.Bits-1
+	var s, b float32
+	for c := range dst[:w.In] {
+		if c%f.Group == 0 {
+			s, b = w.Scales[r*groups+c/f.Group], w.Biases[r*groups+c/f.Group]
+		}
+		q := float32(codes[c/perWord] >> (uint(c%perWord) * uint(f.Bits)) & mask)
+		if fused {
+			dst[c] = fusedMultiplyAdd32(s, q, b)
+		} else {
+			dst[c] = float32(s*q) + b // the conversion rounds the product: Go must not fuse it
+		}
+	}
+}
+
+// fusedMultiplyAdd32 is s*q + b rounded once to float32. The product is exact
+// in float64 (24 + 24 bits) and the sum is rounded there first; that
+// rounding can change the float32 result only when it lands exactly halfway
+// between two float32 values, where the sum's exact remainder (TwoSum)
+// decides.
+func fusedMultiplyAdd32(s, q, b float32) float32 {
+	p, c := float64(s)*float64(q), float64(b)
+	sum := p + c
+	r := float32(sum)
+	if float64(r) == sum || math.IsInf(float64(r), 0) {
+		return r
+	}
+	toward := math.Inf(1)
+	if sum < float64(r) {
+		toward = math.Inf(-1)
+	}
+	other := math.Nextafter32(r, float32(toward))
+	if (float64(r)+float64(other))/2 != sum {
+		return r // not halfway: the float64 rounding kept the side
+	}
+	bb := sum - p
+	if rest := (p - (sum - bb)) + (c - bb); rest != 0 && (rest > 0) == (other > r) {
+		return other
+	}
+	return r
 }
 
 // encodeScale is a scale or bias in its storage type, failing when the value

@@ -29,3 +29,7 @@ func PendingCalls(in *Instance) int {
 func CompileWithPrelude(d *Device, file, src string, consts ...Const) (*Kernel, error) {
 	return d.compileWithPrelude(file, file, src, consts)
 }
+
+// FusedMultiplyAdd32 is the host's f32 fused multiply-add of the dequantized
+// weights.
+var FusedMultiplyAdd32 = fusedMultiplyAdd32

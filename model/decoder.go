@@ -20,11 +20,14 @@ type Layer struct {
 type Model struct {
 	Config *Config
 	Dev    *gpu.Device
-	Embed  *gpu.Tensor // [vocab, hidden]
-	Layers []*Layer
-	Norm   *gpu.Tensor // final RMSNorm weight
-	Head   *gpu.Tensor // [vocab, hidden]; the embedding table when tied
-	Rope   *RopeTable
+	// Embed is the embedding table [vocab, hidden] on the GPU; nil when
+	// HostEmbed holds it in host memory (LoadOptions.HostEmbedding).
+	Embed     *gpu.Tensor
+	HostEmbed *Embedding
+	Layers    []*Layer
+	Norm      *gpu.Tensor // final RMSNorm weight
+	Head      *gpu.Tensor // [vocab, hidden]; the embedding table when tied
+	Rope      *RopeTable
 	// Sources are the checkpoint files Load read the weights from, as they
 	// were when it opened them; nil for models built in memory. The SVD cache
 	// keys on them instead of hashing every weight, so code that changes the
@@ -103,8 +106,16 @@ type Workspace struct {
 	staged        []*batchInputs
 	staging       *gpu.Buffer
 	stagedTargets int
-	Loss          *gpu.Tensor // [1] mean cross-entropy
-	head          *LMHead
+	// stagedTable is the host embedding table of the model the micro-batches
+	// were staged for (nil: the GPU looks their rows up).
+	stagedTable *Embedding
+	// embedded is the host table whose rows of the loaded batch's tokens the
+	// first layer's input holds (nil when the GPU looks them up in Trunk);
+	// embeddedRows is the host scratch they are gathered in.
+	embedded     *Embedding
+	embeddedRows []float32
+	Loss         *gpu.Tensor // [1] mean cross-entropy
+	head         *LMHead
 	// gradient scratch, reused by every layer
 	dRes, dMid, dXn   *gpu.Tensor
 	dq, dk, dv, dAttn *gpu.Tensor
@@ -483,7 +494,31 @@ func (w *Workspace) Load(m *Model, b Batch) error {
 			return err
 		}
 	}
+	if err := w.writeEmbedded(m.HostEmbed, in); err != nil {
+		return err
+	}
 	w.use(in, in.targetCount)
+	return nil
+}
+
+// writeEmbedded writes the rows of in's tokens, looked up in the host table
+// (nil: none, the GPU looks them up in Trunk), into the first layer's input
+// now (a queue write), where Trunk's embedding lookup would put them.
+func (w *Workspace) writeEmbedded(table *Embedding, in *batchInputs) error {
+	w.embedded = table
+	if table == nil {
+		return nil
+	}
+	x := w.layers[0].x
+	if n := x.Len(); len(w.embeddedRows) != n {
+		w.embeddedRows = make([]float32, n)
+	}
+	if err := table.Lookup(in.ids, w.embeddedRows); err != nil {
+		return err
+	}
+	if err := x.Upload(w.embeddedRows); err != nil {
+		return fmt.Errorf("uploading the embedded tokens: %w", err)
+	}
 	return nil
 }
 
@@ -525,6 +560,7 @@ func (w *Workspace) Stage(m *Model, batches []Batch) (int, error) {
 		}
 	}
 	w.stagedTargets = total
+	w.stagedTable = m.HostEmbed
 	return total, nil
 }
 
@@ -535,11 +571,27 @@ func (w *Workspace) SetStagedTargets(n int) { w.stagedTargets = n }
 
 // UseStaged records copying staged micro-batch i into the workspace's inputs;
 // the passes recorded after it (until the next Load or UseStaged) run on it.
+//
+// When the model keeps its embedding table in host memory, the rows of the
+// micro-batch's tokens are looked up on the host and written into the first
+// layer's input by a queue write, which runs before any submission that
+// follows it: UseStaged then first submits what rec holds (the previous
+// micro-batch's passes, which read the previous rows), so that a step's
+// micro-batches take one submission each rather than one in all, and only
+// one micro-batch's rows are ever on the GPU.
 func (w *Workspace) UseStaged(rec *gpu.Recorder, i int) error {
 	if i < 0 || i >= len(w.staged) {
 		return fmt.Errorf("micro-batch %d not staged (%d are)", i, len(w.staged))
 	}
 	in := w.staged[i]
+	if w.stagedTable != nil {
+		if err := rec.Submit(); err != nil {
+			return fmt.Errorf("submitting the passes before micro-batch %d: %w", i, err)
+		}
+	}
+	if err := w.writeEmbedded(w.stagedTable, in); err != nil {
+		return fmt.Errorf("micro-batch %d: %w", i, err)
+	}
 	T := w.Rows * w.Seq
 	offset := uint64(4*(3*T+3*(T+1))) * uint64(i)
 	for _, d := range w.destinations(in) {
@@ -782,9 +834,15 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace, sel ChannelSelector) erro
 	eps := float32(c.RMSNormEps)
 	w.sparseScored = sel != nil && sel.SparseScoredTokens()
 	w.trace(-1)
-	if err := EmbeddingForward(rec, m.Embed, w.ids, w.layers[0].x, T, H); err != nil {
-		return fmt.Errorf("embedding: %w", err)
+	switch {
+	case w.embedded != m.HostEmbed:
+		return fmt.Errorf("embedding: the workspace holds no rows of this model's host embedding table (load the batch for this model with Load, or Stage and UseStaged)")
+	case m.HostEmbed == nil:
+		if err := EmbeddingForward(rec, m.Embed, w.ids, w.layers[0].x, T, H); err != nil {
+			return fmt.Errorf("embedding: %w", err)
+		}
 	}
+	// Otherwise Load or UseStaged wrote the rows of the batch's tokens.
 	for i, l := range m.Layers {
 		a := &w.layers[i]
 		next := w.final

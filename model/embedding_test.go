@@ -3,6 +3,7 @@ package model
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -178,6 +179,93 @@ func TestEmbeddingAffine(t *testing.T) {
 		}
 		if blockRows > 0 && dispatches < 2 {
 			t.Errorf("%s: %d dispatch(es) with blocks of %d rows, want one per block", f, dispatches, blockRows)
+		}
+		rec.Release()
+		for _, tensor := range []*gpu.Tensor{tableT, idsT, x} {
+			tensor.Release()
+		}
+	}
+}
+
+// TestHostEmbeddingMatchesKernel checks that the host table's Lookup gives,
+// bit for bit, the rows EmbeddingForward gathers from the same table on the
+// GPU: f32, bf16 and quantized tables (every bit width and group size, each
+// scale type), including f32-scaled groups whose s*q falls exactly halfway
+// between two float32 values with a tiny bias (the fused multiply-add's
+// single rounding decides those). Ids repeat and cover the first and last
+// rows; an id outside the vocabulary is an error on the host.
+func TestHostEmbeddingMatchesKernel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(41, 42))
+	type table struct {
+		name       string
+		affine     *gpu.AffineWeight
+		values     []float32
+		dtype      gpu.DType
+		vocab, col int
+	}
+	var tables []table
+	for _, dtype := range []gpu.DType{gpu.F32, gpu.BF16} {
+		tables = append(tables, table{name: dtype.String(), values: gputest.RandFloats(rng, 23*37), dtype: dtype, vocab: 23, col: 37})
+	}
+	for i, f := range gputest.AffineFormats() {
+		if (i/3+i)%3 != 0 { // the formats TestEmbeddingAffine compiles
+			continue
+		}
+		vocab, cols := 19+i, f.Group*(1+i%2)
+		w := gputest.RandAffine(rng, vocab, cols, f)
+		if f.Scales == gpu.ScaleF32 {
+			// Row 0: s = ±(1 + 2^-23) times odd codes lands halfway; b = ±2^-60.
+			for g := range cols / f.Group {
+				w.Scales[g] = float32(1-2*(g%2)) * math.Nextafter32(1, 2)
+				w.Biases[g] = float32(1-2*(g/2%2)) * 0x1p-60
+			}
+		}
+		tables = append(tables, table{name: f.String(), affine: w, dtype: gpu.Quantized, vocab: vocab, col: cols})
+	}
+	for _, tb := range tables {
+		ids := make([]uint32, 31)
+		for i := range ids {
+			ids[i] = uint32(rng.IntN(tb.vocab))
+		}
+		ids[0], ids[1], ids[2] = 0, uint32(tb.vocab-1), 0
+		host, err := newEmbedding(testDevice, tb.affine, tb.values, tb.vocab, tb.col, tb.dtype)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if host.DType() != tb.dtype {
+			t.Errorf("%s: host table of dtype %s", tb.name, host.DType())
+		}
+		got := make([]float32, len(ids)*tb.col)
+		if err := host.Lookup(ids, got); err != nil {
+			t.Fatal(err)
+		}
+		var tableT *gpu.Tensor
+		if tb.affine != nil {
+			tableT = gputest.UploadAffine(t, testDevice, tb.affine)
+		} else {
+			tableT = gputest.Upload(t, testDevice, tb.dtype, tb.values, tb.vocab, tb.col)
+		}
+		idsT := uploadIDs(t, ids)
+		x := gputest.Poisoned(t, testDevice, len(ids), tb.col)
+		rec := testDevice.NewRecorder()
+		if err := EmbeddingForward(rec, tableT, idsT, x, len(ids), tb.col); err != nil {
+			t.Fatal(err)
+		}
+		gputest.Submit(t, rec)
+		want := gputest.Download(t, x)
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Errorf("%s: token %d (id %d) column %d: host %g, GPU %g", tb.name, i/tb.col, ids[i/tb.col], i%tb.col, got[i], want[i])
+				break
+			}
+		}
+		dq := host.Dequantized()
+		again := make([]float32, len(got))
+		if err := dq.Lookup(ids, again); err != nil || dq.DType() != gpu.F32 || !slices.Equal(again, got) {
+			t.Errorf("%s: the dequantized twin (%s) looks up other rows (error %v)", tb.name, dq.DType(), err)
+		}
+		if err := host.Lookup([]uint32{0, uint32(tb.vocab)}, make([]float32, 2*tb.col)); err == nil || !strings.Contains(err.Error(), "outside the vocabulary") {
+			t.Errorf("%s: id %d: error %v, want one naming the vocabulary", tb.name, tb.vocab, err)
 		}
 		rec.Release()
 		for _, tensor := range []*gpu.Tensor{tableT, idsT, x} {

@@ -26,7 +26,7 @@ type Generator struct {
 
 	kCache, vCache []*gpu.Tensor // per layer [MaxSeq, kvHeads*headDim]
 	// One chunk's activations, reused by every layer.
-	ids              *gpu.Tensor // [ChunkRows] u32
+	ids              *gpu.Tensor // [ChunkRows] u32; nil with a host embedding table
 	x, mid, xn, rstd *gpu.Tensor // residual in and after attention, norm output
 	q, attn          *gpu.Tensor // [ChunkRows, heads*headDim]
 	gate, up, h      *gpu.Tensor // [ChunkRows, intermediate]
@@ -83,7 +83,9 @@ func (m *Model) NewGenerator(maxSeq, chunkRows int) (*Generator, error) {
 		g.kCache = append(g.kCache, alloc("key cache", maxSeq, kvDim))
 		g.vCache = append(g.vCache, alloc("value cache", maxSeq, kvDim))
 	}
-	g.ids = alloc("generation ids", R)
+	if m.HostEmbed == nil { // else the host writes the embedded rows
+		g.ids = alloc("generation ids", R)
+	}
 	g.x, g.mid, g.xn, g.rstd = alloc("generation residual", R, H), alloc("generation mid", R, H), alloc("generation norm", R, H), alloc("generation rstd", R)
 	g.q, g.attn = alloc("generation q", R, qDim), alloc("generation attention", R, qDim)
 	g.gate, g.up, g.h = alloc("generation gate", R, I), alloc("generation up", R, I), alloc("generation h", R, I)
@@ -206,13 +208,10 @@ func (g *Generator) forward(chunk []int32, last bool) error {
 	for i, t := range chunk {
 		ids[i] = uint32(t)
 	}
-	if err := g.ids.Buf.Write(g.ids.Offset, gpu.U32Bytes(ids)); err != nil {
-		return fmt.Errorf("generator: writing token ids: %w", err)
-	}
 	x, mid, xn := rowsOf(g.x, 0, R, H), rowsOf(g.mid, 0, R, H), rowsOf(g.xn, 0, R, H)
 	rstd, q, attn := rowsOf(g.rstd, 0, R, 1), rowsOf(g.q, 0, R, qDim), rowsOf(g.attn, 0, R, qDim)
 	gate, up, h := rowsOf(g.gate, 0, R, I), rowsOf(g.up, 0, R, I), rowsOf(g.h, 0, R, I)
-	if err := EmbeddingForward(rec, m.Embed, rowsOf(g.ids, 0, R, 1), x, R, H); err != nil {
+	if err := g.embed(ids, x); err != nil {
 		return fmt.Errorf("generator: embedding: %w", err)
 	}
 	shape := DecodeAttentionShape{Start: start, Rows: R, Heads: c.NumAttentionHeads, KVHeads: c.NumKeyValueHeads, HeadDim: c.HeadDim}
@@ -262,6 +261,25 @@ func (g *Generator) forward(chunk []int32, last bool) error {
 		}
 	}
 	return nil
+}
+
+// embed puts the embeddings of the chunk's tokens into x: rows looked up in
+// the model's host table and written now (a queue write, which the chunk's
+// submission follows: Append submits every chunk before the next one), or
+// the ids written and the GPU lookup recorded.
+func (g *Generator) embed(ids []uint32, x *gpu.Tensor) error {
+	m, R := g.m, len(ids)
+	if m.HostEmbed != nil {
+		rows := make([]float32, R*m.HostEmbed.Cols)
+		if err := m.HostEmbed.Lookup(ids, rows); err != nil {
+			return err
+		}
+		return x.Buf.Write(x.Offset, gpu.F32Bytes(rows))
+	}
+	if err := g.ids.Buf.Write(g.ids.Offset, gpu.U32Bytes(ids)); err != nil {
+		return fmt.Errorf("writing token ids: %w", err)
+	}
+	return EmbeddingForward(g.rec, m.Embed, rowsOf(g.ids, 0, R, 1), x, R, m.Config.HiddenSize)
 }
 
 // project records y (+)= x W^T (+ b) + adapter(x) for rows rows.

@@ -44,6 +44,14 @@ type LoadOptions struct {
 	// biases in the checkpoint's dtype. A checkpoint that is already
 	// quantized loads as it is, without it.
 	Quantize *Quantization
+	// HostEmbedding keeps the embedding table in host memory (Model.HostEmbed,
+	// stored as on the GPU: f32, bf16 or quantized) when the LM head is
+	// untied: runs that only look the table up (LoRA training, evaluation,
+	// generation) then upload the rows of their tokens instead of holding
+	// the whole table on the GPU. A tied head multiplies by the table, so it
+	// stays on the GPU (Config.EmbeddingOnHost); full-parameter training,
+	// which trains it, must leave this off.
+	HostEmbedding bool
 }
 
 // LoadWithOptions is LoadWithWarnings with the weights' storage chosen by
@@ -95,49 +103,68 @@ func uploadWeights(dev *gpu.Device, cfg *Config, ckpt safetensors.Reader, opts L
 			m.Release()
 		}
 	}()
+	uploadValues := func(info safetensors.TensorInfo, values []float32, dt gpu.DType) (*gpu.Tensor, error) {
+		t, err := dev.NewTensor(dt, info.Name, info.Shape...)
+		if err != nil {
+			return nil, fmt.Errorf("%s: tensor %s: %w", ckpt.Path(), info.Name, err)
+		}
+		if err := t.Upload(values); err != nil {
+			t.Release()
+			return nil, fmt.Errorf("%s: tensor %s: %w", ckpt.Path(), info.Name, err)
+		}
+		return t, nil
+	}
 	upload := func(name string, dt gpu.DType) (*gpu.Tensor, error) {
 		info, values, err := readFinite(ckpt, name)
 		if err != nil {
 			return nil, err
 		}
-		t, err := dev.NewTensor(dt, name, info.Shape...)
-		if err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", ckpt.Path(), name, err)
-		}
-		if err := t.Upload(values); err != nil {
-			t.Release()
-			return nil, fmt.Errorf("%s: tensor %s: %w", ckpt.Path(), name, err)
-		}
-		return t, nil
+		return uploadValues(info, values, dt)
 	}
-	// uploadWeight uploads a quantizable module's weight: the checkpoint's
-	// codes, float values quantized at load, or float values.
-	uploadWeight := func(module string) (*gpu.Tensor, error) {
+	// readWeight reads a quantizable module's weight on the host: the
+	// checkpoint's codes or its float values quantized at load (w), or its
+	// float values.
+	readWeight := func(module string) (w *gpu.AffineWeight, info safetensors.TensorInfo, values []float32, err error) {
 		name := module + ".weight"
-		var w *gpu.AffineWeight
 		if s := cfg.Quantization.For(module, holds(ckpt)); s != nil {
-			if w, err = readAffine(ckpt, module, moduleShape(cfg, module), *s); err != nil {
-				return nil, err
-			}
-		} else if opts.Quantize != nil && moduleShape(cfg, module)[1]%opts.Quantize.GroupSize == 0 {
-			// Modules whose input size the group does not divide stay float, as mlx-lm leaves them.
-			info, values, err := readFinite(ckpt, name)
-			if err != nil {
-				return nil, err
-			}
-			if w, err = QuantizeAffine(values, info.Shape[0], info.Shape[1], *opts.Quantize, scaleType(info.Dtype)); err != nil {
-				return nil, fmt.Errorf("model: %s: tensor %q %v: %w", info.Path, name, info.Shape, err)
-			}
-		} else {
-			return upload(name, dtype)
+			w, err = readAffine(ckpt, module, moduleShape(cfg, module), *s)
+			return w, info, nil, err
 		}
-		t, err := dev.NewAffineTensor(w, name)
+		if info, values, err = readFinite(ckpt, name); err != nil {
+			return nil, info, nil, err
+		}
+		// Modules whose input size the group does not divide stay float, as mlx-lm leaves them.
+		if opts.Quantize != nil && moduleShape(cfg, module)[1]%opts.Quantize.GroupSize == 0 {
+			if w, err = QuantizeAffine(values, info.Shape[0], info.Shape[1], *opts.Quantize, scaleType(info.Dtype)); err != nil {
+				return nil, info, nil, fmt.Errorf("model: %s: tensor %q %v: %w", info.Path, name, info.Shape, err)
+			}
+		}
+		return w, info, values, nil
+	}
+	uploadWeight := func(module string) (*gpu.Tensor, error) {
+		w, info, values, err := readWeight(module)
 		if err != nil {
-			return nil, fmt.Errorf("%s: tensor %s: %w", ckpt.Path(), name, err)
+			return nil, err
+		}
+		if w == nil {
+			return uploadValues(info, values, dtype)
+		}
+		t, err := dev.NewAffineTensor(w, module+".weight")
+		if err != nil {
+			return nil, fmt.Errorf("%s: tensor %s.weight: %w", ckpt.Path(), module, err)
 		}
 		return t, nil
 	}
-	if m.Embed, err = uploadWeight("model.embed_tokens"); err != nil {
+	if cfg.EmbeddingOnHost(opts.HostEmbedding) {
+		w, _, values, err := readWeight("model.embed_tokens")
+		if err != nil {
+			return nil, err
+		}
+		shape := moduleShape(cfg, "model.embed_tokens")
+		if m.HostEmbed, err = newEmbedding(dev, w, values, shape[0], shape[1], dtype); err != nil {
+			return nil, fmt.Errorf("%s: tensor model.embed_tokens.weight: %w", ckpt.Path(), err)
+		}
+	} else if m.Embed, err = uploadWeight("model.embed_tokens"); err != nil {
 		return nil, err
 	}
 	if m.Norm, err = upload("model.norm.weight", gpu.F32); err != nil {

@@ -46,10 +46,15 @@ func (c *Config) ProjectionShape(p Projection) (in, out int) {
 // bias per group in scales, the dtype a quantized checkpoint stores them in or
 // that of the float checkpoint quantized at load; matrices whose input size
 // the group does not divide stay in dtype, as Load leaves them), norms and
-// biases in f32, and the RoPE table.
-func (c *Config) WeightBytes(dtype, scales gpu.DType, q Quantization) uint64 {
+// biases in f32, and the RoPE table. The embedding table is not counted
+// when it stays in host memory (hostEmbedding, LoadOptions.HostEmbedding, with
+// an untied head: Config.EmbeddingOnHost).
+func (c *Config) WeightBytes(dtype, scales gpu.DType, q Quantization, hostEmbedding bool) uint64 {
 	var total uint64
-	for _, shape := range ExpectedTensors(c) {
+	for name, shape := range ExpectedTensors(c) {
+		if name == "model.embed_tokens.weight" && c.EmbeddingOnHost(hostEmbedding) {
+			continue
+		}
 		n := 1
 		for _, d := range shape {
 			n *= d
@@ -173,8 +178,9 @@ func StagingBytes(rows, seq, micro int) uint64 {
 
 // GeneratorBytes is what NewGenerator(maxSeq, chunkRows) allocates (with the
 // adapters' scratch of rank maxRank): the KV cache of every layer and one
-// chunk's activations.
-func (c *Config) GeneratorBytes(maxSeq, chunkRows, maxRank int) uint64 {
+// chunk's activations, its token ids unless the embedding table is in host
+// memory (hostEmbedding as at WeightBytes).
+func (c *Config) GeneratorBytes(maxSeq, chunkRows, maxRank int, hostEmbedding bool) uint64 {
 	if chunkRows <= 0 {
 		chunkRows = 256
 	}
@@ -183,6 +189,9 @@ func (c *Config) GeneratorBytes(maxSeq, chunkRows, maxRank int) uint64 {
 	q := uint64(c.NumAttentionHeads * c.HeadDim)
 	kv := uint64(c.NumKeyValueHeads * c.HeadDim)
 	cache := 4 * 2 * uint64(c.NumHiddenLayers) * uint64(maxSeq) * kv
-	chunk := 4 * R * (1 + 3*H + 1 + 2*q + 3*I + uint64(maxRank))
+	chunk := 4 * R * (3*H + 1 + 2*q + 3*I + uint64(maxRank))
+	if !c.EmbeddingOnHost(hostEmbedding) {
+		chunk += 4 * R // the token ids
+	}
 	return cache + chunk + 4*(H+1+uint64(c.VocabSize))
 }

@@ -13,11 +13,15 @@ import (
 	"github.com/sparselora/sparselora/model/safetensors"
 )
 
-// NamedTensors maps the Hugging Face name of every base-model tensor to its
-// tensor on the GPU (lm_head.weight only when untied), the names of
-// ExpectedTensors.
+// NamedTensors maps the Hugging Face name of every base-model tensor on the
+// GPU to its tensor (lm_head.weight only when untied), the names of
+// ExpectedTensors but model.embed_tokens.weight when the table is in host
+// memory (HostEmbed).
 func (m *Model) NamedTensors() map[string]*gpu.Tensor {
-	out := map[string]*gpu.Tensor{"model.embed_tokens.weight": m.Embed, "model.norm.weight": m.Norm}
+	out := map[string]*gpu.Tensor{"model.norm.weight": m.Norm}
+	if m.Embed != nil {
+		out["model.embed_tokens.weight"] = m.Embed
+	}
 	if !m.Config.TieWordEmbeddings {
 		out["lm_head.weight"] = m.Head
 	}

@@ -167,7 +167,8 @@ func TestQuantizedCheckpointRejectsBadInput(t *testing.T) {
 // what loading allocates: an f32 checkpoint quantized at load with --bf16
 // keeps f32 scales and biases (the checkpoint's) and bf16 float matrices
 // (down_proj, whose 176 inputs groups of 32 do not divide), and an
-// MLX-quantized checkpoint loads as written.
+// MLX-quantized checkpoint loads as written; the embedding table kept in
+// host memory is not counted.
 func TestWeightBytesCountsQuantizedLoad(t *testing.T) {
 	src := filepath.Join(fixtures.HF(t, "llama-gqa"), "model")
 	q := Quantization{Bits: 4, GroupSize: 32}
@@ -178,6 +179,8 @@ func TestWeightBytesCountsQuantizedLoad(t *testing.T) {
 	}{
 		{"f32 checkpoint, --bf16 --quantize 4", src, LoadOptions{DType: gpu.BF16, Quantize: &q}},
 		{"MLX-quantized checkpoint", quantizedFixture(t), LoadOptions{DType: gpu.F32}},
+		{"f32 checkpoint, --bf16 --quantize 4, host embedding", src, LoadOptions{DType: gpu.BF16, Quantize: &q, HostEmbedding: true}},
+		{"MLX-quantized checkpoint, host embedding", quantizedFixture(t), LoadOptions{DType: gpu.F32, HostEmbedding: true}},
 	} {
 		scales, err := CheckpointScaleDType(c.dir)
 		if err != nil {
@@ -191,7 +194,10 @@ func TestWeightBytesCountsQuantizedLoad(t *testing.T) {
 		got := testDevice.LiveBytes() - base
 		cfg := m.Config
 		m.Release()
-		if want := cfg.WeightBytes(c.opts.DType, scales, q); uint64(got) != want {
+		if c.opts.HostEmbedding && m.HostEmbed == nil {
+			t.Errorf("%s: the embedding table is not in host memory", c.name)
+		}
+		if want := cfg.WeightBytes(c.opts.DType, scales, q, c.opts.HostEmbedding); uint64(got) != want {
 			t.Errorf("%s: allocated %d bytes, WeightBytes %d (scales %s)", c.name, got, want, scales)
 		}
 	}

@@ -34,15 +34,18 @@ func BuiltinShape(name string) (*Config, error) {
 // std 0.02, norms 1), for benchmarks: the work per step depends only on the
 // shapes. maxSeq sizes the RoPE table.
 func NewRandom(dev *gpu.Device, cfg *Config, dtype gpu.DType, maxSeq int, seed uint64) (*Model, error) {
-	return NewRandomQuantized(dev, cfg, dtype, nil, maxSeq, seed)
+	return NewRandomWith(dev, cfg, LoadOptions{DType: dtype}, maxSeq, seed)
 }
 
-// NewRandomQuantized is NewRandom with the matrices that q's groups divide
-// quantized as Load's --quantize does (MLX's rounding; scales and biases in
-// dtype, as a checkpoint of dtype quantized at load keeps them); the others
-// stay in dtype. A nil q is NewRandom. The model's config is a copy of cfg
-// naming the quantization.
-func NewRandomQuantized(dev *gpu.Device, cfg *Config, dtype gpu.DType, q *Quantization, maxSeq int, seed uint64) (*Model, error) {
+// NewRandomWith is NewRandom with the weights stored as opts says, as Load
+// stores a checkpoint's: in opts.DType; with opts.Quantize, the matrices that
+// its groups divide quantized as Load's --quantize does (MLX's rounding;
+// scales and biases in the dtype, as a checkpoint of that dtype quantized at
+// load keeps them; the model's config is then a copy of cfg naming the
+// quantization); with opts.HostEmbedding and an untied head, the embedding
+// table in host memory. The values drawn do not depend on opts.
+func NewRandomWith(dev *gpu.Device, cfg *Config, opts LoadOptions, maxSeq int, seed uint64) (*Model, error) {
+	dtype, q := opts.DType, opts.Quantize
 	if q != nil {
 		if err := q.Check(); err != nil {
 			return nil, err
@@ -82,24 +85,51 @@ func NewRandomQuantized(dev *gpu.Device, cfg *Config, dtype gpu.DType, q *Quanti
 		}
 		return t, nil
 	}
-	// matrix is a random weight [out, in], quantized when q's groups divide in.
-	matrix := func(name string, out, in int) (*gpu.Tensor, error) {
+	// draw is a random weight [out, in] on the host: quantized (w) when q's
+	// groups divide in, else float values.
+	draw := func(name string, out, in int) (w *gpu.AffineWeight, values []float32, err error) {
+		values = make([]float32, out*in)
+		for i := range values {
+			values[i] = float32(rng.NormFloat64() * 0.02)
+		}
 		if q == nil || in%q.GroupSize != 0 {
-			return random(name, dtype, 0.02, out, in)
+			return nil, values, nil
 		}
-		v := make([]float32, out*in)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64() * 0.02)
+		if w, err = QuantizeAffine(values, out, in, *q, scales); err != nil {
+			return nil, nil, fmt.Errorf("model: random %s [%d, %d]: %w", name, out, in, err)
 		}
-		w, err := QuantizeAffine(v, out, in, *q, scales)
+		return w, nil, nil
+	}
+	// matrix is a random weight [out, in] on the GPU.
+	matrix := func(name string, out, in int) (*gpu.Tensor, error) {
+		w, values, err := draw(name, out, in)
+		switch {
+		case err != nil:
+			return nil, err
+		case w != nil:
+			return dev.NewAffineTensor(w, name)
+		}
+		t, err := dev.NewTensor(dtype, name, out, in)
 		if err != nil {
-			return nil, fmt.Errorf("model: random %s [%d, %d]: %w", name, out, in, err)
+			return nil, err
 		}
-		return dev.NewAffineTensor(w, name)
+		if err := t.Upload(values); err != nil {
+			t.Release()
+			return nil, err
+		}
+		return t, nil
 	}
 	var err error
 	H, V := cfg.HiddenSize, cfg.VocabSize
-	if m.Embed, err = matrix("embed_tokens", V, H); err != nil {
+	if cfg.EmbeddingOnHost(opts.HostEmbedding) {
+		w, values, err := draw("embed_tokens", V, H)
+		if err != nil {
+			return nil, err
+		}
+		if m.HostEmbed, err = newEmbedding(dev, w, values, V, H, dtype); err != nil {
+			return nil, fmt.Errorf("model: random embed_tokens: %w", err)
+		}
+	} else if m.Embed, err = matrix("embed_tokens", V, H); err != nil {
 		return nil, err
 	}
 	if m.Norm, err = random("norm", gpu.F32, 0, H); err != nil {

@@ -66,7 +66,8 @@ func TestNewRandomRunsAForwardPass(t *testing.T) {
 // WeightBytes counts what the random model allocates, byte for byte: float
 // matrices, quantized ones (scales in the weights' dtype) and, when the group
 // does not divide a matrix's input size (down_proj's 96 with groups of 64),
-// the float matrices that quantization leaves.
+// the float matrices that quantization leaves; without the embedding table
+// when it stays in host memory.
 func TestWeightBytesCountsAllocation(t *testing.T) {
 	cfg, err := BuiltinShape("llama3-8b")
 	if err != nil {
@@ -77,14 +78,19 @@ func TestWeightBytesCountsAllocation(t *testing.T) {
 	for _, c := range []struct {
 		dtype gpu.DType
 		q     *Quantization
-	}{{gpu.F32, nil}, {gpu.BF16, nil}, {gpu.BF16, &Quantization{Bits: 4, GroupSize: 64}}, {gpu.F32, &Quantization{Bits: 8, GroupSize: 32}}} {
+		host  bool
+	}{{gpu.F32, nil, false}, {gpu.BF16, nil, false}, {gpu.BF16, &Quantization{Bits: 4, GroupSize: 64}, false}, {gpu.F32, &Quantization{Bits: 8, GroupSize: 32}, false},
+		{gpu.F32, nil, true}, {gpu.BF16, &Quantization{Bits: 4, GroupSize: 64}, true}} {
 		base := testDevice.LiveBytes()
-		m, err := NewRandomQuantized(testDevice, cfg, c.dtype, c.q, cfg.MaxPositionEmbeddings, 7)
+		m, err := NewRandomWith(testDevice, cfg, LoadOptions{DType: c.dtype, Quantize: c.q, HostEmbedding: c.host}, cfg.MaxPositionEmbeddings, 7)
 		if err != nil {
 			t.Fatal(err)
 		}
 		got := testDevice.LiveBytes() - base
 		m.Release()
+		if (m.HostEmbed != nil) != c.host || (m.Embed != nil) == c.host {
+			t.Errorf("%s %+v host %t: the table is in host memory: %t, on the GPU: %t", c.dtype, c.q, c.host, m.HostEmbed != nil, m.Embed != nil)
+		}
 		var q Quantization
 		if c.q != nil {
 			q = *c.q
@@ -92,8 +98,8 @@ func TestWeightBytesCountsAllocation(t *testing.T) {
 				t.Errorf("%s %+v: the model's config names quantization %+v", c.dtype, q, m.Config.Quantization)
 			}
 		}
-		if want := cfg.WeightBytes(c.dtype, c.dtype, q); uint64(got) != want {
-			t.Errorf("%s %+v: allocated %d bytes, WeightBytes %d", c.dtype, q, got, want)
+		if want := cfg.WeightBytes(c.dtype, c.dtype, q, c.host); uint64(got) != want {
+			t.Errorf("%s %+v host %t: allocated %d bytes, WeightBytes %d", c.dtype, q, c.host, got, want)
 		}
 	}
 }

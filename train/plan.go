@@ -80,7 +80,10 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 	if dtype == 0 {
 		dtype = gpu.F32
 	}
-	add("frozen weights", cfg.WeightBytes(dtype, s.ScaleDType, s.Quantize))
+	// LoRA runs keep the embedding table in host memory when the head is
+	// untied (train.New); full training trains it on the GPU.
+	hostEmbedding := !s.Full
+	add("frozen weights", cfg.WeightBytes(dtype, s.ScaleDType, s.Quantize, hostEmbedding))
 	L := uint64(cfg.NumHiddenLayers)
 	var ranks [7]int
 	if s.Full {
@@ -109,8 +112,14 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 	if s.SparseAttnLayers+s.SparseMLPs > 0 {
 		add("SVD factors + selection", svdBytes(cfg, s))
 	}
-	// One recorder holds every micro-batch's forward and backward of a step.
-	dispatches := (dispatchesOutside + dispatchesPerLayer*L) * uint64(max(s.GradAccum, 1))
+	// One recorder holds every micro-batch's forward and backward of a step,
+	// in one submission, or one per micro-batch when the embedding table is
+	// in host memory (Workspace.UseStaged).
+	perSubmission := uint64(max(s.GradAccum, 1))
+	if cfg.EmbeddingOnHost(hostEmbedding) {
+		perSubmission = 1
+	}
+	dispatches := (dispatchesOutside + dispatchesPerLayer*L) * perSubmission
 	chunks := (dispatches*uniformSlotBytes + uniformChunkBytes - 1) / uniformChunkBytes
 	add("staging", model.StagingBytes(s.Rows, s.Seq, max(s.GradAccum, 1))+ws.Inputs+chunks*uniformChunkBytes)
 	if s.EvalLoss {
@@ -124,7 +133,7 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 			maxRank = max(maxRank, r)
 		}
 		// infer.NewSession: a generator of the default chunk.
-		add("generation (exact-match evaluation)", cfg.GeneratorBytes(s.EvalGenerate, 0, maxRank))
+		add("generation (exact-match evaluation)", cfg.GeneratorBytes(s.EvalGenerate, 0, maxRank, hostEmbedding))
 	}
 	return p
 }

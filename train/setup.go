@@ -91,7 +91,9 @@ func New(ctx context.Context, dev *gpu.Device, s Settings) (_ *Trainer, err erro
 			}
 		}
 	}()
-	m, warnings, err := loadModel(dev, s.Model)
+	// Only full training trains the embedding table: otherwise it may stay in
+	// host memory (with an untied head, model.LoadOptions.HostEmbedding).
+	m, warnings, err := loadModel(dev, s.Model, !s.Params.Full)
 	if err != nil {
 		return nil, err
 	}
@@ -160,15 +162,18 @@ func New(ctx context.Context, dev *gpu.Device, s Settings) (_ *Trainer, err erro
 	return t, nil
 }
 
-// loadModel loads the weights from src.Dir, or builds random ones.
-func loadModel(dev *gpu.Device, src ModelSource) (*model.Model, []string, error) {
+// loadModel loads the weights from src.Dir, or builds random ones, with the
+// embedding table in host memory when hostEmbedding is set and the head is
+// untied.
+func loadModel(dev *gpu.Device, src ModelSource, hostEmbedding bool) (*model.Model, []string, error) {
+	opts := model.LoadOptions{DType: src.DType, Quantize: src.Quantize, HostEmbedding: hostEmbedding}
 	if src.Dir != "" {
-		return model.LoadWithOptions(dev, src.Dir, model.LoadOptions{DType: src.DType, Quantize: src.Quantize})
+		return model.LoadWithOptions(dev, src.Dir, opts)
 	}
 	if src.Random == nil {
 		return nil, nil, errors.New("train: no model: want a directory or a config for random weights")
 	}
-	m, err := model.NewRandomQuantized(dev, src.Random, src.DType, src.Quantize, src.MaxSeq, src.Seed)
+	m, err := model.NewRandomWith(dev, src.Random, opts, src.MaxSeq, src.Seed)
 	if err != nil {
 		return nil, nil, err
 	}
