@@ -145,6 +145,9 @@ func (t *Trainer) Step(micro []model.Batch, sel model.ChannelSelector) error {
 	}
 	if err := t.record(len(micro), sel, t.LR()); err != nil {
 		// The recorder holds a partial step that must never be submitted.
+		// (With the embedding table in host memory, UseStaged submitted the
+		// micro-batches before the failing one: their gradients are zeroed
+		// by the next step, but their losses are in the running sum.)
 		t.rec.Release()
 		t.rec = t.Model.Dev.NewRecorder()
 		return fmt.Errorf("train: %w", err)
