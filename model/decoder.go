@@ -836,13 +836,16 @@ func (m *Model) Trunk(rec *gpu.Recorder, w *Workspace, sel ChannelSelector) erro
 	w.trace(-1)
 	switch {
 	case w.embedded != m.HostEmbed:
-		return fmt.Errorf("embedding: the workspace holds no rows of this model's host embedding table (load the batch for this model with Load, or Stage and UseStaged)")
+		return fmt.Errorf("embedding: the workspace holds no rows of this model's host embedding table (load the batch for this model with Load, or Stage and UseStaged; a forward-only workspace's forward overwrites them)")
 	case m.HostEmbed == nil:
 		if err := EmbeddingForward(rec, m.Embed, w.ids, w.layers[0].x, T, H); err != nil {
 			return fmt.Errorf("embedding: %w", err)
 		}
+	case w.forwardOnly && len(m.Layers) > 2:
+		// Load or UseStaged wrote the rows of the batch's tokens, which
+		// layer 2's input overwrites (the inputs alternate).
+		w.embedded = nil
 	}
-	// Otherwise Load or UseStaged wrote the rows of the batch's tokens.
 	for i, l := range m.Layers {
 		a := &w.layers[i]
 		next := w.final

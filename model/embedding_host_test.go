@@ -21,6 +21,7 @@ type hostEmbeddingRun struct {
 	grads      map[string][]float32 // their accumulated LoRA gradients
 	loadedLoss []float32            // the loss of a batch given to Load
 	embedded   []float32            // the first layer's input (HF's hidden_states[0])
+	evalLoss   []float32            // a batch's loss in a forward-only workspace
 	logits     []float32            // a prompt's last logits, then one decoded token's
 }
 
@@ -28,7 +29,7 @@ type hostEmbeddingRun struct {
 // embedding table is on the GPU and on the same model with the table in host
 // memory: a step of two staged micro-batches (with and without activation
 // checkpointing; rows padded, with a masked pad id), a batch given to Load,
-// and generation (a prompt in two chunks, then a decoded token). The losses,
+// the same in a forward-only workspace (evaluation's), and generation (a prompt in two chunks, then a decoded token). The losses,
 // LoRA gradients, embeddings and logits must be the same bits, for the
 // llama-gqa fixture in f32 and bf16, quantized at load (f32 scales, where the
 // device's rounding of s*q + b matters), and for random weights quantized
@@ -46,15 +47,15 @@ func TestHostEmbeddingMatchesGPU(t *testing.T) {
 		name string
 		dir  string // a fixture, or "" for random weights of random
 		opts model.LoadOptions
-		ckpt bool
+		ws   model.WorkspaceOptions
 	}{
-		{"llama-gqa f32", gqa, model.LoadOptions{DType: gpu.F32}, false},
-		{"llama-gqa bf16, checkpointing", gqa, model.LoadOptions{DType: gpu.BF16}, true},
-		{"llama-gqa --quantize 4 (f32 scales)", gqa, model.LoadOptions{DType: gpu.F32, Quantize: &model.Quantization{Bits: 4, GroupSize: 32}}, false},
-		{"random bf16 --quantize 8 (bf16 scales), checkpointing", "", model.LoadOptions{DType: gpu.BF16, Quantize: &model.Quantization{Bits: 8, GroupSize: 64}}, true},
+		{"llama-gqa f32", gqa, model.LoadOptions{DType: gpu.F32}, model.WorkspaceOptions{}},
+		{"llama-gqa bf16, checkpoint segments of 2", gqa, model.LoadOptions{DType: gpu.BF16}, model.WorkspaceOptions{GradCheckpoint: true, CheckpointEvery: 2}},
+		{"llama-gqa --quantize 4 (f32 scales)", gqa, model.LoadOptions{DType: gpu.F32, Quantize: &model.Quantization{Bits: 4, GroupSize: 32}}, model.WorkspaceOptions{}},
+		{"random bf16 --quantize 8 (bf16 scales), checkpointing", "", model.LoadOptions{DType: gpu.BF16, Quantize: &model.Quantization{Bits: 8, GroupSize: 64}}, model.WorkspaceOptions{GradCheckpoint: true}},
 	}
 	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) { compareHostEmbedding(t, c.dir, c.opts, c.ckpt, random) })
+		t.Run(c.name, func(t *testing.T) { compareHostEmbedding(t, c.dir, c.opts, c.ws, random) })
 	}
 
 	// A tied head needs the table on the GPU: the request is ignored.
@@ -70,7 +71,7 @@ func TestHostEmbeddingMatchesGPU(t *testing.T) {
 
 // runHostEmbeddingWork runs TestHostEmbeddingMatchesGPU's work on m with set
 // attached.
-func runHostEmbeddingWork(t *testing.T, m *model.Model, set *lora.Set, ckpt bool) hostEmbeddingRun {
+func runHostEmbeddingWork(t *testing.T, m *model.Model, set *lora.Set, wsOpts model.WorkspaceOptions) hostEmbeddingRun {
 	t.Helper()
 	dev := m.Dev
 	const rows, seq = 2, 9
@@ -88,7 +89,7 @@ func runHostEmbeddingWork(t *testing.T, m *model.Model, set *lora.Set, ckpt bool
 		}
 		return b
 	}
-	ws, err := m.NewWorkspaceWith(rows, seq, model.WorkspaceOptions{GradCheckpoint: ckpt})
+	ws, err := m.NewWorkspaceWith(rows, seq, wsOpts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +135,29 @@ func runHostEmbeddingWork(t *testing.T, m *model.Model, set *lora.Set, ckpt bool
 	run.loadedLoss = gputest.Download(t, ws.Loss)
 	run.embedded = gputest.Download(t, ws.Hidden(0))
 
+	// A forward-only workspace (evaluation) alternates two layer inputs: with
+	// more than two layers its forward overwrites the uploaded rows, and a
+	// second forward of the batch must be refused rather than run on them.
+	eval, err := m.NewWorkspaceWith(rows, seq, model.WorkspaceOptions{ForwardOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eval.Release()
+	if err := eval.Load(m, batch(3)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Forward(rec, eval, nil); err != nil {
+		t.Fatal(err)
+	}
+	gputest.Submit(t, rec)
+	run.evalLoss = gputest.Download(t, eval.Loss)
+	again := dev.NewRecorder()
+	defer again.Release()
+	err = m.Forward(again, eval, nil)
+	if overwritten := m.HostEmbed != nil && len(m.Layers) > 2; overwritten != (err != nil) {
+		t.Errorf("a second forward of a loaded batch on a forward-only workspace of %d layers (host table %t): error %v", len(m.Layers), m.HostEmbed != nil, err)
+	}
+
 	g, err := m.NewGenerator(16, 4)
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +177,7 @@ func runHostEmbeddingWork(t *testing.T, m *model.Model, set *lora.Set, ckpt bool
 // compareHostEmbedding runs TestHostEmbeddingMatchesGPU's work on the model
 // of dir (a fixture, or "" for random weights of random) loaded with base,
 // with the table on the GPU and in host memory, and compares the results.
-func compareHostEmbedding(t *testing.T, dir string, base model.LoadOptions, ckpt bool, random *model.Config) {
+func compareHostEmbedding(t *testing.T, dir string, base model.LoadOptions, wsOpts model.WorkspaceOptions, random *model.Config) {
 	dev := model.SharedTestDevice()
 	var runs [2]hostEmbeddingRun
 	for i, host := range []bool{false, true} {
@@ -182,7 +206,7 @@ func compareHostEmbedding(t *testing.T, dir string, base model.LoadOptions, ckpt
 			t.Fatal(err)
 		}
 		set.Attach(m)
-		runs[i] = runHostEmbeddingWork(t, m, set, ckpt)
+		runs[i] = runHostEmbeddingWork(t, m, set, wsOpts)
 		set.Release()
 		m.Release()
 	}
@@ -195,6 +219,7 @@ func compareHostEmbedding(t *testing.T, dir string, base model.LoadOptions, ckpt
 	same("the step's loss", hostRun.stepLoss, gpuRun.stepLoss)
 	same("the loaded batch's loss", hostRun.loadedLoss, gpuRun.loadedLoss)
 	same("the embeddings", hostRun.embedded, gpuRun.embedded)
+	same("the forward-only workspace's loss", hostRun.evalLoss, gpuRun.evalLoss)
 	same("the generated logits", hostRun.logits, gpuRun.logits)
 	if len(gpuRun.grads) == 0 {
 		t.Fatal("no LoRA gradients")
