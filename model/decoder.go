@@ -16,14 +16,15 @@ type Layer struct {
 }
 
 // Model is a LLaMA-family decoder (LLaMA, Mistral, Qwen2) with its frozen
-// weights on the GPU. Compute is f32; weights are f32 or bf16.
+// weights on the GPU (the embedding table may stay in host memory: HostEmbed).
+// Compute is f32; weights are f32 or bf16.
 type Model struct {
 	Config *Config
 	Dev    *gpu.Device
 	// Embed is the embedding table [vocab, hidden] on the GPU; nil when
-	// HostEmbed holds it in host memory (LoadOptions.HostEmbedding).
+	// HostEmbed holds it in host memory instead (LoadOptions.HostEmbedding).
 	Embed     *gpu.Tensor
-	HostEmbed *Embedding
+	HostEmbed *Embedding // nil when Embed holds the table
 	Layers    []*Layer
 	Norm      *gpu.Tensor // final RMSNorm weight
 	Head      *gpu.Tensor // [vocab, hidden]; the embedding table when tied
