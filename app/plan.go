@@ -150,6 +150,9 @@ func printMemoryPlan(w io.Writer, p train.MemoryPlan) {
 		fmt.Fprintf(w, "  %-60s %10s\n", part.Name, memString(part.Bytes))
 	}
 	fmt.Fprintf(w, "  %-60s %10s\n", "peak", memString(p.PeakBytes))
+	if p.HostBytes > 0 {
+		fmt.Fprintf(w, "  %-60s %10s\n", "host memory instead of GPU (the embedding table)", memString(p.HostBytes))
+	}
 }
 
 // memString writes a byte count in GiB, MiB or KiB with one decimal.

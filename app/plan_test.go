@@ -39,6 +39,14 @@ func TestPlanCommand(t *testing.T) {
 	if !(q4.PeakBytes < ckpt.PeakBytes && ckpt.PeakBytes < f32.PeakBytes) {
 		t.Errorf("peaks: f32 %d, checkpointed %d, 4-bit checkpointed %d; want each smaller", f32.PeakBytes, ckpt.PeakBytes, q4.PeakBytes)
 	}
+	// LLaMA-3-8B's head is untied: LoRA keeps the f32 embedding table in host
+	// memory, full training on the GPU.
+	if want := uint64(4 * 128256 * 4096); f32.HostBytes != want {
+		t.Errorf("host bytes %d, want the f32 embedding table's %d", f32.HostBytes, want)
+	}
+	if full := planOf("--full"); full.HostBytes != 0 {
+		t.Errorf("--full: host bytes %d, want 0", full.HostBytes)
+	}
 	segments := planOf("--grad-checkpoint", "--checkpoint-every", "4")
 	if segments.Part("saved activations") >= ckpt.Part("saved activations") {
 		t.Errorf("saved activations: %d with --checkpoint-every 4, %d without", segments.Part("saved activations"), ckpt.Part("saved activations"))

@@ -51,6 +51,9 @@ type MemoryPart struct {
 type MemoryPlan struct {
 	Parts     []MemoryPart `json:"parts"`
 	PeakBytes uint64       `json:"peak_bytes"`
+	// HostBytes is what the run keeps in host memory instead: the embedding
+	// table of a LoRA run with an untied head (not part of the peak).
+	HostBytes uint64 `json:"host_bytes"`
 }
 
 // defaultLimits are WebGPU's default limits that the plan depends on.
@@ -83,7 +86,9 @@ func PlanMemory(cfg *model.Config, s MemorySettings) MemoryPlan {
 	// LoRA runs keep the embedding table in host memory when the head is
 	// untied (train.New); full training trains it on the GPU.
 	hostEmbedding := !s.Full
-	add("frozen weights", cfg.WeightBytes(dtype, s.ScaleDType, s.Quantize, hostEmbedding))
+	onGPU := cfg.WeightBytes(dtype, s.ScaleDType, s.Quantize, hostEmbedding)
+	add("frozen weights", onGPU)
+	p.HostBytes = cfg.WeightBytes(dtype, s.ScaleDType, s.Quantize, false) - onGPU
 	L := uint64(cfg.NumHiddenLayers)
 	var ranks [7]int
 	if s.Full {
