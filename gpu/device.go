@@ -37,6 +37,8 @@ type Device struct {
 	// released, and their high-water mark since the device opened or
 	// ResetPeakBytes: the measured side of the memory plan.
 	liveBytes, peakBytes atomic.Int64
+	// allocLimit, when positive, is SetAllocationLimit's.
+	allocLimit atomic.Int64
 
 	mu      sync.Mutex
 	kernels map[string]*Kernel
@@ -175,6 +177,12 @@ func (d *Device) PeakBytes() int64 { return d.peakBytes.Load() }
 // ResetPeakBytes restarts the high-water mark at the bytes live now.
 func (d *Device) ResetPeakBytes() { d.peakBytes.Store(d.liveBytes.Load()) }
 
+// SetAllocationLimit makes the device act as one with limit bytes of memory
+// (0: no limit): a buffer that would take LiveBytes above it is not created,
+// and its creation fails with the out-of-memory Error Dawn reports when a
+// device runs out. Tests use it to run out of memory mid-run on purpose.
+func (d *Device) SetAllocationLimit(limit int64) { d.allocLimit.Store(limit) }
+
 func (d *Device) addLiveBytes(n int64) {
 	now := d.liveBytes.Add(n)
 	for {
@@ -246,6 +254,10 @@ func (d *Device) createBuffer(size uint64, usage uint64, label string) (*Buffer,
 	size = max(align4(size), 4)
 	if size > d.Limits.MaxBufferSize {
 		return nil, fmt.Errorf("buffer %q of %d bytes exceeds the adapter's maxBufferSize %d", label, size, d.Limits.MaxBufferSize)
+	}
+	if limit := d.allocLimit.Load(); limit > 0 && d.liveBytes.Load()+int64(size) > limit {
+		return nil, fmt.Errorf("creating buffer %s: %w", label, &Error{Type: "out-of-memory",
+			Message: fmt.Sprintf("%d more bytes would exceed the device's allocation limit of %d bytes (SetAllocationLimit)", size, limit)})
 	}
 	var desc C.WGPUBufferDescriptor
 	clabel := C.CString(label)

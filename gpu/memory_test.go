@@ -1,6 +1,7 @@
 package gpu_test
 
 import (
+	"errors"
 	"os"
 	"strconv"
 	"strings"
@@ -110,4 +111,32 @@ func TestAdapterMemoryIsTheMachinesOnCPU(t *testing.T) {
 	if got, want := info.MemoryBytes, 1024*kib; got != want {
 		t.Errorf("adapter memory %d bytes, /proc/meminfo MemTotal %d", got, want)
 	}
+}
+
+// SetAllocationLimit refuses a buffer that would take the live bytes above
+// the limit with Dawn's out-of-memory error type, counts nothing for it, and
+// creates buffers again once the limit is lifted.
+func TestAllocationLimit(t *testing.T) {
+	base := testDevice.LiveBytes()
+	testDevice.SetAllocationLimit(base + 8192)
+	defer testDevice.SetAllocationLimit(0)
+	a, err := testDevice.NewBuffer(4096, "fits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Release()
+	_, err = testDevice.NewBuffer(8192, "too big")
+	var gpuErr *gpu.Error
+	if !errors.As(err, &gpuErr) || gpuErr.Type != "out-of-memory" || !strings.Contains(err.Error(), "too big") {
+		t.Fatalf("over the limit: error %v, want an out-of-memory gpu.Error naming the buffer", err)
+	}
+	if got := testDevice.LiveBytes() - base; got != 4096 {
+		t.Errorf("live bytes %d more after the refused buffer, want 4096", got)
+	}
+	testDevice.SetAllocationLimit(0)
+	b, err := testDevice.NewBuffer(8192, "no limit")
+	if err != nil {
+		t.Fatalf("after lifting the limit: %v", err)
+	}
+	b.Release()
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -142,5 +143,63 @@ func TestRunRefusesOverMemoryLimit(t *testing.T) {
 	}
 	if peak := testDevice.PeakBytes(); peak != base {
 		t.Errorf("the refused run allocated: peak %d bytes, %d live before", peak, base)
+	}
+}
+
+// TestRunOutOfMemoryKeepsCheckpoints: the device runs out of memory mid-run
+// (SetAllocationLimit after step 3, so the step's read-back cannot allocate):
+// Run returns the device's out-of-memory error, releases what it allocated
+// and writes nothing more; --resume from the last checkpoint then ends with
+// the adapter of a run that never failed, byte for byte.
+func TestRunOutOfMemoryKeepsCheckpoints(t *testing.T) {
+	ctx := context.Background()
+	configure := func(out string) Config {
+		cfg := smallRun(t, out, 5)
+		cfg.SaveEvery, cfg.LogEvery = 2, 1
+		return cfg
+	}
+	whole := t.TempDir()
+	if _, err := Run(ctx, testDevice, configure(whole), Hooks{}); err != nil {
+		t.Fatal(err)
+	}
+
+	out := t.TempDir()
+	cfg := configure(out)
+	base := testDevice.LiveBytes()
+	defer testDevice.SetAllocationLimit(0)
+	_, err := Run(ctx, testDevice, cfg, Hooks{Step: func(step, _ int, _ float64) {
+		if step == 3 {
+			testDevice.SetAllocationLimit(testDevice.LiveBytes())
+		}
+	}})
+	testDevice.SetAllocationLimit(0)
+	t.Logf("the failed run: %v", err)
+	var gpuErr *gpu.Error
+	if !errors.As(err, &gpuErr) || gpuErr.Type != "out-of-memory" {
+		t.Fatalf("error %v, want the device's out-of-memory error", err)
+	}
+	if live := testDevice.LiveBytes(); live != base {
+		t.Errorf("after the failed run %d bytes are live, %d before it", live, base)
+	}
+	entries, _ := os.ReadDir(out)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+		if strings.HasPrefix(e.Name(), "checkpoint-") && e.Name() != "checkpoint-2" {
+			t.Errorf("the failed run left %s", e.Name())
+		}
+	}
+	if !slices.Contains(names, "checkpoint-2") {
+		t.Fatalf("checkpoint-2 is missing after the failure: %v", names)
+	}
+
+	cfg.Resume = true
+	if _, err := Run(ctx, testDevice, cfg, Hooks{}); err != nil {
+		t.Fatalf("resuming after the failure: %v", err)
+	}
+	want, _ := os.ReadFile(filepath.Join(whole, "adapter_model.safetensors"))
+	got, err := os.ReadFile(filepath.Join(out, "adapter_model.safetensors"))
+	if err != nil || len(want) == 0 || !bytes.Equal(got, want) {
+		t.Errorf("the adapter resumed after running out of memory differs from the uninterrupted run's (%v)", err)
 	}
 }

@@ -614,7 +614,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			if errors.Is(err, ErrNonFinite) {
 				return nil, fmt.Errorf("step %d: %w; %s", step, err, checkpointsLeft(r.cfg.Out))
 			}
-			return nil, err
+			return nil, fmt.Errorf("step %d: %w", step, err)
 		}
 		if stats.GradNorm == 0 && r.hooks.Note != nil {
 			r.hooks.Note(fmt.Sprintf("warning: step %d: the gradient norm is 0 (loss %.4f): the model no longer learns; is the learning rate too high?", step, stats.Loss))
