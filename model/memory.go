@@ -1,6 +1,8 @@
 package model
 
 import (
+	"strings"
+
 	"github.com/sparselora/sparselora/gpu"
 	"github.com/sparselora/sparselora/model/safetensors"
 )
@@ -48,12 +50,24 @@ func (c *Config) ProjectionShape(p Projection) (in, out int) {
 // the group does not divide stay in dtype, as Load leaves them), norms and
 // biases in f32, and the RoPE table. The embedding table is not counted
 // when it stays in host memory (hostEmbedding, LoadOptions.HostEmbedding, with
-// an untied head: Config.EmbeddingOnHost).
+// an untied head: Config.EmbeddingOnHost). The per-module overrides of an
+// MLX-quantized checkpoint's config (c.Quantization) replace q for their
+// modules.
 func (c *Config) WeightBytes(dtype, scales gpu.DType, q Quantization, hostEmbedding bool) uint64 {
 	var total uint64
+	def := q
 	for name, shape := range ExpectedTensors(c) {
 		if name == "model.embed_tokens.weight" && c.EmbeddingOnHost(hostEmbedding) {
 			continue
+		}
+		q = def
+		if c.Quantization != nil {
+			if o, ok := c.Quantization.Overrides[strings.TrimSuffix(name, ".weight")]; ok {
+				q = Quantization{}
+				if o != nil {
+					q = *o
+				}
+			}
 		}
 		n := 1
 		for _, d := range shape {

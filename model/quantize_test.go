@@ -167,11 +167,22 @@ func TestQuantizedCheckpointRejectsBadInput(t *testing.T) {
 // what loading allocates: an f32 checkpoint quantized at load with --bf16
 // keeps f32 scales and biases (the checkpoint's) and bf16 float matrices
 // (down_proj, whose 176 inputs groups of 32 do not divide), and an
-// MLX-quantized checkpoint loads as written; the embedding table kept in
-// host memory is not counted.
+// MLX-quantized checkpoint loads as written, per-module overrides included;
+// the embedding table kept in host memory is not counted.
 func TestWeightBytesCountsQuantizedLoad(t *testing.T) {
 	src := filepath.Join(fixtures.HF(t, "llama-gqa"), "model")
 	q := Quantization{Bits: 4, GroupSize: 32}
+	// An MLX checkpoint whose config leaves layer 0's q_proj float.
+	const float = "model.layers.0.self_attn.q_proj"
+	mixed := checkpointCopy(t, quantizedFixture(t),
+		func(c map[string]any) { c["quantization"].(map[string]any)[float] = false },
+		func(ts map[string]safetensors.Tensor) {
+			codes := ts[float+".weight"]
+			out, in := codes.Shape[0], codes.Shape[1]*32/q.Bits
+			ts[float+".weight"] = safetensors.Tensor{Dtype: safetensors.F32, Shape: []int{out, in}, Data: make([]byte, 4*out*in)}
+			delete(ts, float+".scales")
+			delete(ts, float+".biases")
+		})
 	for _, c := range []struct {
 		name string
 		dir  string
@@ -181,6 +192,7 @@ func TestWeightBytesCountsQuantizedLoad(t *testing.T) {
 		{"MLX-quantized checkpoint", quantizedFixture(t), LoadOptions{DType: gpu.F32}},
 		{"f32 checkpoint, --bf16 --quantize 4, host embedding", src, LoadOptions{DType: gpu.BF16, Quantize: &q, HostEmbedding: true}},
 		{"MLX-quantized checkpoint, host embedding", quantizedFixture(t), LoadOptions{DType: gpu.F32, HostEmbedding: true}},
+		{"MLX-quantized checkpoint, one module float by override", mixed, LoadOptions{DType: gpu.F32}},
 	} {
 		scales, err := CheckpointScaleDType(c.dir)
 		if err != nil {
