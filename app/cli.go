@@ -171,6 +171,8 @@ type deviceFlags struct {
 	adapter string
 	power   string
 	toggles string
+	// noSubgroups turns the subgroup reductions off (gpu.Options.NoSubgroups).
+	noSubgroups bool
 }
 
 func (f *deviceFlags) register(fs *flag.FlagSet) {
@@ -180,6 +182,7 @@ func (f *deviceFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.adapter, "gpu", "", "WebGPU adapter: its index or a part of its name, as sparselora devices lists them")
 	fs.StringVar(&f.power, "power", "high", "power preference when several GPUs are present: high or low")
 	fs.StringVar(&f.toggles, "toggles", "", "comma-separated Dawn toggles to enable (e.g. disable_robustness)")
+	fs.BoolVar(&f.noSubgroups, "no-subgroups", false, "do not use the adapter's subgroup operations in kernel reductions (results then match an adapter without them)")
 }
 
 func (f *deviceFlags) options() (gpu.Options, error) {
@@ -212,6 +215,7 @@ func (f *deviceFlags) options() (gpu.Options, error) {
 	if f.toggles != "" {
 		opts.Toggles = strings.Split(f.toggles, ",")
 	}
+	opts.NoSubgroups = f.noSubgroups
 	return opts, nil
 }
 

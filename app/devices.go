@@ -76,10 +76,10 @@ func printAdapters(w io.Writer, lib string, adapters []gpu.AdapterInfo) {
 }
 
 // gpuClassFeatures says which of the features that faster kernel paths
-// would use the adapter exposes: 16-bit float arithmetic, subgroup
-// operations and subgroup matrices (tensor cores, through Dawn's experimental
-// feature, which may also need its allow_unsafe_apis toggle). No kernel uses
-// them yet, so results are the same on adapters with and without them.
+// use or could use the adapter exposes, and what the kernels use each for
+// (gpu.FeatureUse): 16-bit float arithmetic, subgroup operations and subgroup
+// matrices (tensor cores, through Dawn's experimental feature, which may also
+// need its allow_unsafe_apis toggle).
 func gpuClassFeatures(a gpu.AdapterInfo) string {
 	var parts []string
 	for _, f := range []string{"shader-f16", "subgroups", "chromium-experimental-subgroup-matrix"} {
@@ -87,9 +87,13 @@ func gpuClassFeatures(a gpu.AdapterInfo) string {
 		if slices.Contains(a.Features, f) {
 			state = "yes"
 		}
-		parts = append(parts, f+" "+state)
+		use := "no kernel uses it"
+		if u := gpu.FeatureUse(f); u != "" {
+			use = "used for " + u
+		}
+		parts = append(parts, fmt.Sprintf("%s %s (%s)", f, state, use))
 	}
-	return strings.Join(parts, ", ") + " (no kernel uses them yet)"
+	return strings.Join(parts, "; ")
 }
 
 func bytesString(n uint64) string {

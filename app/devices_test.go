@@ -11,9 +11,12 @@ func TestDevicesGPUClassFeatures(t *testing.T) {
 		features []string
 		want     string
 	}{
-		{nil, "shader-f16 no, subgroups no, chromium-experimental-subgroup-matrix no (no kernel uses them yet)"},
-		{[]string{"timestamp-query", "subgroups", "shader-f16"}, "shader-f16 yes, subgroups yes, chromium-experimental-subgroup-matrix no (no kernel uses them yet)"},
-		{[]string{"chromium-experimental-subgroup-matrix"}, "shader-f16 no, subgroups no, chromium-experimental-subgroup-matrix yes (no kernel uses them yet)"},
+		{nil, "shader-f16 no (no kernel uses it); subgroups no (used for " + gpu.FeatureUse("subgroups") +
+			"); chromium-experimental-subgroup-matrix no (no kernel uses it)"},
+		{[]string{"timestamp-query", "subgroups", "shader-f16"}, "shader-f16 yes (no kernel uses it); subgroups yes (used for " +
+			gpu.FeatureUse("subgroups") + "); chromium-experimental-subgroup-matrix no (no kernel uses it)"},
+		{[]string{"chromium-experimental-subgroup-matrix"}, "shader-f16 no (no kernel uses it); subgroups no (used for " +
+			gpu.FeatureUse("subgroups") + "); chromium-experimental-subgroup-matrix yes (no kernel uses it)"},
 	} {
 		if got := gpuClassFeatures(gpu.AdapterInfo{Features: c.features}); got != c.want {
 			t.Errorf("features %v: %q, want %q", c.features, got, c.want)

@@ -30,7 +30,10 @@ type Device struct {
 	Limits  Limits
 	// HasTimestamps says whether GPU timestamp queries are enabled.
 	HasTimestamps bool
-	HasSubgroups  bool
+	// HasSubgroups says whether the subgroups feature is enabled: the
+	// prelude's workgroup reductions then combine subgroup operations (see
+	// Kernel), so results differ in rounding from a device without it.
+	HasSubgroups bool
 
 	live atomic.Int64 // objects created and not yet released
 	// liveBytes and peakBytes count the bytes of buffers created and not yet
@@ -58,7 +61,7 @@ func (in *Instance) newDevice(a C.WGPUAdapter, info AdapterInfo, opts Options) (
 		features = append(features, featureTimestampQuery)
 		d.HasTimestamps = true
 	}
-	if has(featureNames[featureSubgroups]) {
+	if has(featureNames[featureSubgroups]) && !opts.NoSubgroups {
 		features = append(features, featureSubgroups)
 		d.HasSubgroups = true
 	}

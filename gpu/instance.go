@@ -431,6 +431,9 @@ type Options struct {
 	Power       PowerPreference
 	// Toggles are extra Dawn toggles to enable, e.g. "disable_robustness".
 	Toggles []string
+	// NoSubgroups leaves the adapter's subgroups feature off: kernels then
+	// reduce with workgroup-memory trees only, as on adapters without it.
+	NoSubgroups bool
 }
 
 // DefaultOptions select the best usable adapter.

@@ -52,8 +52,9 @@ func constKey(file string, consts []Const) string {
 
 // Kernel returns the compiled kernel for the WGSL file of package shaders and the
 // constants, compiling it on first use and caching it on the device. The kernel
-// is compiled as the constants, then shaders/prelude.wgsl, then the file (see
-// compileWithPrelude).
+// is compiled as the device's enable directives, the constants, then
+// shaders/prelude.wgsl, then the file, each with the sections that the
+// device's features select (see compileWithPrelude).
 func (d *Device) Kernel(file string, consts ...Const) (*Kernel, error) {
 	key := constKey(file, consts)
 	d.mu.Lock()
@@ -88,22 +89,40 @@ type sourcePart struct {
 // whole text; they are rewritten to name the part a line falls in and its line
 // there ("constants:2", "prelude.wgsl:40", "gemm.wgsl:12"), so that a reported
 // line is the line of the file to edit.
+//
+// A device with optional shader features enables them in a first part,
+// "directives" (WGSL wants `enable` before any declaration), and the prelude
+// and the file keep only the sections their features select (see
+// selectSections), so a kernel's text on a device without the features is its
+// text before they existed.
 func (d *Device) compileWithPrelude(name, file, src string, consts []Const) (*Kernel, error) {
 	prelude, err := shaders.Source(preludeFile)
 	if err != nil {
 		return nil, err
 	}
+	features := d.shaderFeatures()
 	var b strings.Builder
+	directives := 0
+	for _, f := range shaderFeatureNames {
+		if features[f] {
+			fmt.Fprintf(&b, "enable %s;\n", f)
+			directives++
+		}
+	}
 	for _, c := range consts {
 		fmt.Fprintf(&b, "const %s = %s;\n", c.Name, c.Value)
 	}
-	parts := []sourcePart{{"constants", len(consts)}}
+	parts := []sourcePart{{"directives", directives}, {"constants", len(consts)}}
 	for _, p := range []struct{ name, text string }{{preludeFile, prelude}, {file, src}} {
 		if !strings.HasSuffix(p.text, "\n") {
 			p.text += "\n"
 		}
-		b.WriteString(p.text)
-		parts = append(parts, sourcePart{p.name, strings.Count(p.text, "\n")})
+		text, err := selectSections(p.name, p.text, features)
+		if err != nil {
+			return nil, fmt.Errorf("compiling kernel %s: %w", name, err)
+		}
+		b.WriteString(text)
+		parts = append(parts, sourcePart{p.name, strings.Count(text, "\n")})
 	}
 	k, err := d.CompileKernel(name, b.String())
 	var werr *Error
@@ -111,6 +130,73 @@ func (d *Device) compileWithPrelude(name, file, src string, consts []Const) (*Ke
 		return nil, fmt.Errorf("compiling kernel %s: %w", name, &Error{Type: werr.Type, Message: attributeLines(werr.Message, parts)})
 	}
 	return k, err
+}
+
+// shaderFeatureNames are the optional WGSL features that kernel sources may
+// select sections on, by their WGSL `enable` names (which are also the
+// adapters' feature names).
+var shaderFeatureNames = []string{"subgroups"}
+
+// FeatureUse says what the kernels use an optional adapter feature for where
+// a device enables it, or "" if no kernel uses it.
+func FeatureUse(feature string) string {
+	if feature == "subgroups" {
+		return "workgroup reductions: RMSNorm, cross-entropy mean, attention decode, row sums"
+	}
+	return ""
+}
+
+// shaderFeatures says which of shaderFeatureNames the device has enabled.
+func (d *Device) shaderFeatures() map[string]bool {
+	return map[string]bool{"subgroups": d.HasSubgroups}
+}
+
+// selectSections keeps the lines of WGSL text that features select. A section
+//
+//	//#if FEATURE
+//	(used where the device has FEATURE)
+//	//#else
+//	(used where it has not; optional)
+//	//#endif
+//
+// keeps one branch; the lines of the other and the directive lines become
+// empty lines, so every kept line keeps its number in file. Sections do not
+// nest; FEATURE is one of shaderFeatureNames.
+func selectSections(file, text string, features map[string]bool) (string, error) {
+	lines := strings.SplitAfter(text, "\n")
+	open, inElse, keep := 0, false, true
+	for i, line := range lines {
+		directive, ok := strings.CutPrefix(strings.TrimSpace(line), "//#")
+		if !ok {
+			if !keep {
+				lines[i] = strings.Repeat("\n", strings.Count(line, "\n"))
+			}
+			continue
+		}
+		lines[i] = strings.Repeat("\n", strings.Count(line, "\n"))
+		word, arg, _ := strings.Cut(directive, " ")
+		arg = strings.TrimSpace(arg)
+		switch {
+		case word == "if" && open == 0:
+			has, known := features[arg]
+			if !known {
+				return "", fmt.Errorf("%s:%d: //#if %q: not a shader feature (want one of %s)", file, i+1, arg, strings.Join(shaderFeatureNames, ", "))
+			}
+			open, inElse, keep = i+1, false, has
+		case word == "if":
+			return "", fmt.Errorf("%s:%d: //#if inside the //#if of line %d (sections do not nest)", file, i+1, open)
+		case word == "else" && arg == "" && open != 0 && !inElse:
+			inElse, keep = true, !keep
+		case word == "endif" && arg == "" && open != 0:
+			open, keep = 0, true
+		default:
+			return "", fmt.Errorf("%s:%d: unexpected //#%s", file, i+1, directive)
+		}
+	}
+	if open != 0 {
+		return "", fmt.Errorf("%s:%d: //#if without //#endif", file, open)
+	}
+	return strings.Join(lines, ""), nil
 }
 
 // compilerLine matches the ":line:column" that starts a position in the WGSL

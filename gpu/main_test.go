@@ -3,6 +3,7 @@ package gpu_test
 import (
 	"context"
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
@@ -16,3 +17,34 @@ var testDevice *gpu.Device
 func TestMain(m *testing.M) { os.Exit(gputest.Main(m, &testDevice)) }
 
 var ctx = context.Background()
+
+// reductionDevices returns the test device and, where the adapter has the
+// subgroups feature, a second device with the feature the other way round,
+// so that a test of the prelude's reductions covers both of their paths
+// whatever the tests' device is (gputest.NoSubgroupsEnv). The second device
+// closes when the test ends.
+func reductionDevices(t *testing.T) []*gpu.Device {
+	t.Helper()
+	if !slices.Contains(testDevice.Info.Features, "subgroups") {
+		return []*gpu.Device{testDevice}
+	}
+	in, err := gpu.NewInstance()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(in.Close)
+	opts, err := gputest.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.NoSubgroups = !opts.NoSubgroups
+	other, err := in.OpenDevice(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	if other.HasSubgroups == testDevice.HasSubgroups {
+		t.Fatalf("a device opened with NoSubgroups %v has HasSubgroups %v, as the test device", opts.NoSubgroups, other.HasSubgroups)
+	}
+	return []*gpu.Device{testDevice, other}
+}

@@ -2,6 +2,7 @@ package gpu_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"regexp"
@@ -140,26 +141,39 @@ fn main(workgroup: WorkgroupGrid, @builtin(local_invocation_index) lane: u32) {
 }
 `
 
+// TestPreludeWorkgroupReductions checks workgroup_sum and workgroup_max on
+// both of their paths (reductionDevices), at workgroup sizes below, at and
+// above lavapipe's subgroup size of 8 (a subgroup may be larger than the
+// workgroup, or a fraction of it).
 func TestPreludeWorkgroupReductions(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	const rows, cols = 5, 333
 	data := gputest.RandFloats(rng, rows*cols)
-	x := gputest.Upload(t, testDevice, gpu.F32, data, rows, cols)
+	for _, dev := range reductionDevices(t) {
+		for _, size := range []int{1, 4, 8, 64, 256} {
+			checkWorkgroupReductions(t, dev, size, data, rows, cols)
+		}
+	}
+}
+
+func checkWorkgroupReductions(t *testing.T, dev *gpu.Device, size int, data []float32, rows, cols int) {
+	t.Helper()
+	x := gputest.Upload(t, dev, gpu.F32, data, rows, cols)
 	defer x.Release()
-	out := gputest.Poisoned(t, testDevice, rows*preludeWorkgroup*3)
+	out := gputest.Poisoned(t, dev, rows*size*3)
 	defer out.Release()
-	k, err := gpu.CompileWithPrelude(testDevice, "reduce.wgsl", reduceKernel, gpu.U32("WORKGROUP_SIZE", preludeWorkgroup))
+	k, err := gpu.CompileWithPrelude(dev, "reduce.wgsl", reduceKernel, gpu.U32("WORKGROUP_SIZE", size))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer k.Release()
-	gx, gy, err := gpu.SplitGrid(rows, 3) // 3 x 2: one workgroup past the last row
+	gx, gy, err := gpu.SplitGrid(uint64(rows), 3) // 3 x 2: one workgroup past the last row
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := testDevice.NewRecorder()
+	rec := dev.NewRecorder()
 	defer rec.Release()
-	if err := rec.Dispatch(gpu.KindElementwise, k, gpu.PackParams(rows, cols), []gpu.Binding{gpu.Bind(x.Buf), gpu.Bind(out.Buf)}, gx, gy, 1); err != nil {
+	if err := rec.Dispatch(gpu.KindElementwise, k, gpu.PackParams(uint32(rows), uint32(cols)), []gpu.Binding{gpu.Bind(x.Buf), gpu.Bind(out.Buf)}, gx, gy, 1); err != nil {
 		t.Fatal(err)
 	}
 	gputest.Submit(t, rec)
@@ -172,16 +186,17 @@ func TestPreludeWorkgroupReductions(t *testing.T) {
 			top = max(top, float64(v))
 			squares += float64(v) * float64(v)
 		}
-		for lane := range preludeWorkgroup {
-			at := 3 * (r*preludeWorkgroup + lane)
+		for lane := range size {
+			at := 3 * (r*size + lane)
+			where := fmt.Sprintf("subgroups %v, workgroup of %d: row %d lane %d", dev.HasSubgroups, size, r, lane)
 			if g := float64(got[at]); !(math.Abs(g-sum) <= 1e-5*squares) {
-				t.Fatalf("row %d lane %d: workgroup_sum %v, want %v", r, lane, g, sum)
+				t.Fatalf("%s: workgroup_sum %v, want %v", where, g, sum)
 			}
 			if g := float64(got[at+1]); g != top {
-				t.Fatalf("row %d lane %d: workgroup_max %v, want %v", r, lane, g, top)
+				t.Fatalf("%s: workgroup_max %v, want %v", where, g, top)
 			}
 			if g := float64(got[at+2]); !(math.Abs(g-squares) <= 1e-5*squares) {
-				t.Fatalf("row %d lane %d: second workgroup_sum %v, want %v", r, lane, g, squares)
+				t.Fatalf("%s: second workgroup_sum %v, want %v", where, g, squares)
 			}
 		}
 	}

@@ -145,18 +145,43 @@ fn sigmoid(z: f32) -> f32 {
 }
 
 // ---- Workgroup reductions ----
-// Trees over the WORKGROUP_SIZE invocations (a power of two) of a workgroup:
-// at step h = WORKGROUP_SIZE/2, ..., 1, invocation i < h combines its value with
-// that of i + h, so the order of the operations depends on the workgroup size
-// only. Every invocation of the workgroup calls them (they hold barriers, so in
+// Every invocation of the workgroup calls them (they hold barriers, so in
 // uniform control flow) with lane = local_invocation_index, and all get the
-// result. They end with a barrier, so they may be called back to back.
+// same result. They end with a barrier, so they may be called back to back.
+//
+// Without subgroups: trees over the WORKGROUP_SIZE invocations (a power of
+// two): at step h = WORKGROUP_SIZE/2, ..., 1, invocation i < h combines its
+// value with that of i + h, so the order of the operations depends on the
+// workgroup size only.
+//
+// With subgroups (package gpu compiles the //#if subgroups sections where the
+// device enables the feature): one barrier instead of log2(WORKGROUP_SIZE).
+// After the values are in reduction_scratch, each subgroup reads all of them,
+// its invocation of rank r (of c active) combining slots r, r + c, r + 2c, ...,
+// and a subgroup operation combines the c partials. WGSL promises nothing
+// about which invocations form a subgroup, nor its size (8 on lavapipe, 32 or
+// 64 on GPUs; larger than the workgroup, or not dividing it, is possible),
+// so the strided pass covers every slot exactly once whatever the layout;
+// rank and count come from subgroupExclusiveAdd(1u) and subgroupAdd(1u),
+// since the subgroup builtins are entry-point arguments that the callers do
+// not pass. Every subgroup computes the same total in the same order.
 
 var<workgroup> reduction_scratch: array<f32, WORKGROUP_SIZE>;
 
 // workgroup_sum is the sum of value over the workgroup's invocations.
 fn workgroup_sum(lane: u32, value: f32) -> f32 {
     reduction_scratch[lane] = value;
+//#if subgroups
+    workgroupBarrier();
+    let count = subgroupAdd(1u);
+    var partial = 0.0;
+    for (var slot = subgroupExclusiveAdd(1u); slot < WORKGROUP_SIZE; slot += count) {
+        partial += reduction_scratch[slot];
+    }
+    let result = subgroupAdd(partial);
+    workgroupBarrier();
+    return result;
+//#else
     for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         if (lane < half) {
@@ -164,12 +189,24 @@ fn workgroup_sum(lane: u32, value: f32) -> f32 {
         }
     }
     return reduction_result();
+//#endif
 }
 
 // workgroup_max is the maximum of value over the workgroup's invocations (as
 // WGSL's max, which may return either operand when one is NaN).
 fn workgroup_max(lane: u32, value: f32) -> f32 {
     reduction_scratch[lane] = value;
+//#if subgroups
+    workgroupBarrier();
+    let count = subgroupAdd(1u);
+    var partial = reduction_scratch[0];
+    for (var slot = subgroupExclusiveAdd(1u); slot < WORKGROUP_SIZE; slot += count) {
+        partial = max(partial, reduction_scratch[slot]);
+    }
+    let result = subgroupMax(partial);
+    workgroupBarrier();
+    return result;
+//#else
     for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         if (lane < half) {
@@ -177,6 +214,7 @@ fn workgroup_max(lane: u32, value: f32) -> f32 {
         }
     }
     return reduction_result();
+//#endif
 }
 
 // reduction_result hands every invocation the tree's root, then frees the

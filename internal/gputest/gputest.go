@@ -15,16 +15,42 @@ import (
 	"github.com/sparselora/sparselora/model/safetensors"
 )
 
-// Main opens the default device into *dev, runs the tests and closes it; use it
-// as `func TestMain(m *testing.M) { os.Exit(gputest.Main(m, &dev)) }`.
+// NoSubgroupsEnv names the environment variable that, set to 1, opens the
+// tests' device without the subgroups feature (gpu.Options.NoSubgroups), so
+// that the kernel tests cover the workgroup-tree reductions on an adapter that
+// has subgroups too; `make test` runs the kernel packages both ways.
+const NoSubgroupsEnv = "SPARSELORA_TEST_NO_SUBGROUPS"
+
+// Options are the options of the tests' device: the default ones, with
+// NoSubgroups where NoSubgroupsEnv asks for it.
+func Options() (gpu.Options, error) {
+	opts := gpu.DefaultOptions()
+	switch v := os.Getenv(NoSubgroupsEnv); v {
+	case "", "0":
+	case "1":
+		opts.NoSubgroups = true
+	default:
+		return opts, fmt.Errorf("%s=%q: want 1 (no subgroups) or 0", NoSubgroupsEnv, v)
+	}
+	return opts, nil
+}
+
+// Main opens the tests' device (see Options) into *dev, runs the tests and
+// closes it; use it as
+// `func TestMain(m *testing.M) { os.Exit(gputest.Main(m, &dev)) }`.
 func Main(m *testing.M, dev **gpu.Device) int {
+	opts, err := Options()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gpu tests:", err)
+		return 1
+	}
 	in, err := gpu.NewInstance()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gpu tests:", err)
 		return 1
 	}
 	defer in.Close()
-	d, err := in.OpenDevice(gpu.DefaultOptions())
+	d, err := in.OpenDevice(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "gpu tests:", err)
 		return 1
