@@ -39,9 +39,13 @@ bench: build
 	bin/sparselora devices
 	bin/sparselora bench gemm --shapes $(BENCH_SHAPES) --gather m=0.75,n=0.25
 
+# The kernel tests run twice: on the adapter's features (subgroup reductions
+# where it has them), then on the workgroup-tree reductions of adapters
+# without subgroups (the packages whose tests open their device with gputest.Main).
 test: setup
 	$(GO) vet ./...
 	$(GO) test -timeout 30m ./...
+	SPARSELORA_TEST_NO_SUBGROUPS=1 $(GO) test -count=1 -timeout 30m ./gpu ./model ./optim ./lora ./predictor ./full ./train
 
 # The issue's reference shapes; minutes on lavapipe, milliseconds on a GPU.
 bench-gemm: build

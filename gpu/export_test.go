@@ -33,3 +33,6 @@ func CompileWithPrelude(d *Device, file, src string, consts ...Const) (*Kernel, 
 // FusedMultiplyAdd32 is the host's f32 fused multiply-add of the dequantized
 // weights.
 var FusedMultiplyAdd32 = fusedMultiplyAdd32
+
+// SelectSections keeps the //#if sections of WGSL text that features select.
+var SelectSections = selectSections

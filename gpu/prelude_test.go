@@ -308,3 +308,49 @@ func TestPreludeLoadsAffine(t *testing.T) {
 		weight.Release()
 	}
 }
+
+func TestSelectSectionsKeepsLineNumbers(t *testing.T) {
+	const src = "a\n//#if subgroups\nb\n  //#else\nc\n//#endif\nd\n"
+	for _, c := range []struct {
+		has  bool
+		want string
+	}{{true, "a\n\nb\n\n\n\nd\n"}, {false, "a\n\n\n\nc\n\nd\n"}} {
+		got, err := gpu.SelectSections("x.wgsl", src, map[string]bool{"subgroups": c.has})
+		if err != nil || got != c.want {
+			t.Errorf("subgroups %v: got %q, %v; want %q", c.has, got, err, c.want)
+		}
+	}
+	for _, c := range []struct{ src, want string }{
+		{"a\n//#if shader-f16\n//#endif\n", `x.wgsl:2: //#if "shader-f16": not a shader feature`},
+		{"//#if subgroups\n//#if subgroups\n//#endif\n", "x.wgsl:2: //#if inside the //#if of line 1"},
+		{"a\n\n//#if subgroups\nb\n", "x.wgsl:3: //#if without //#endif"},
+		{"//#else\n", "x.wgsl:1: unexpected //#else"},
+		{"//#if subgroups\n//#else\n//#else\n//#endif\n", "x.wgsl:3: unexpected //#else"},
+		{"//#endif\n", "x.wgsl:1: unexpected //#endif"},
+		{"//#ifdef subgroups\n", "x.wgsl:1: unexpected //#ifdef subgroups"},
+	} {
+		_, err := gpu.SelectSections("x.wgsl", c.src, map[string]bool{"subgroups": true})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: got %v, want an error containing %q", c.src, err, c.want)
+		}
+	}
+}
+
+// TestCompileErrorsNameTheLineOnBothPaths checks that the enable directives
+// and the dropped sections of a device's features leave every line where it
+// is: an error after a section, in a kept or a dropped branch, names the
+// file's own line on both reductionDevices.
+func TestCompileErrorsNameTheLineOnBothPaths(t *testing.T) {
+	const broken = "//#if subgroups\nconst PICK = 1u;\n//#else\nconst PICK = 2u;\n//#endif\n" +
+		"@compute @workgroup_size(WORKGROUP_SIZE)\nfn main() {\n    let x: f32 = undefined_name;\n}\n"
+	for _, dev := range reductionDevices(t) {
+		_, err := gpu.CompileWithPrelude(dev, "broken.wgsl", broken, gpu.U32("WORKGROUP_SIZE", 4))
+		if err == nil || !strings.Contains(err.Error(), "broken.wgsl:8:") || !strings.Contains(err.Error(), "undefined_name") {
+			t.Errorf("subgroups %v: want the error at broken.wgsl:8, got %v", dev.HasSubgroups, err)
+		}
+		_, err = gpu.CompileWithPrelude(dev, "bad_section.wgsl", "\n//#if subgroups\n", gpu.U32("WORKGROUP_SIZE", 4))
+		if err == nil || !strings.Contains(err.Error(), "bad_section.wgsl:2: //#if without //#endif") {
+			t.Errorf("subgroups %v: want the unclosed section named, got %v", dev.HasSubgroups, err)
+		}
+	}
+}
