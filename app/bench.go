@@ -183,7 +183,7 @@ func runBenchGemm(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer closeUnlessInterrupted(ctx, closeDev)
-	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
+	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s); %s\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description, reductionPath(dev))
 
 	var results []gemmResult
 	for _, s := range shapes {

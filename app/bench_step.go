@@ -72,7 +72,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	defer closeUnlessInterrupted(ctx, closeDev)
-	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s)\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description)
+	fmt.Fprintf(stdout, "adapter: %s (%s, %s, %s); %s\n", dev.Info.Name(), dev.Info.Backend, dev.Info.Type, dev.Info.Description, reductionPath(dev))
 	weights := dtype.String()
 	if quantize != nil {
 		weights = fmt.Sprintf("%d-bit (groups of %d, scales %s; matrices the group does not divide %s)", quantize.Bits, quantize.GroupSize, dtype, dtype)
@@ -120,7 +120,7 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		out := map[string]any{"adapter": dev.Info, "date": time.Now().UTC().Format(time.RFC3339), "shape": *shape,
 			"layers": *layers, "table_layers": []int{start, start + *layers - 1}, "sparsity": *sparsityName,
 			"batch": *batch, "seq": *seq, "output_tokens": *output, "lora_rank": *rank, "lora_targets": *targetsFlag,
-			"weights": dtype.String(), "grad_checkpoint": *gradCheckpoint, "quantize_bits": quant.bits, "group_size": quant.group, "flops_ratio": flops.Ratio, "results": results, "padding": *padding,
+			"weights": dtype.String(), "subgroups": dev.HasSubgroups, "grad_checkpoint": *gradCheckpoint, "quantize_bits": quant.bits, "group_size": quant.group, "flops_ratio": flops.Ratio, "results": results, "padding": *padding,
 			"flops": flops, "recorded_flops": map[string]any{"dense": counted[0], "sparse": counted[1]}}
 		return writeJSON(*jsonOut, out, stdout)
 	}

@@ -11,13 +11,15 @@ import (
 
 // The acceptance test of the model work: forward, backward, two AdamW steps and
 // greedy generation match Hugging Face transformers + PEFT on both fixtures,
-// with f32 and with bf16 frozen weights.
+// with f32 and with bf16 frozen weights, and with the workgroup-tree
+// reductions of adapters without subgroups (--no-subgroups) as well as the
+// adapter's own.
 func TestConformanceOnFixtures(t *testing.T) {
 	for _, name := range []string{"llama-gqa", "qwen2-bias"} {
-		for _, bf16 := range []bool{false, true} {
+		for _, flag := range []string{"", "--bf16", "--no-subgroups"} {
 			args := []string{"conformance", fixtures.HF(t, name)}
-			if bf16 {
-				args = []string{"conformance", "--bf16", fixtures.HF(t, name)}
+			if flag != "" {
+				args = []string{"conformance", flag, fixtures.HF(t, name)}
 			}
 			code, out, errOut := run(t, args...)
 			if code != 0 || !strings.Contains(out, "checks pass") {

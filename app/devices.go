@@ -96,6 +96,15 @@ func gpuClassFeatures(a gpu.AdapterInfo) string {
 	return strings.Join(parts, "; ")
 }
 
+// reductionPath says which path the kernels' workgroup reductions take on
+// dev, for the timings that benchmarks print.
+func reductionPath(dev *gpu.Device) string {
+	if dev.HasSubgroups {
+		return "subgroup reductions"
+	}
+	return "workgroup-tree reductions (no subgroups)"
+}
+
 func bytesString(n uint64) string {
 	switch {
 	case n >= 1<<40:
