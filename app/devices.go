@@ -99,8 +99,11 @@ func gpuClassFeatures(a gpu.AdapterInfo) string {
 // reductionPath says which path the kernels' workgroup reductions take on
 // dev, for the timings that benchmarks print.
 func reductionPath(dev *gpu.Device) string {
-	if dev.HasSubgroups {
+	switch {
+	case dev.HasSubgroups:
 		return "subgroup reductions"
+	case dev.SubgroupsUnused != "":
+		return "workgroup-tree reductions (subgroups " + dev.SubgroupsUnused + ")"
 	}
 	return "workgroup-tree reductions (no subgroups)"
 }

@@ -30,10 +30,16 @@ type Device struct {
 	Limits  Limits
 	// HasTimestamps says whether GPU timestamp queries are enabled.
 	HasTimestamps bool
-	// HasSubgroups says whether the subgroups feature is enabled: the
-	// prelude's workgroup reductions then combine subgroup operations (see
-	// Kernel), so results differ in rounding from a device without it.
+	// HasSubgroups says whether kernels use subgroup operations: the
+	// prelude's workgroup reductions then combine them (see Kernel), so
+	// results differ in rounding from a device without. It needs the
+	// adapter's subgroups feature, Options without NoSubgroups, and subgroups
+	// formed as the reductions assume (checked when the device opens; if not,
+	// SubgroupsUnused says why).
 	HasSubgroups bool
+	// SubgroupsUnused says why kernels do not use the adapter's subgroups
+	// feature, or is empty.
+	SubgroupsUnused string
 
 	live atomic.Int64 // objects created and not yet released
 	// liveBytes and peakBytes count the bytes of buffers created and not yet
@@ -61,7 +67,11 @@ func (in *Instance) newDevice(a C.WGPUAdapter, info AdapterInfo, opts Options) (
 		features = append(features, featureTimestampQuery)
 		d.HasTimestamps = true
 	}
-	if has(featureNames[featureSubgroups]) && !opts.NoSubgroups {
+	switch {
+	case !has(featureNames[featureSubgroups]):
+	case opts.NoSubgroups:
+		d.SubgroupsUnused = "turned off (NoSubgroups)"
+	default:
 		features = append(features, featureSubgroups)
 		d.HasSubgroups = true
 	}
@@ -111,6 +121,17 @@ func (in *Instance) newDevice(a C.WGPUAdapter, info AdapterInfo, opts Options) (
 	var got C.WGPULimits
 	C.sl_wgpuDeviceGetLimits(d.h, &got)
 	d.Limits = limitsFromC(&got)
+	if d.HasSubgroups {
+		layout, err := d.checkSubgroupLayout(context.Background())
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("probing the subgroup layout of %s: %w", info.Name(), err)
+		}
+		if layout != nil {
+			d.HasSubgroups = false
+			d.SubgroupsUnused = "subgroups laid out otherwise than the reductions assume: " + layout.Error()
+		}
+	}
 	return d, nil
 }
 

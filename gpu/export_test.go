@@ -36,3 +36,7 @@ var FusedMultiplyAdd32 = fusedMultiplyAdd32
 
 // SelectSections keeps the //#if sections of WGSL text that features select.
 var SelectSections = selectSections
+
+// CheckSubgroupLayout checks the subgroup layout probe's record of one
+// workgroup.
+var CheckSubgroupLayout = checkLayout

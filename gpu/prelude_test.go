@@ -354,3 +354,57 @@ func TestCompileErrorsNameTheLineOnBothPaths(t *testing.T) {
 		}
 	}
 }
+
+// layoutRecord is what the subgroup layout probe records for a workgroup of
+// size lanes whose lane l is in subgroup group(l): per lane, the subgroup's
+// first lane, its size and the lane's rank in it.
+func layoutRecord(size int, group func(lane int) int) []byte {
+	first, count, rank := map[int]int{}, map[int]int{}, make([]int, size)
+	for l := range size {
+		g := group(l)
+		if _, ok := first[g]; !ok {
+			first[g] = l
+		}
+		rank[l] = count[g]
+		count[g]++
+	}
+	raw := make([]byte, 12*size)
+	for l := range size {
+		for i, v := range []int{first[group(l)], count[group(l)], rank[l]} {
+			binary.LittleEndian.PutUint32(raw[4*(3*l+i):], uint32(v))
+		}
+	}
+	return raw
+}
+
+func TestSubgroupLayoutCheck(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		group func(lane int) int
+		ok    bool
+	}{
+		{"blocks of 8", func(l int) int { return l / 8 }, true},
+		{"one subgroup", func(int) int { return 0 }, true},
+		{"interleaved", func(l int) int { return l % 8 }, false},
+		{"blocks of 8 from lane 4", func(l int) int { return (l + 4) / 8 }, false},
+		{"a block of 16, then of 8", func(l int) int {
+			if l < 16 {
+				return 0
+			}
+			return l / 8
+		}, false},
+		{"reversed blocks", func(l int) int { return 7 - l/8 }, true},
+	} {
+		err := gpu.CheckSubgroupLayout(64, layoutRecord(64, c.group))
+		if (err == nil) != c.ok {
+			t.Errorf("%s: got %v, want ok %v", c.name, err, c.ok)
+		}
+	}
+	// Ranks out of lane order within blocks.
+	raw := layoutRecord(16, func(l int) int { return l / 8 })
+	binary.LittleEndian.PutUint32(raw[4*(3*1+2):], 2)
+	binary.LittleEndian.PutUint32(raw[4*(3*2+2):], 1)
+	if err := gpu.CheckSubgroupLayout(16, raw); err == nil {
+		t.Error("swapped ranks passed")
+	}
+}

@@ -155,33 +155,40 @@ fn sigmoid(z: f32) -> f32 {
 // workgroup size only.
 //
 // With subgroups (package gpu compiles the //#if subgroups sections where the
-// device enables the feature): one barrier instead of log2(WORKGROUP_SIZE).
-// After the values are in reduction_scratch, each subgroup reads all of them,
-// its invocation of rank r (of c active) combining slots r, r + c, r + 2c, ...,
-// and a subgroup operation combines the c partials. WGSL promises nothing
-// about which invocations form a subgroup, nor its size (8 on lavapipe, 32 or
-// 64 on GPUs; larger than the workgroup, or not dividing it, is possible),
-// so the strided pass covers every slot exactly once whatever the layout;
-// rank and count come from subgroupExclusiveAdd(1u) and subgroupAdd(1u),
-// since the subgroup builtins are entry-point arguments that the callers do
-// not pass. Every subgroup computes the same total in the same order.
+// device enables the feature): a subgroup operation combines each subgroup's
+// values, its first invocation stores the partial, and after one barrier
+// every subgroup combines the partials, its invocation of rank r (of c)
+// taking partials r, r + c, ... before a last subgroup operation: two
+// barriers instead of log2(WORKGROUP_SIZE) + 2. The subgroup size c is the
+// adapter's (8 on lavapipe, 32 or 64 on GPUs; it may vary between kernels and
+// exceed the workgroup), so rank and c come from subgroupExclusiveAdd(1u)
+// and subgroupAdd(1u), not from a constant (the subgroup builtins are
+// entry-point arguments that callers do not pass). WGSL does not promise
+// which invocations form a subgroup: the partial's slot, lane / c, assumes
+// blocks of c consecutive lanes starting at multiples of c, which package gpu
+// checks on the device before it enables this path (Device.HasSubgroups).
 
 var<workgroup> reduction_scratch: array<f32, WORKGROUP_SIZE>;
 
 // workgroup_sum is the sum of value over the workgroup's invocations.
 fn workgroup_sum(lane: u32, value: f32) -> f32 {
-    reduction_scratch[lane] = value;
 //#if subgroups
-    workgroupBarrier();
     let count = subgroupAdd(1u);
+    let rank = subgroupExclusiveAdd(1u);
+    let subgroup_total = subgroupAdd(value);
+    if (rank == 0u) {
+        reduction_scratch[lane / count] = subgroup_total;
+    }
+    workgroupBarrier();
     var partial = 0.0;
-    for (var slot = subgroupExclusiveAdd(1u); slot < WORKGROUP_SIZE; slot += count) {
+    for (var slot = rank; slot < (WORKGROUP_SIZE + count - 1u) / count; slot += count) {
         partial += reduction_scratch[slot];
     }
     let result = subgroupAdd(partial);
     workgroupBarrier();
     return result;
 //#else
+    reduction_scratch[lane] = value;
     for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         if (lane < half) {
@@ -195,18 +202,24 @@ fn workgroup_sum(lane: u32, value: f32) -> f32 {
 // workgroup_max is the maximum of value over the workgroup's invocations (as
 // WGSL's max, which may return either operand when one is NaN).
 fn workgroup_max(lane: u32, value: f32) -> f32 {
-    reduction_scratch[lane] = value;
 //#if subgroups
-    workgroupBarrier();
     let count = subgroupAdd(1u);
+    let rank = subgroupExclusiveAdd(1u);
+    let subgroup_max = subgroupMax(value);
+    if (rank == 0u) {
+        reduction_scratch[lane / count] = subgroup_max;
+    }
+    workgroupBarrier();
+    // Partial 0 always exists, and max(x, x) is x.
     var partial = reduction_scratch[0];
-    for (var slot = subgroupExclusiveAdd(1u); slot < WORKGROUP_SIZE; slot += count) {
+    for (var slot = rank; slot < (WORKGROUP_SIZE + count - 1u) / count; slot += count) {
         partial = max(partial, reduction_scratch[slot]);
     }
     let result = subgroupMax(partial);
     workgroupBarrier();
     return result;
 //#else
+    reduction_scratch[lane] = value;
     for (var half = WORKGROUP_SIZE / 2u; half > 0u; half /= 2u) {
         workgroupBarrier();
         if (lane < half) {

@@ -3,9 +3,11 @@
 // bindings, data layouts, workgroup shape and the compile-time constants the gpu
 // package prepends (`const NAME = value;`) to specialise it. prelude.wgsl is not
 // a kernel: it holds what kernels share (16-bit float widening, the 2-D grid
-// index, workgroup reductions), and package gpu compiles every kernel as its
-// constants, then the prelude, then its file. Every kernel therefore declares
-// WORKGROUP_SIZE, and no kernel repeats what the prelude has.
+// index, workgroup reductions), and package gpu compiles every kernel as the
+// device's enable directives, its constants, then the prelude, then its file,
+// keeping the `//#if subgroups` ... `//#else` ... `//#endif` sections that the
+// device's features select. Every kernel therefore declares WORKGROUP_SIZE,
+// and no kernel repeats what the prelude has.
 package shaders
 
 import (
