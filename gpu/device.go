@@ -70,7 +70,7 @@ func (in *Instance) newDevice(a C.WGPUAdapter, info AdapterInfo, opts Options) (
 	switch {
 	case !has(featureNames[featureSubgroups]):
 	case opts.NoSubgroups:
-		d.SubgroupsUnused = "turned off (NoSubgroups)"
+		d.SubgroupsUnused = "turned off"
 	default:
 		features = append(features, featureSubgroups)
 		d.HasSubgroups = true
