@@ -25,7 +25,8 @@ func PendingCalls(in *Instance) int {
 }
 
 // CompileWithPrelude compiles src as the kernel file `file` the way Device.Kernel
-// compiles a file of package shaders: the consts, then the prelude, then src.
+// compiles a file of package shaders: the device's enable directives, the
+// consts, then the prelude, then src, with the sections its features select.
 func CompileWithPrelude(d *Device, file, src string, consts ...Const) (*Kernel, error) {
 	return d.compileWithPrelude(file, file, src, consts)
 }
