@@ -42,11 +42,8 @@ import (
 // fused projection, say).
 
 const (
-	attentionShader = "attention.wgsl"
-	// attentionLanes invocations serve each owned row: enough to split the head
-	// dimensions of the accumulators, few enough that a workgroup of 16 rows
-	// stays at 128 invocations.
-	attentionLanes = 8
+	attentionShader     = "attention.wgsl"
+	attentionDsumShader = "attention_dsum.wgsl"
 )
 
 // AttentionShape is the geometry of one attention call.
@@ -92,31 +89,32 @@ func (p attentionPass) kind() gpu.Kind {
 	return [...]gpu.Kind{gpu.KindAttentionForward, gpu.KindAttentionQueryGrad, gpu.KindAttentionKeyValueGrad}[p]
 }
 
-// attentionTiles is a kernel's blocking: a workgroup owns Own rows (queries, or
-// keys for the dk/dv pass) with Lanes invocations each, and streams the other
-// side through workgroup memory Tile rows at a time.
-type attentionTiles struct{ Own, Tile, Lanes int }
+// attentionTiles is a kernel's blocking: a workgroup of Tile invocations owns
+// Own rows (queries, or keys for the dk/dv pass) and streams the other side
+// past them Tile rows at a time, one row per invocation.
+type attentionTiles struct{ Own, Tile int }
 
 func (t attentionTiles) String() string {
-	return fmt.Sprintf("%d owned rows x %d-row tiles, %d lanes", t.Own, t.Tile, t.Lanes)
+	return fmt.Sprintf("%d owned rows x %d-row tiles", t.Own, t.Tile)
 }
 
 // workgroupBytes mirrors the workgroup arrays of attention.wgsl, each rounded
 // up to 16 bytes as compilers may lay them out.
 func (t attentionTiles) workgroupBytes(pass attentionPass, headDim int) uint64 {
-	stride := headDim + 1 // ROW_STRIDE
-	ownB, scoreB, tileStats := t.Own*stride, t.Own*t.Tile, 1
-	if pass == attentionForwardPass {
-		ownB, scoreB = 1, 1
-	}
-	if pass == attentionKeyValueGradPass {
-		tileStats = t.Tile
+	ownB, scoreB, dqRows, forwardRows, partial := t.Own*headDim, 1, 1, 1, 1
+	switch pass {
+	case attentionForwardPass:
+		ownB, forwardRows, partial = 1, t.Own, t.Tile
+	case attentionQueryGradPass:
+		dqRows = t.Own
+	case attentionKeyValueGradPass:
+		scoreB = t.Own * t.Tile
 	}
 	var total uint64
 	for _, floats := range []int{
-		t.Own * stride, ownB, // own_a, own_b
-		t.Tile * stride, t.Tile * stride, // tile_a, tile_b
-		t.Tile, tileStats, tileStats, // tile_real, tile_lse, tile_d
+		t.Own * headDim, ownB, // own_a, own_b
+		t.Own, dqRows, dqRows, // own_real, own_lse, own_d
+		forwardRows, partial, // row_scale, partial
 		t.Own * t.Tile, scoreB, // score_a, score_b
 	} {
 		total += (4*uint64(floats) + 15) &^ 15
@@ -125,10 +123,13 @@ func (t attentionTiles) workgroupBytes(pass attentionPass, headDim int) uint64 {
 }
 
 func (t attentionTiles) check(pass attentionPass, headDim int, lim gpu.Limits) error {
-	if t.Own <= 0 || t.Tile <= 0 || t.Lanes <= 0 {
+	if t.Own <= 0 || t.Tile <= 0 {
 		return fmt.Errorf("%s: invalid tiles %s", pass, t)
 	}
-	threads := uint32(t.Own * t.Lanes)
+	if t.Own > t.Tile {
+		return fmt.Errorf("%s: tiles %s own more rows than a tile has invocations", pass, t)
+	}
+	threads := uint32(t.Tile)
 	if threads > lim.MaxComputeInvocationsPerWorkgroup || threads > lim.MaxComputeWorkgroupSizeX {
 		return fmt.Errorf("%s: tiles %s need %d invocations per workgroup, the device allows %d (x size %d)",
 			pass, t, threads, lim.MaxComputeInvocationsPerWorkgroup, lim.MaxComputeWorkgroupSizeX)
@@ -140,13 +141,13 @@ func (t attentionTiles) check(pass attentionPass, headDim int, lim gpu.Limits) e
 	return nil
 }
 
-// attentionTileChoices are tried in order: more rows per tile means fewer
-// barriers per unit of work, and 16 owned rows keeps workgroups at 128
-// invocations; the last ones fit 16 KiB at head dim 128 and beyond.
+// attentionTileChoices are tried in order. Each tile row's element is loaded
+// once for Own FMAs, so more owned rows means fewer loads per FMA (on lavapipe
+// those per-invocation loads are what costs); 64-row tiles keep barriers rare
+// and the head dimensions of a 64-wide head one per invocation. The later
+// choices fit 16 KiB at head dim 128 and beyond.
 var attentionTileChoices = []attentionTiles{
-	{16, 32, attentionLanes}, {16, 16, attentionLanes}, {16, 8, attentionLanes},
-	{8, 8, attentionLanes}, {16, 4, attentionLanes}, {8, 4, attentionLanes},
-	{4, 4, attentionLanes}, {4, 2, attentionLanes}, {2, 2, attentionLanes},
+	{16, 64}, {8, 64}, {8, 32}, {4, 32}, {4, 16}, {2, 16}, {2, 8}, {1, 8},
 }
 
 // pickAttentionTiles returns the first choice that fits the device.
@@ -255,12 +256,12 @@ func AttentionForward(rec *gpu.Recorder, s AttentionShape, q, k, v, mask, out, l
 // (which must come from the same q, k, v and mask). dq, dk and dv are
 // overwritten. dk and dv sum over the query heads that share each kv head.
 //
-// D_t = sum_e dOut*out, the row sum softmax's backward needs, is computed as
-// sum_u P dP (equal, and torch's own form), so out is not read: it may be nil,
-// and if given only its size is checked. scratch, f32 [Tokens, Heads], receives
-// D from the first (dq) pass for the second (dk, dv) pass, with a sentinel on
-// padding rows that stands in for the mask there; its contents are not part of
-// the API.
+// out is the forward's output: D_t = sum_e dOut*out, the row sum softmax's
+// backward needs, is computed from it first into scratch, f32 [Tokens, Heads],
+// with a sentinel on padding rows that stands in for the mask in the dk/dv
+// pass; scratch's contents are not part of the API. D could also be summed as
+// sum_u P dP (torch's form, equal) while dq is accumulated, but that costs the
+// dq pass a second accumulator per head dimension.
 func AttentionBackward(rec *gpu.Recorder, s AttentionShape, q, k, v, mask, out, lse, dOut *gpu.Tensor,
 	dq, dk, dv *gpu.Tensor, scratch *gpu.Tensor) error {
 	return attentionBackward(rec, s, q, k, v, mask, out, lse, dOut, dq, dk, dv, scratch, nil)
@@ -302,17 +303,20 @@ func attentionBackward(rec *gpu.Recorder, s AttentionShape, q, k, v, mask, out, 
 	}
 	T := s.Tokens()
 	qElems, kvElems, rowElems := T*s.Heads*s.HeadDim, T*s.KVHeads*s.HeadDim, T*s.Heads
-	if out != nil {
-		if err := (attentionOperand{"out", out, qElems}).check(); err != nil {
-			return fmt.Errorf("attention backward: %w", err)
-		}
-	}
 	qkv := attentionOperands(s, q, k, v)
 	common := []attentionOperand{{"dOut", dOut, qElems}, {"lse", lse, rowElems}}
 	dsum := attentionOperand{"scratch", scratch, rowElems}
 
-	// The dq pass writes D, which the dk/dv pass reads, so it goes first;
-	// WebGPU orders the storage accesses of consecutive dispatches.
+	// D first, then the dq pass (which reads D through its second output
+	// binding) and the dk/dv pass; WebGPU orders the storage accesses of
+	// consecutive dispatches.
+	const dsumOp = "attention backward (D)"
+	dsumViews, dsumBases, err := bindActivationOperands(dsumOp, dev,
+		activationOperand("dOut", dOut, qElems), activationOperand("out", out, qElems),
+		activationOperand("mask", mask, T), activationOperand("scratch", scratch, rowElems))
+	if err != nil {
+		return err
+	}
 	err = checkDispatchOperands(dev, slices.Concat(qkv, common, []attentionOperand{{"mask", mask, T}}),
 		[]attentionOperand{{"dq", dq, qElems}, dsum})
 	if err != nil {
@@ -337,6 +341,17 @@ func attentionBackward(rec *gpu.Recorder, s AttentionShape, q, k, v, mask, out, 
 		return err
 	}
 	keyValueGrad, err := prepareAttention(dev, attentionKeyValueGradPass, s, tiles)
+	if err != nil {
+		return err
+	}
+	dsumKernel, err := dev.Kernel(attentionDsumShader, gpu.U32("WORKGROUP_SIZE", activationWorkgroupSize))
+	if err != nil {
+		return fmt.Errorf("%s: %w", dsumOp, err)
+	}
+	params := gpu.PackParams(uint32(rowElems), uint32(s.Heads), uint32(s.HeadDim),
+		dsumBases[0], dsumBases[1], dsumBases[2], dsumBases[3])
+	err = dispatchActivationKernel(dsumOp, gpu.KindReduction, rec, dev, dsumKernel, params, dsumViews,
+		activationGroups(rowElems), activationWorkgroupSize, 0)
 	if err != nil {
 		return err
 	}
@@ -407,7 +422,7 @@ func prepareAttention(dev *gpu.Device, pass attentionPass, s AttentionShape, til
 	}
 	kernel, err := dev.Kernel(attentionShader,
 		gpu.U32("PASS", int(pass)), gpu.U32("HEAD_DIM", s.HeadDim),
-		gpu.U32("OWN_ROWS", t.Own), gpu.U32("TILE_ROWS", t.Tile), gpu.U32("LANES", t.Lanes))
+		gpu.U32("OWN_ROWS", t.Own), gpu.U32("TILE_ROWS", t.Tile))
 	if err != nil {
 		return attentionKernel{}, fmt.Errorf("%s: %w", pass, err)
 	}
@@ -423,7 +438,7 @@ func (k attentionKernel) dispatch(rec *gpu.Recorder, s AttentionShape, b attenti
 		bindings[i], bases[i] = x.View()
 	}
 	words := append([]uint32{uint32(s.Seq), uint32(s.Heads), uint32(s.KVHeads), uint32(s.Heads / s.KVHeads)}, bases...)
-	words = append(words, math.Float32bits(float32(1/math.Sqrt(float64(s.HeadDim)))), uint32(s.HeadDim), uint32(k.tiles.Tile))
+	words = append(words, math.Float32bits(float32(1/math.Sqrt(float64(s.HeadDim)))), uint32(s.HeadDim))
 	if err := rec.Dispatch(k.pass.kind(), k.kernel, gpu.PackParams(words...), bindings, k.grid[0], k.grid[1], k.grid[2]); err != nil {
 		return fmt.Errorf("%s: %w", k.pass, err)
 	}

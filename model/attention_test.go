@@ -271,8 +271,8 @@ func compareRows(t *testing.T, name string, got []float32, want []float64, width
 }
 
 func TestAttention(t *testing.T) {
-	tiny := func(own, tile, lanes int) attentionTiling {
-		return func(attentionPass) attentionTiles { return attentionTiles{own, tile, lanes} }
+	tiny := func(own, tile int) attentionTiling {
+		return func(attentionPass) attentionTiles { return attentionTiles{own, tile} }
 	}
 	// The 16 KiB portable minimum, with the tiles each pass would get there.
 	portable := testDevice.Limits
@@ -294,9 +294,14 @@ func TestAttention(t *testing.T) {
 		{"gqa padded", AttentionShape{Batch: 2, Seq: 7, Heads: 4, KVHeads: 2, HeadDim: 16}, []int{7, 4}, nil, false},
 		{"gqa padded u32 mask", AttentionShape{Batch: 2, Seq: 7, Heads: 4, KVHeads: 2, HeadDim: 16}, []int{6, 2}, nil, true},
 		{"mqa 33 positions", AttentionShape{Batch: 1, Seq: 33, Heads: 3, KVHeads: 1, HeadDim: 8}, []int{33}, nil, false},
-		{"mqa 33 positions odd tiles", AttentionShape{Batch: 1, Seq: 33, Heads: 3, KVHeads: 1, HeadDim: 8}, []int{30}, tiny(5, 3, 4), false},
+		{"mqa 33 positions odd tiles", AttentionShape{Batch: 1, Seq: 33, Heads: 3, KVHeads: 1, HeadDim: 8}, []int{30}, tiny(5, 7), false},
+		// 7 invocations over 12 head dims: two per invocation, the last clamped;
+		// 3 owned rows in 7 invocations: two per row in the softmax step, one idle.
+		{"gqa head dim past the tile", AttentionShape{Batch: 2, Seq: 11, Heads: 4, KVHeads: 2, HeadDim: 12}, []int{11, 8}, tiny(3, 7), false},
+		{"one owned row", AttentionShape{Batch: 1, Seq: 9, Heads: 2, KVHeads: 1, HeadDim: 8}, []int{9}, tiny(1, 4), false},
+		{"owned rows fill the tile", AttentionShape{Batch: 1, Seq: 19, Heads: 2, KVHeads: 2, HeadDim: 16}, []int{17}, tiny(8, 8), false},
 		{"mha head dim 12 empty sequence", AttentionShape{Batch: 3, Seq: 5, Heads: 2, KVHeads: 2, HeadDim: 12}, []int{5, 3, 0}, nil, false},
-		{"mha small tiles", AttentionShape{Batch: 2, Seq: 20, Heads: 2, KVHeads: 2, HeadDim: 32}, []int{13, 20}, tiny(4, 4, 8), false},
+		{"mha small tiles", AttentionShape{Batch: 2, Seq: 20, Heads: 2, KVHeads: 2, HeadDim: 32}, []int{13, 20}, tiny(4, 8), false},
 		{"gqa head dim 128 in 16 KiB", AttentionShape{Batch: 1, Seq: 6, Heads: 2, KVHeads: 1, HeadDim: 128}, []int{5}, portableTiling, false},
 	}
 	for i, c := range cases {
@@ -440,7 +445,7 @@ func TestAttentionRejectsInvalidArguments(t *testing.T) {
 		a := valid()
 		rec := testDevice.NewRecorder()
 		defer rec.Release()
-		huge := func(attentionPass) attentionTiles { return attentionTiles{512, 1024, 8} }
+		huge := func(attentionPass) attentionTiles { return attentionTiles{64, 4096} }
 		err := attentionForward(rec, s, a.q, a.k, a.v, a.mask, a.out, a.lse, huge)
 		if err == nil || !strings.Contains(err.Error(), "invocations") {
 			t.Errorf("got %v, want an error about invocations per workgroup", err)

@@ -12,8 +12,9 @@
 //                                        padding, any other a real token, so
 //                                        f32 1.0 and u32 1 both mean real
 //   lse                [T, heads]        logsumexp of each row's scaled scores
-//   dsum               [T, heads]        D = sum_u P dP per row and head, and
-//                                        PADDING_D for rows whose mask is 0
+//   dsum               [T, heads]        D = rowsum(dout * out) per row and
+//                                        head, PADDING_D for rows whose mask
+//                                        is 0 (attention_dsum.wgsl)
 // With scale = 1/sqrt(hd), query position i of a sequence attends key positions
 // u <= i of the same sequence whose mask is nonzero:
 //   s(i, u) = scale * q_i.k_u,  P = softmax_u(s),  out_i = sum_u P(i, u) v_u.
@@ -24,18 +25,12 @@
 // Passes, chosen by the injected const PASS:
 //   PASS_FORWARD (0)  out and lse from q, k, v, mask. Online softmax over key
 //                     tiles: running max m, running sum l, unnormalised output.
-//   PASS_DQ (1)       backward over query rows: with P = exp(s - lse) recomputed
-//                     and dP = dout_i.v_u,
-//                       D_i  = sum_u P dP  (= dout_i.out_i, the rowsum softmax
-//                              backward needs; summing P dP is torch's own form
-//                              and saves binding out),
-//                       dq_i = scale * sum_u P (dP - D_i) k_u
-//                            = scale * (sum_u P dP k_u - D_i sum_u P k_u),
-//                     accumulated in one sweep as the two sums. Also writes D
-//                     of its rows to dsum for PASS_DKDV.
-//   PASS_DKDV (2)     backward over key rows, after PASS_DQ: for each key row u
-//                     of kv head g, loop over the group's query heads and the
-//                     query rows i >= u:
+//   PASS_DQ (1)       backward over query rows, after attention_dsum.wgsl:
+//                     with P = exp(s - lse) recomputed and dP = dout_i.v_u,
+//                       dq_i = scale * sum_u P (dP - D_i) k_u.
+//   PASS_DKDV (2)     backward over key rows: for each key row u of kv head g,
+//                     loop over the group's query heads and the query rows
+//                     i >= u:
 //                       dv_u = sum_{h,i} P dout_i,
 //                       dk_u = scale * sum_{h,i} P (dP - D_i) q_i.
 //                     One workgroup owns whole output rows, so there are no
@@ -57,7 +52,8 @@
 //   5  storage, read  `dout`       (unused by FORWARD)
 //   6  storage, read  `lse_in`     DQ, DKDV: lse (unused by FORWARD)
 //   7  storage, read_write `out_a` FORWARD: out; DQ: dq; DKDV: dk
-//   8  storage, read_write `out_b` FORWARD: lse; DQ: dsum; DKDV: dv
+//   8  storage, read_write `out_b` FORWARD: lse; DQ: dsum (only read: the
+//                                  binding that was free); DKDV: dv
 // Each array is addressed from its own base element (Params), so tensors may sit
 // at any 4-byte offset inside bindings that start at aligned offsets.
 //
@@ -75,76 +71,83 @@
 //   offset 40  out_a_base   ... of out[0], dq[0] or dk[0] in binding 7
 //   offset 44  out_b_base   ... of lse[0], dsum[0] or dv[0] in binding 8
 //   offset 48  scale (f32)  1/sqrt(hd)
-//   offset 52  head_dim     HEAD_DIM again, and
-//   offset 56  tile_rows    TILE_ROWS again, as the bounds of the loops over
-//                           head dimensions and tile rows: run-time bounds keep
-//                           compilers from unrolling them fully, which costs
-//                           lavapipe seconds of compile time per variant and
-//                           gains GPUs little (loops over DIMS_PER_LANE keep
-//                           const bounds, so the accumulators stay registers)
-//   offset 60  4 bytes of padding
+//   offset 52  head_dim     HEAD_DIM again, as the bound of the score phase's
+//                           loop over head dimensions: a run-time bound keeps
+//                           compilers from unrolling it fully, which costs
+//                           lavapipe seconds of compile time per variant (loops
+//                           over OWN_ROWS and DIMS keep const bounds, so their
+//                           accumulators stay registers)
+//   offset 56  8 bytes of padding
 //
-// Workgroup: OWN_ROWS*LANES x 1 x 1 invocations. A workgroup owns OWN_ROWS
+// Workgroup: TILE_ROWS x 1 x 1 invocations. A workgroup owns OWN_ROWS
 // consecutive positions of one sequence and one head: query rows of query head
 // workgroup_id.y for FORWARD and DQ, key rows of kv head workgroup_id.y for DKDV;
 // workgroup_id.x is the block of positions and workgroup_id.z the sequence, so
-// the grid is (ceil(seq/OWN_ROWS), heads or kv_heads, batch). Invocation
-// index li serves own row r = li / LANES as lane li % LANES. The owned rows are
-// staged in workgroup memory once; the other side (keys for FORWARD and DQ,
-// queries for DKDV) streams through it in tiles of TILE_ROWS rows, only as far
-// as causality allows. For each tile:
-//   1. all invocations stage the tile's rows (and whether each is a real
-//      token, and for DKDV the queries' lse and D) in workgroup memory;
-//   2. the lanes of row r compute the row's scores against the tile, lane l
-//      taking tile rows l, l+LANES, ... (full hd-long dot products, all of a
-//      lane's at once so that each owned element is loaded once for them);
-//   3. each lane updates the head dimensions d = l, l+LANES, ... of its row's
-//      accumulators from the whole tile's scores.
-// Arrays in workgroup memory keep rows ROW_STRIDE = hd+1 floats apart so that
-// the lanes of step 2, which read different rows at the same column, hit
-// different banks.
+// the grid is (ceil(seq/OWN_ROWS), heads or kv_heads, batch). The owned rows
+// are staged in workgroup memory once; the other side (keys for FORWARD and DQ,
+// queries for DKDV) streams past in tiles of TILE_ROWS rows, only as far as
+// causality allows, read straight from storage: each element of a tile is read
+// by one invocation once. For each tile:
+//   1. score phase: invocation c takes tile row c and computes its dot products
+//      with every owned row (OWN_ROWS of them, two sets for the backward
+//      passes), then writes the column c of the [OWN_ROWS, TILE_ROWS] score
+//      tile (masked, exponentiated as the pass needs);
+//   2. FORWARD only, softmax step: SPLIT = TILE_ROWS / OWN_ROWS invocations per
+//      owned row find the tile's row max from partial maxima, rescale, and turn
+//      scores into P in place;
+//   3. accumulate phase: invocation c takes head dimensions c, c+TILE_ROWS, ...
+//      of every owned row's accumulators and adds the tile rows weighted by
+//      the score tile.
+// In both phases every FMA reads one operand at an address that is the same for
+// all invocations (an owned row's element, a score), which CPU adapters such as
+// lavapipe load once and broadcast across their SIMD lanes, and one that the
+// invocation has in a register (its tile row's element, loaded once for
+// OWN_ROWS FMAs). The hot loops sit in uniform control flow so that stays true.
 //
 // Injected consts:
 //   PASS: u32       PASS_FORWARD, PASS_DQ or PASS_DKDV.
 //   HEAD_DIM: u32   hd.
-//   OWN_ROWS: u32   rows a workgroup owns.
-//   TILE_ROWS: u32  rows per streamed tile.
-//   LANES: u32      invocations per owned row.
+//   OWN_ROWS: u32   rows a workgroup owns, at most TILE_ROWS.
+//   TILE_ROWS: u32  rows per streamed tile, and invocations per workgroup.
 // Workgroup memory is 4 bytes times
-//   OWN_ROWS*ROW_STRIDE*(1 or 2) + 2*TILE_ROWS*ROW_STRIDE
-//   + OWN_ROWS*TILE_ROWS*(1 or 2) + TILE_ROWS*(1 or 3)
-// (the "or" terms for passes with a second owned array, second score array and
-// per-query statistics); the host picks tiles that fit the device's limit.
+//   OWN_ROWS*HEAD_DIM*(1 or 2) + OWN_ROWS*TILE_ROWS*(1 or 2)
+//   + OWN_ROWS*(1, 2 or 3) + (TILE_ROWS for FORWARD)
+// (see the arrays below); the host picks tiles that fit the device's limit.
 
 const PASS_FORWARD = 0u;
 const PASS_DQ = 1u;
 const PASS_DKDV = 2u;
 
-const WORKGROUP_SIZE = OWN_ROWS * LANES;
-const ROW_STRIDE = HEAD_DIM + 1u;
-// Head dimensions per lane; the last ones are absent when LANES does not
-// divide HEAD_DIM.
-const DIMS_PER_LANE = (HEAD_DIM + LANES - 1u) / LANES;
+const WORKGROUP_SIZE = TILE_ROWS;
+// Head dimensions per invocation in the accumulate phase; the last ones are
+// clamped duplicates (never written) when TILE_ROWS does not divide HEAD_DIM.
+const DIMS = (HEAD_DIM + TILE_ROWS - 1u) / TILE_ROWS;
+// FORWARD: invocations per owned row in the softmax step (the host keeps
+// OWN_ROWS <= TILE_ROWS); the last TILE_ROWS % OWN_ROWS invocations only
+// watch.
+const SPLIT = TILE_ROWS / OWN_ROWS;
 
 // Arrays a pass does not use shrink to one element.
-const OWN_B_LEN = select(OWN_ROWS * ROW_STRIDE, 1u, PASS == PASS_FORWARD);
-const SCORE_B_LEN = select(OWN_ROWS * TILE_ROWS, 1u, PASS == PASS_FORWARD);
-const TILE_STATS_LEN = select(1u, TILE_ROWS, PASS == PASS_DKDV);
+const OWN_B_LEN = select(OWN_ROWS * HEAD_DIM, 1u, PASS == PASS_FORWARD);
+const SCORE_B_LEN = select(1u, OWN_ROWS * TILE_ROWS, PASS == PASS_DKDV);
+const DQ_ROWS_LEN = select(1u, OWN_ROWS, PASS == PASS_DQ);
+const FORWARD_ROWS_LEN = select(1u, OWN_ROWS, PASS == PASS_FORWARD);
+const PARTIAL_LEN = select(1u, TILE_ROWS, PASS == PASS_FORWARD);
 
 // A finite stand-in for the score of a masked pair and for the initial running
 // max: -inf - -inf would be NaN, and the maximum of finite scores is never
 // this low.
 const NEG_BIG = -3.0e38;
 
-// D of padding rows: no real D comes near it (|D| <= |dout| |out|), and unlike
-// NaN it compares reliably.
+// D of padding rows (attention_dsum.wgsl writes it): no real D comes near it
+// (|D| <= |dout| |out|), and unlike NaN it compares reliably.
 const PADDING_D = 3.0e38;
 
 struct Params {
     seq: u32, heads: u32, kv_heads: u32, group: u32,
     q_base: u32, k_base: u32, v_base: u32, flags_base: u32,
     dout_base: u32, lse_base: u32, out_a_base: u32, out_b_base: u32,
-    scale: f32, head_dim: u32, tile_rows: u32, pad0: u32,
+    scale: f32, head_dim: u32, pad0: u32, pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -157,22 +160,23 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> out_a: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out_b: array<f32>;
 
-// Owned rows: FORWARD and DQ: scale*q; DKDV: k.
-var<workgroup> own_a: array<f32, OWN_ROWS * ROW_STRIDE>;
+// Owned rows [OWN_ROWS, HEAD_DIM]: FORWARD and DQ: scale*q; DKDV: k.
+var<workgroup> own_a: array<f32, OWN_ROWS * HEAD_DIM>;
 // Owned rows: DQ: dout; DKDV: v.
 var<workgroup> own_b: array<f32, OWN_B_LEN>;
-// Streamed tile: FORWARD and DQ: k; DKDV: scale*q.
-var<workgroup> tile_a: array<f32, TILE_ROWS * ROW_STRIDE>;
-// Streamed tile: FORWARD and DQ: v; DKDV: dout.
-var<workgroup> tile_b: array<f32, TILE_ROWS * ROW_STRIDE>;
-// 1 where the tile row is a real token inside the causal range, else 0.
-var<workgroup> tile_real: array<f32, TILE_ROWS>;
-// DKDV: lse and D of the tile's query rows.
-var<workgroup> tile_lse: array<f32, TILE_STATS_LEN>;
-var<workgroup> tile_d: array<f32, TILE_STATS_LEN>;
-// [OWN_ROWS, TILE_ROWS] scores: FORWARD: s (NEG_BIG where masked); DQ, DKDV: P.
+// 1 where the owned row is a real token, 0 for padding and past the sequence.
+var<workgroup> own_real: array<f32, OWN_ROWS>;
+// DQ: lse and D of the owned rows.
+var<workgroup> own_lse: array<f32, DQ_ROWS_LEN>;
+var<workgroup> own_d: array<f32, DQ_ROWS_LEN>;
+// FORWARD: the tile's rescale factor of each owned row; at the end 1/sum.
+var<workgroup> row_scale: array<f32, FORWARD_ROWS_LEN>;
+// FORWARD: per-invocation partial maxima and sums of the softmax step.
+var<workgroup> partial: array<f32, PARTIAL_LEN>;
+// [OWN_ROWS, TILE_ROWS]: FORWARD: s (NEG_BIG where masked), then P;
+// DQ: dS = P (dP - D); DKDV: P.
 var<workgroup> score_a: array<f32, OWN_ROWS * TILE_ROWS>;
-// DQ: P dP; DKDV: P (dP - D).
+// DKDV: dS = P (dP - D).
 var<workgroup> score_b: array<f32, SCORE_B_LEN>;
 
 // is_real reads the mask (FORWARD, DQ only).
@@ -185,42 +189,10 @@ fn dsum_at(token_row: u32, h: u32) -> f32 {
     return bitcast<f32>(row_flags[p.flags_base + token_row * p.heads + h]);
 }
 
-// Tile rows a lane scores: lane, lane+LANES, ...; the last ones are absent
-// (clamped to the last tile row, their scores unused) when LANES does not
-// divide TILE_ROWS.
-const COLS_PER_LANE = (TILE_ROWS + LANES - 1u) / LANES;
-
-// lane_col is the tile row of a lane's j-th score.
-fn lane_col(lane: u32, j: u32) -> u32 {
-    return lane + j * LANES;
-}
-
-// The score-phase dot products of owned row r against all of a lane's tile
-// rows at once: each owned element is loaded once for COLS_PER_LANE products
-// (one load per FMA besides, not two), which is what workgroup-memory-bound
-// adapters such as lavapipe pay for.
-fn dots_own_a_tile_a(r: u32, lane: u32) -> array<f32, COLS_PER_LANE> {
-    var acc: array<f32, COLS_PER_LANE>;
-    for (var d = 0u; d < p.head_dim; d++) {
-        let x = own_a[r * ROW_STRIDE + d];
-        for (var j = 0u; j < COLS_PER_LANE; j++) {
-            let c = min(lane_col(lane, j), TILE_ROWS - 1u);
-            acc[j] += x * tile_a[c * ROW_STRIDE + d];
-        }
-    }
-    return acc;
-}
-
-fn dots_own_b_tile_b(r: u32, lane: u32) -> array<f32, COLS_PER_LANE> {
-    var acc: array<f32, COLS_PER_LANE>;
-    for (var d = 0u; d < p.head_dim; d++) {
-        let x = own_b[r * ROW_STRIDE + d];
-        for (var j = 0u; j < COLS_PER_LANE; j++) {
-            let c = min(lane_col(lane, j), TILE_ROWS - 1u);
-            acc[j] += x * tile_b[c * ROW_STRIDE + d];
-        }
-    }
-    return acc;
+// lane_dim is the head dimension of an invocation's i-th accumulator column,
+// clamped to the last one past the end.
+fn lane_dim(li: u32, i: u32) -> u32 {
+    return min(li + i * TILE_ROWS, HEAD_DIM - 1u);
 }
 
 // stage_own_rows copies the owned rows at positions first.. (zeros past the end
@@ -245,293 +217,311 @@ fn stage_own_rows(li: u32, row0: u32, first: u32, stride: u32, col: u32, a_scale
                 }
             }
         }
-        own_a[r * ROW_STRIDE + d] = x;
+        own_a[r * HEAD_DIM + d] = x;
         if (PASS != PASS_FORWARD) {
-            own_b[r * ROW_STRIDE + d] = y;
+            own_b[r * HEAD_DIM + d] = y;
         }
     }
 }
 
-// stage_key_tile copies key/value rows at positions first.. up to key_end
-// (exclusive) of kv head column offset col into tile_a and tile_b, and marks
-// which are real tokens.
-fn stage_key_tile(li: u32, row0: u32, first: u32, key_end: u32, col: u32) {
-    let stride = p.kv_heads * HEAD_DIM;
-    for (var i = li; i < TILE_ROWS * HEAD_DIM; i += WORKGROUP_SIZE) {
-        let c = i / HEAD_DIM;
-        let d = i % HEAD_DIM;
-        let pos = first + c;
-        var x = 0.0;
-        var y = 0.0;
-        if (pos < key_end) {
-            let at = (row0 + pos) * stride + col + d;
-            x = k[p.k_base + at];
-            y = v[p.v_base + at];
+// dots_own_a_k returns the dot products of every owned row of own_a with the
+// key row of k from element at: the invocation's column of the score tile.
+fn dots_own_a_k(at: u32) -> array<f32, OWN_ROWS> {
+    var acc: array<f32, OWN_ROWS>;
+    for (var d = 0u; d < p.head_dim; d++) {
+        let x = k[at + d];
+        for (var r = 0u; r < OWN_ROWS; r++) {
+            acc[r] += own_a[r * HEAD_DIM + d] * x;
         }
-        tile_a[c * ROW_STRIDE + d] = x;
-        tile_b[c * ROW_STRIDE + d] = y;
     }
-    for (var c = li; c < TILE_ROWS; c += WORKGROUP_SIZE) {
-        let pos = first + c;
-        tile_real[c] = select(0.0, 1.0, pos < key_end && is_real(row0 + pos));
-    }
+    return acc;
 }
 
 fn forward(block: u32, h: u32, b: u32, li: u32) {
-    let r = li / LANES;
-    let lane = li % LANES;
     let row0 = b * p.seq;
     let first = block * OWN_ROWS;
-    let pos = first + r;
     let q_stride = p.heads * HEAD_DIM;
+    let kv_stride = p.kv_heads * HEAD_DIM;
     let kv_col = (h / p.group) * HEAD_DIM;
 
     stage_own_rows(li, row0, first, q_stride, h * HEAD_DIM, p.scale);
-    var row_real = false;
-    if (pos < p.seq) {
-        row_real = is_real(row0 + pos);
+    for (var r = li; r < OWN_ROWS; r += WORKGROUP_SIZE) {
+        let pos = first + r;
+        own_real[r] = select(0.0, 1.0, pos < p.seq && is_real(row0 + min(pos, p.seq - 1u)));
     }
+    // The invocation's part of the softmax step: row soft_row, tile columns
+    // soft_part, soft_part+SPLIT, ...
+    let soft_row = min(li / SPLIT, OWN_ROWS - 1u);
+    let soft_part = li % SPLIT;
+    let soft_owner = li < OWN_ROWS * SPLIT;
 
-    var run_max = NEG_BIG;
-    var run_sum = 0.0;
-    var acc: array<f32, DIMS_PER_LANE>;
+    var run_max = NEG_BIG;  // of row soft_row
+    var run_sum = 0.0;      // of row soft_row, over this invocation's columns
+    var acc: array<f32, OWN_ROWS * DIMS>;
     // Keys past the block's last row are in no owned row's causal range.
     let key_end = min(first + OWN_ROWS, p.seq);
     for (var first_key = 0u; first_key < key_end; first_key += TILE_ROWS) {
-        // The previous tile's readers (and the owned rows' writers) are done.
+        // The previous tile's readers of score_a (and the stagers) are done.
         workgroupBarrier();
-        stage_key_tile(li, row0, first_key, key_end, kv_col);
-        workgroupBarrier();
-        let dots = dots_own_a_tile_a(r, lane);
-        for (var j = 0u; j < COLS_PER_LANE; j++) {
-            let c = lane_col(lane, j);
-            if (c >= TILE_ROWS) {
-                break;
-            }
-            var s = NEG_BIG;
-            if (row_real && tile_real[c] != 0.0 && first_key + c <= pos) {
-                s = dots[j];
-            }
-            score_a[r * TILE_ROWS + c] = s;
+        // Score phase: this invocation's key column against every owned row.
+        let key = first_key + li;
+        let key_row = row0 + min(key, key_end - 1u);
+        let key_ok = key < key_end && is_real(key_row);
+        let s = dots_own_a_k(p.k_base + key_row * kv_stride + kv_col);
+        for (var r = 0u; r < OWN_ROWS; r++) {
+            let ok = key_ok && key <= first + r && own_real[r] != 0.0;
+            score_a[r * TILE_ROWS + li] = select(NEG_BIG, s[r], ok);
         }
         workgroupBarrier();
+        // Softmax step: the tile's max of each row from SPLIT partial maxima,
+        // then P = exp(s - new max) in place.
+        var part_max = NEG_BIG;
+        for (var c = soft_part; c < TILE_ROWS; c += SPLIT) {
+            part_max = max(part_max, score_a[soft_row * TILE_ROWS + c]);
+        }
+        partial[li] = part_max;
+        workgroupBarrier();
         var tile_max = NEG_BIG;
-        for (var c = 0u; c < p.tile_rows; c++) {
-            tile_max = max(tile_max, score_a[r * TILE_ROWS + c]);
+        for (var j = 0u; j < SPLIT; j++) {
+            tile_max = max(tile_max, partial[soft_row * SPLIT + j]);
         }
         let new_max = max(run_max, tile_max);
         let rescale = exp(run_max - new_max);
         run_sum *= rescale;
-        for (var i = 0u; i < DIMS_PER_LANE; i++) {
-            acc[i] *= rescale;
-        }
-        for (var c = 0u; c < p.tile_rows; c++) {
-            let s = score_a[r * TILE_ROWS + c];
-            if (s == NEG_BIG) {
-                continue;
-            }
-            let prob = exp(s - new_max);
+        for (var c = soft_part; c < TILE_ROWS; c += SPLIT) {
+            let at = soft_row * TILE_ROWS + c;
+            let s_c = score_a[at];
+            let prob = select(0.0, exp(s_c - new_max), s_c != NEG_BIG);
             run_sum += prob;
-            for (var i = 0u; i < DIMS_PER_LANE; i++) {
-                let d = lane + i * LANES;
-                if (d < HEAD_DIM) {
-                    acc[i] += prob * tile_b[c * ROW_STRIDE + d];
+            if (soft_owner) {
+                score_a[at] = prob;
+            }
+        }
+        if (soft_owner && soft_part == 0u) {
+            row_scale[soft_row] = rescale;
+        }
+        run_max = new_max;
+        workgroupBarrier();
+        // Accumulate phase: this invocation's head dimensions of every owned
+        // row, out += P v over the tile's keys.
+        for (var r = 0u; r < OWN_ROWS; r++) {
+            let f = row_scale[r];
+            for (var i = 0u; i < DIMS; i++) {
+                acc[r * DIMS + i] *= f;
+            }
+        }
+        let keys = min(TILE_ROWS, key_end - first_key);
+        for (var c = 0u; c < keys; c++) {
+            let v_at = p.v_base + (row0 + first_key + c) * kv_stride + kv_col;
+            var x: array<f32, DIMS>;
+            for (var i = 0u; i < DIMS; i++) {
+                x[i] = v[v_at + lane_dim(li, i)];
+            }
+            for (var r = 0u; r < OWN_ROWS; r++) {
+                let prob = score_a[r * TILE_ROWS + c];
+                for (var i = 0u; i < DIMS; i++) {
+                    acc[r * DIMS + i] += prob * x[i];
                 }
             }
         }
-        run_max = new_max;
     }
 
-    if (pos >= p.seq) {
-        return;
-    }
-    // A real row always sees itself, so run_sum >= 1 there.
-    let real = row_real && run_sum > 0.0;
-    let inv_sum = select(0.0, 1.0 / run_sum, real);
-    let out_row = p.out_a_base + (row0 + pos) * q_stride + h * HEAD_DIM;
-    for (var i = 0u; i < DIMS_PER_LANE; i++) {
-        let d = lane + i * LANES;
-        if (d < HEAD_DIM) {
-            out_a[out_row + d] = select(0.0, acc[i] * inv_sum, real);
+    // Every reader of row_scale is done; the owners add their partial sums.
+    workgroupBarrier();
+    partial[li] = run_sum;
+    workgroupBarrier();
+    if (soft_owner && soft_part == 0u) {
+        var total = 0.0;
+        for (var j = 0u; j < SPLIT; j++) {
+            total += partial[soft_row * SPLIT + j];
+        }
+        // A real row always sees itself, so total >= 1 there.
+        let real = own_real[soft_row] != 0.0 && total > 0.0;
+        row_scale[soft_row] = select(0.0, 1.0 / total, real);
+        let pos = first + soft_row;
+        if (pos < p.seq) {
+            out_b[p.out_b_base + (row0 + pos) * p.heads + h] = select(0.0, run_max + log(total), real);
         }
     }
-    if (lane == 0u) {
-        out_b[p.out_b_base + (row0 + pos) * p.heads + h] = select(0.0, run_max + log(run_sum), real);
+    workgroupBarrier();
+    for (var r = 0u; r < OWN_ROWS; r++) {
+        let pos = first + r;
+        let inv_sum = row_scale[r];
+        let out_row = p.out_a_base + (row0 + pos) * q_stride + h * HEAD_DIM;
+        for (var i = 0u; i < DIMS; i++) {
+            let d = li + i * TILE_ROWS;
+            if (pos < p.seq && d < HEAD_DIM) {
+                out_a[out_row + d] = acc[r * DIMS + i] * inv_sum;
+            }
+        }
     }
 }
 
 fn query_gradients(block: u32, h: u32, b: u32, li: u32) {
-    let r = li / LANES;
-    let lane = li % LANES;
     let row0 = b * p.seq;
     let first = block * OWN_ROWS;
-    let pos = first + r;
     let q_stride = p.heads * HEAD_DIM;
+    let kv_stride = p.kv_heads * HEAD_DIM;
     let kv_col = (h / p.group) * HEAD_DIM;
 
     stage_own_rows(li, row0, first, q_stride, h * HEAD_DIM, p.scale);
-    var row_real = false;
-    var row_lse = 0.0;
-    if (pos < p.seq) {
-        row_real = is_real(row0 + pos);
-        if (row_real) {
-            row_lse = lse_in[p.lse_base + (row0 + pos) * p.heads + h];
-        }
+    for (var r = li; r < OWN_ROWS; r += WORKGROUP_SIZE) {
+        let pos = first + r;
+        let row = row0 + min(pos, p.seq - 1u);
+        let real = pos < p.seq && is_real(row);
+        own_real[r] = select(0.0, 1.0, real);
+        own_lse[r] = select(0.0, lse_in[p.lse_base + row * p.heads + h], real);
+        own_d[r] = select(0.0, out_b[p.out_b_base + row * p.heads + h], real);
     }
 
-    var sum_pdp = 0.0;                       // D
-    var acc_pdp: array<f32, DIMS_PER_LANE>;  // sum_u P dP k_u
-    var acc_p: array<f32, DIMS_PER_LANE>;    // sum_u P k_u
+    var acc: array<f32, OWN_ROWS * DIMS>;  // sum_u dS k_u
     let key_end = min(first + OWN_ROWS, p.seq);
     for (var first_key = 0u; first_key < key_end; first_key += TILE_ROWS) {
         workgroupBarrier();
-        stage_key_tile(li, row0, first_key, key_end, kv_col);
-        workgroupBarrier();
-        let dots_s = dots_own_a_tile_a(r, lane);
-        let dots_dp = dots_own_b_tile_b(r, lane);
-        for (var j = 0u; j < COLS_PER_LANE; j++) {
-            let c = lane_col(lane, j);
-            if (c >= TILE_ROWS) {
-                break;
+        let key = first_key + li;
+        let key_row = row0 + min(key, key_end - 1u);
+        let key_ok = key < key_end && is_real(key_row);
+        let k_at = p.k_base + key_row * kv_stride + kv_col;
+        let v_at = p.v_base + key_row * kv_stride + kv_col;
+        var s: array<f32, OWN_ROWS>;
+        var dp: array<f32, OWN_ROWS>;
+        // Zeroed here, not only by the declarations: lavapipe kept the last
+        // tile's sums in them.
+        for (var r = 0u; r < OWN_ROWS; r++) {
+            s[r] = 0.0;
+            dp[r] = 0.0;
+        }
+        for (var d = 0u; d < p.head_dim; d++) {
+            let kx = k[k_at + d];
+            let vx = v[v_at + d];
+            for (var r = 0u; r < OWN_ROWS; r++) {
+                s[r] += own_a[r * HEAD_DIM + d] * kx;
+                dp[r] += own_b[r * HEAD_DIM + d] * vx;
             }
-            var prob = 0.0;
-            var prob_dp = 0.0;
-            if (row_real && tile_real[c] != 0.0 && first_key + c <= pos) {
-                prob = exp(dots_s[j] - row_lse);
-                prob_dp = prob * dots_dp[j];
-            }
-            score_a[r * TILE_ROWS + c] = prob;
-            score_b[r * TILE_ROWS + c] = prob_dp;
+        }
+        for (var r = 0u; r < OWN_ROWS; r++) {
+            let ok = key_ok && key <= first + r && own_real[r] != 0.0;
+            let prob = exp(s[r] - own_lse[r]);
+            score_a[r * TILE_ROWS + li] = select(0.0, prob * (dp[r] - own_d[r]), ok);
         }
         workgroupBarrier();
-        for (var c = 0u; c < p.tile_rows; c++) {
-            let prob = score_a[r * TILE_ROWS + c];
-            let prob_dp = score_b[r * TILE_ROWS + c];
-            sum_pdp += prob_dp;
-            for (var i = 0u; i < DIMS_PER_LANE; i++) {
-                let d = lane + i * LANES;
-                if (d < HEAD_DIM) {
-                    let key = tile_a[c * ROW_STRIDE + d];
-                    acc_pdp[i] += prob_dp * key;
-                    acc_p[i] += prob * key;
+        let keys = min(TILE_ROWS, key_end - first_key);
+        for (var c = 0u; c < keys; c++) {
+            let at = p.k_base + (row0 + first_key + c) * kv_stride + kv_col;
+            var x: array<f32, DIMS>;
+            for (var i = 0u; i < DIMS; i++) {
+                x[i] = k[at + lane_dim(li, i)];
+            }
+            for (var r = 0u; r < OWN_ROWS; r++) {
+                let ds = score_a[r * TILE_ROWS + c];
+                for (var i = 0u; i < DIMS; i++) {
+                    acc[r * DIMS + i] += ds * x[i];
                 }
             }
         }
     }
 
-    if (pos >= p.seq) {
-        return;
-    }
-    let row = row0 + pos;
-    let dq_row = p.out_a_base + row * q_stride + h * HEAD_DIM;
-    for (var i = 0u; i < DIMS_PER_LANE; i++) {
-        let d = lane + i * LANES;
-        if (d < HEAD_DIM) {
-            out_a[dq_row + d] = select(0.0, p.scale * (acc_pdp[i] - sum_pdp * acc_p[i]), row_real);
+    for (var r = 0u; r < OWN_ROWS; r++) {
+        let pos = first + r;
+        let real = own_real[r] != 0.0;
+        let dq_row = p.out_a_base + (row0 + pos) * q_stride + h * HEAD_DIM;
+        for (var i = 0u; i < DIMS; i++) {
+            let d = li + i * TILE_ROWS;
+            if (pos < p.seq && d < HEAD_DIM) {
+                out_a[dq_row + d] = select(0.0, p.scale * acc[r * DIMS + i], real);
+            }
         }
-    }
-    if (lane == 0u) {
-        out_b[p.out_b_base + row * p.heads + h] = select(PADDING_D, sum_pdp, row_real);
     }
 }
 
 fn key_gradients(block: u32, g: u32, b: u32, li: u32) {
-    let r = li / LANES;
-    let lane = li % LANES;
     let row0 = b * p.seq;
     let first = block * OWN_ROWS;
-    let pos = first + r;
     let q_stride = p.heads * HEAD_DIM;
     let kv_stride = p.kv_heads * HEAD_DIM;
 
     stage_own_rows(li, row0, first, kv_stride, g * HEAD_DIM, 1.0);
-    var row_real = false;
-    if (pos < p.seq) {
+    for (var r = li; r < OWN_ROWS; r += WORKGROUP_SIZE) {
+        let pos = first + r;
         // Padding is per token, so any head's D tells.
-        row_real = dsum_at(row0 + pos, g * p.group) != PADDING_D;
+        let real = pos < p.seq && dsum_at(row0 + min(pos, p.seq - 1u), g * p.group) != PADDING_D;
+        own_real[r] = select(0.0, 1.0, real);
     }
 
-    var acc_dk: array<f32, DIMS_PER_LANE>;
-    var acc_dv: array<f32, DIMS_PER_LANE>;
+    var acc_dk: array<f32, OWN_ROWS * DIMS>;  // sum dS q (unscaled)
+    var acc_dv: array<f32, OWN_ROWS * DIMS>;  // sum P dout
     for (var member = 0u; member < p.group; member++) {
         let h = g * p.group + member;
+        let q_col = h * HEAD_DIM;
         // Queries before the block's first key see none of its keys.
         for (var first_query = first; first_query < p.seq; first_query += TILE_ROWS) {
             workgroupBarrier();
-            for (var i = li; i < TILE_ROWS * HEAD_DIM; i += WORKGROUP_SIZE) {
-                let c = i / HEAD_DIM;
-                let d = i % HEAD_DIM;
-                let query_pos = first_query + c;
-                var x = 0.0;
-                var y = 0.0;
-                if (query_pos < p.seq) {
-                    let at = (row0 + query_pos) * q_stride + h * HEAD_DIM + d;
-                    x = q[p.q_base + at] * p.scale;
-                    y = dout[p.dout_base + at];
-                }
-                tile_a[c * ROW_STRIDE + d] = x;
-                tile_b[c * ROW_STRIDE + d] = y;
+            // Score phase: this invocation's query column against every
+            // owned key row.
+            let query = first_query + li;
+            let query_row = row0 + min(query, p.seq - 1u);
+            let dsum = dsum_at(query_row, h);
+            let query_ok = query < p.seq && dsum != PADDING_D;
+            let query_lse = lse_in[p.lse_base + query_row * p.heads + h];
+            let query_d = select(0.0, dsum, query_ok);
+            let q_at = p.q_base + query_row * q_stride + q_col;
+            let dout_at = p.dout_base + query_row * q_stride + q_col;
+            var s: array<f32, OWN_ROWS>;
+            var dp: array<f32, OWN_ROWS>;
+            for (var r = 0u; r < OWN_ROWS; r++) {
+                s[r] = 0.0;
+                dp[r] = 0.0;
             }
-            for (var c = li; c < TILE_ROWS; c += WORKGROUP_SIZE) {
-                let query_pos = first_query + c;
-                var real = false;
-                var lse = 0.0;
-                var dsum = 0.0;
-                if (query_pos < p.seq) {
-                    let row = row0 + query_pos;
-                    dsum = dsum_at(row, h);
-                    real = dsum != PADDING_D;
-                    if (real) {
-                        lse = lse_in[p.lse_base + row * p.heads + h];
-                    } else {
-                        dsum = 0.0;
-                    }
+            for (var d = 0u; d < p.head_dim; d++) {
+                let qx = q[q_at + d];
+                let dx = dout[dout_at + d];
+                for (var r = 0u; r < OWN_ROWS; r++) {
+                    s[r] += own_a[r * HEAD_DIM + d] * qx;
+                    dp[r] += own_b[r * HEAD_DIM + d] * dx;
                 }
-                tile_real[c] = select(0.0, 1.0, real);
-                tile_lse[c] = lse;
-                tile_d[c] = dsum;
+            }
+            for (var r = 0u; r < OWN_ROWS; r++) {
+                let ok = query_ok && query >= first + r && own_real[r] != 0.0;
+                let prob = exp(p.scale * s[r] - query_lse);
+                score_a[r * TILE_ROWS + li] = select(0.0, prob, ok);
+                score_b[r * TILE_ROWS + li] = select(0.0, prob * (dp[r] - query_d), ok);
             }
             workgroupBarrier();
-            let dots_s = dots_own_a_tile_a(r, lane);
-            let dots_dp = dots_own_b_tile_b(r, lane);
-            for (var j = 0u; j < COLS_PER_LANE; j++) {
-                let c = lane_col(lane, j);
-                if (c >= TILE_ROWS) {
-                    break;
+            // Accumulate phase: this invocation's head dimensions of every
+            // owned row's dk and dv over the tile's queries.
+            let queries = min(TILE_ROWS, p.seq - first_query);
+            for (var c = 0u; c < queries; c++) {
+                let row = row0 + first_query + c;
+                let at_q = p.q_base + row * q_stride + q_col;
+                let at_dout = p.dout_base + row * q_stride + q_col;
+                var qx: array<f32, DIMS>;
+                var dx: array<f32, DIMS>;
+                for (var i = 0u; i < DIMS; i++) {
+                    qx[i] = q[at_q + lane_dim(li, i)];
+                    dx[i] = dout[at_dout + lane_dim(li, i)];
                 }
-                var prob = 0.0;
-                var dscore = 0.0;
-                if (row_real && tile_real[c] != 0.0 && first_query + c >= pos) {
-                    prob = exp(dots_s[j] - tile_lse[c]);
-                    dscore = prob * (dots_dp[j] - tile_d[c]);
-                }
-                score_a[r * TILE_ROWS + c] = prob;
-                score_b[r * TILE_ROWS + c] = dscore;
-            }
-            workgroupBarrier();
-            for (var c = 0u; c < p.tile_rows; c++) {
-                let prob = score_a[r * TILE_ROWS + c];
-                let dscore = score_b[r * TILE_ROWS + c];
-                for (var i = 0u; i < DIMS_PER_LANE; i++) {
-                    let d = lane + i * LANES;
-                    if (d < HEAD_DIM) {
-                        acc_dv[i] += prob * tile_b[c * ROW_STRIDE + d];
-                        acc_dk[i] += dscore * tile_a[c * ROW_STRIDE + d];
+                for (var r = 0u; r < OWN_ROWS; r++) {
+                    let prob = score_a[r * TILE_ROWS + c];
+                    let ds = score_b[r * TILE_ROWS + c];
+                    for (var i = 0u; i < DIMS; i++) {
+                        acc_dv[r * DIMS + i] += prob * dx[i];
+                        acc_dk[r * DIMS + i] += ds * qx[i];
                     }
                 }
             }
         }
     }
 
-    if (pos >= p.seq) {
-        return;
-    }
-    let at = (row0 + pos) * kv_stride + g * HEAD_DIM;
-    for (var i = 0u; i < DIMS_PER_LANE; i++) {
-        let d = lane + i * LANES;
-        if (d < HEAD_DIM) {
-            out_a[p.out_a_base + at + d] = select(0.0, acc_dk[i], row_real);
-            out_b[p.out_b_base + at + d] = select(0.0, acc_dv[i], row_real);
+    for (var r = 0u; r < OWN_ROWS; r++) {
+        let pos = first + r;
+        let real = own_real[r] != 0.0;
+        let at = (row0 + pos) * kv_stride + g * HEAD_DIM;
+        for (var i = 0u; i < DIMS; i++) {
+            let d = li + i * TILE_ROWS;
+            if (pos < p.seq && d < HEAD_DIM) {
+                out_a[p.out_a_base + at + d] = select(0.0, p.scale * acc_dk[r * DIMS + i], real);
+                out_b[p.out_b_base + at + d] = select(0.0, acc_dv[r * DIMS + i], real);
+            }
         }
     }
 }
