@@ -278,7 +278,16 @@ func TestAttention(t *testing.T) {
 	portable := testDevice.Limits
 	portable.MaxComputeWorkgroupStorageSize = 16 << 10
 	portableTiling := func(pass attentionPass) attentionTiles {
-		tiles, err := pickAttentionTiles(pass, 128, portable)
+		tiles, err := pickAttentionTiles(pass, 128, portable, testDevice.Info.Type == gpu.AdapterTypeCPU)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tiles
+	}
+	// The tiles GPUs get, which the device's choice (on lavapipe, the CPU
+	// tiles) does not cover.
+	gpuTiling := func(pass attentionPass) attentionTiles {
+		tiles, err := pickAttentionTiles(pass, 16, testDevice.Limits, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,6 +311,7 @@ func TestAttention(t *testing.T) {
 		{"owned rows fill the tile", AttentionShape{Batch: 1, Seq: 19, Heads: 2, KVHeads: 2, HeadDim: 16}, []int{17}, tiny(8, 8), false},
 		{"mha head dim 12 empty sequence", AttentionShape{Batch: 3, Seq: 5, Heads: 2, KVHeads: 2, HeadDim: 12}, []int{5, 3, 0}, nil, false},
 		{"mha small tiles", AttentionShape{Batch: 2, Seq: 20, Heads: 2, KVHeads: 2, HeadDim: 32}, []int{13, 20}, tiny(4, 8), false},
+		{"gqa gpu tiles", AttentionShape{Batch: 2, Seq: 70, Heads: 4, KVHeads: 2, HeadDim: 16}, []int{70, 66}, gpuTiling, false},
 		{"gqa head dim 128 in 16 KiB", AttentionShape{Batch: 1, Seq: 6, Heads: 2, KVHeads: 1, HeadDim: 128}, []int{5}, portableTiling, false},
 	}
 	for i, c := range cases {
@@ -337,15 +347,17 @@ func TestAttention(t *testing.T) {
 // WebGPU's default limits for head dims up to 256.
 func TestAttentionTilesFitPortableLimits(t *testing.T) {
 	portable := gpu.Limits{MaxComputeWorkgroupStorageSize: 16 << 10, MaxComputeInvocationsPerWorkgroup: 256, MaxComputeWorkgroupSizeX: 256}
-	for _, hd := range []int{8, 64, 128, 256} {
-		for _, pass := range []attentionPass{attentionForwardPass, attentionQueryGradPass, attentionKeyValueGradPass} {
-			tiles, err := pickAttentionTiles(pass, hd, portable)
-			if err != nil {
-				t.Errorf("head dim %d: %v", hd, err)
-				continue
-			}
-			if hd == 128 && tiles.Own*tiles.Tile < 32 {
-				t.Errorf("%s at head dim 128 gets tiles %s: too small to be efficient", pass, tiles)
+	for _, cpu := range []bool{false, true} {
+		for _, hd := range []int{8, 64, 128, 256} {
+			for _, pass := range []attentionPass{attentionForwardPass, attentionQueryGradPass, attentionKeyValueGradPass} {
+				tiles, err := pickAttentionTiles(pass, hd, portable, cpu)
+				if err != nil {
+					t.Errorf("cpu %t, head dim %d: %v", cpu, hd, err)
+					continue
+				}
+				if hd == 128 && tiles.Own*tiles.Tile < 32 {
+					t.Errorf("cpu %t: %s at head dim 128 gets tiles %s: too small to be efficient", cpu, pass, tiles)
+				}
 			}
 		}
 	}
