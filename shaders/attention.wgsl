@@ -391,11 +391,16 @@ fn query_gradients(block: u32, h: u32, b: u32, li: u32) {
             s[r] = 0.0;
             dp[r] = 0.0;
         }
+        // Two loops, not one: OWN_ROWS accumulators each stay in registers.
         for (var d = 0u; d < p.head_dim; d++) {
             let kx = k[k_at + d];
-            let vx = v[v_at + d];
             for (var r = 0u; r < OWN_ROWS; r++) {
                 s[r] += own_a[r * HEAD_DIM + d] * kx;
+            }
+        }
+        for (var d = 0u; d < p.head_dim; d++) {
+            let vx = v[v_at + d];
+            for (var r = 0u; r < OWN_ROWS; r++) {
                 dp[r] += own_b[r * HEAD_DIM + d] * vx;
             }
         }
@@ -474,9 +479,13 @@ fn key_gradients(block: u32, g: u32, b: u32, li: u32) {
             }
             for (var d = 0u; d < p.head_dim; d++) {
                 let qx = q[q_at + d];
-                let dx = dout[dout_at + d];
                 for (var r = 0u; r < OWN_ROWS; r++) {
                     s[r] += own_a[r * HEAD_DIM + d] * qx;
+                }
+            }
+            for (var d = 0u; d < p.head_dim; d++) {
+                let dx = dout[dout_at + d];
+                for (var r = 0u; r < OWN_ROWS; r++) {
                     dp[r] += own_b[r * HEAD_DIM + d] * dx;
                 }
             }
