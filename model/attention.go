@@ -23,7 +23,8 @@ import (
 //	mask              [T] f32, 1 for real tokens and 0 for padding (HF's
 //	                  attention_mask)
 //	lse               [T, Heads]           logsumexp of each row's scaled scores
-//	scratch           [T, Heads]           backward's D per row and head
+//	scratch           [T, Heads]           backward's D = rowsum(dOut*out) per row
+//	                                       and head (shaders/attention_dsum.wgsl)
 //
 // The mask is f32 so that a gpu.Tensor's DType says what its words hold, and
 // WriteAttentionMask uploads an int attention_mask that way. The kernels test
@@ -39,7 +40,9 @@ import (
 // and read-only in one dispatch, so outputs must not share a buffer with any
 // input of the same dispatch; two outputs may share one when their aligned
 // bindings do not overlap. Inputs may share buffers freely (q, k, v from one
-// fused projection, say).
+// fused projection, say), except that the kernel computing D binds dOut, out,
+// mask and scratch all writable, so those must not overlap in one buffer
+// (counting each binding from its aligned offset).
 
 const (
 	attentionShader     = "attention.wgsl"

@@ -396,6 +396,11 @@ func TestAttentionRejectsInvalidArguments(t *testing.T) {
 		{"mask per sequence", s, func(a *attentionTensors) { a.mask = newT(gpu.F32, 2) }, "mask has shape"},
 		{"bf16 v", s, func(a *attentionTensors) { a.v = newT(gpu.BF16, T, 16) }, "v is bf16"},
 		{"nil lse", s, func(a *attentionTensors) { a.lse = nil }, "lse is nil"},
+		{"nil out", s, func(a *attentionTensors) { a.out = nil }, "out is nil"},
+		{"out overlapping dOut", s, func(a *attentionTensors) {
+			a.out = &gpu.Tensor{Buf: shared.Buf, Shape: []int{T, 32}}
+			a.dOut = &gpu.Tensor{Buf: shared.Buf, Offset: 512, Shape: []int{T, 32}}
+		}, "overlap"},
 		{"output in an input's buffer", s, func(a *attentionTensors) {
 			a.out = &gpu.Tensor{Buf: a.q.Buf, Shape: []int{T, 32}}
 			a.dq = &gpu.Tensor{Buf: a.q.Buf, Shape: []int{T, 32}}
