@@ -279,11 +279,15 @@ fn forward(block: u32, h: u32, b: u32, li: u32) {
         for (var c = soft_part; c < TILE_ROWS; c += SPLIT) {
             part_max = max(part_max, score_a[soft_row * TILE_ROWS + c]);
         }
-        partial[li] = part_max;
-        workgroupBarrier();
-        var tile_max = NEG_BIG;
-        for (var j = 0u; j < SPLIT; j++) {
-            tile_max = max(tile_max, partial[soft_row * SPLIT + j]);
+        var tile_max = part_max;
+        // With one invocation per row (SPLIT 1, lavapipe's tiles) its partial
+        // max is the row's: no exchange, one barrier less per tile.
+        if (SPLIT > 1u) {
+            partial[li] = part_max;
+            workgroupBarrier();
+            for (var j = 0u; j < SPLIT; j++) {
+                tile_max = max(tile_max, partial[soft_row * SPLIT + j]);
+            }
         }
         let new_max = max(run_max, tile_max);
         let rescale = exp(run_max - new_max);
