@@ -150,9 +150,11 @@ func (t attentionTiles) check(pass attentionPass, headDim int, lim gpu.Limits) e
 // accumulators keep in registers. GPUs take 64-row tiles, 64 invocations per
 // workgroup. On lavapipe, whose per-invocation loads are what costs (one per
 // SIMD lane, where an address the same for all invocations is one load and a
-// broadcast), 16-row tiles ran the bench shape's attention about 1.3x faster
-// than 32 or 64 rows: a workgroup is then 2 SIMD batches of 8, and the causal
-// diagonal's last tile wastes less. The later choices fit 16 KiB at head dim
+// broadcast), 16-row tiles ran BenchmarkAttention about 1.4x faster than
+// 64-row tiles and about 1.15x faster than 32-row ones (noisy, shared
+// machine): a workgroup is then 2 SIMD batches of 8, and the causal diagonal's
+// last tile wastes less. More owned rows (24, 32) were slower: their
+// accumulators no longer stay in registers. The later choices fit 16 KiB at head dim
 // 128 and beyond.
 var attentionTileChoices = struct{ gpu, cpu []attentionTiles }{
 	gpu: []attentionTiles{{16, 64}, {8, 64}, {8, 32}, {4, 32}, {4, 16}, {2, 16}, {2, 8}, {1, 8}},

@@ -389,8 +389,9 @@ fn query_gradients(block: u32, h: u32, b: u32, li: u32) {
         let v_at = p.v_base + key_row * kv_stride + kv_col;
         var s: array<f32, OWN_ROWS>;
         var dp: array<f32, OWN_ROWS>;
-        // Zeroed here, not only by the declarations: lavapipe kept the last
-        // tile's sums in them.
+        // Zeroed explicitly: with the declarations' zero initialisation alone
+        // (WGSL's rule for each execution of a declaration) they kept the
+        // previous tile's sums on lavapipe (Dawn 0.1.7, Mesa 25.0).
         for (var r = 0u; r < OWN_ROWS; r++) {
             s[r] = 0.0;
             dp[r] = 0.0;
