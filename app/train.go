@@ -192,7 +192,13 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	}
 	fmt.Fprintf(stdout, "\nFLOPs sparse/dense (analytic, whole run): %.3f\n", res.FLOPsRatio)
 	if res.StepMeasured > 0 {
-		fmt.Fprintf(stdout, "FLOPs sparse/dense of one sparse step: analytic %.3f, measured from the recorded dispatches %.3f\n", res.StepAnalytic, res.StepMeasured)
+		// The recorded dispatches include checkpointing's recomputed
+		// forwards, which the analytic step leaves out.
+		recompute := ""
+		if cfg.GradCheckpoint {
+			recompute = " (with the recomputed forwards of --grad-checkpoint)"
+		}
+		fmt.Fprintf(stdout, "FLOPs sparse/dense of one sparse step: analytic %.3f, measured from the recorded dispatches %.3f%s\n", res.StepAnalytic, res.StepMeasured, recompute)
 	}
 	fmt.Fprintf(stdout, "%s: %s\n", what, res.AdapterDir)
 	return nil

@@ -90,7 +90,8 @@ type Result struct {
 	// StepAnalytic and StepMeasured are the sparse/dense FLOP ratio of one
 	// step on the run's last micro-batch: counted analytically, and from
 	// the dispatches a sparse and a dense pass actually recorded (0 for
-	// dense runs).
+	// dense runs; with checkpointing the recorded passes include the
+	// recomputed forwards, which the analytic count leaves out).
 	StepAnalytic, StepMeasured float64
 	LastRecord                 Record
 	Interrupted                bool
