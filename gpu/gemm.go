@@ -49,15 +49,20 @@ var (
 	TileSmall  = Tile{BM: 32, BN: 32, BK: 16, TM: 2, TN: 2}
 	// Thin tiles, for a C with one side of at most 64 (LoRA ranks, the
 	// predictor's rank 8, SparseLoRA's kept channels) and the other long:
-	// 128 threads each own 8 x 2, 8 x 4 or 8 x 8 outputs, so that a thread
-	// loads 0.6-0.25 operands per multiply-add where the small tile's 2 x 2
-	// loads 1, and a side of 8 is not padded to 32.
-	TileTall8  = Tile{BM: 256, BN: 8, BK: 8, TM: 8, TN: 2}
-	TileTall32 = Tile{BM: 128, BN: 32, BK: 16, TM: 8, TN: 4}
-	TileTall64 = Tile{BM: 128, BN: 64, BK: 8, TM: 8, TN: 8}
-	TileWide8  = Tile{BM: 8, BN: 256, BK: 8, TM: 2, TN: 8}
-	TileWide32 = Tile{BM: 32, BN: 128, BK: 16, TM: 4, TN: 8}
-	TileWide64 = Tile{BM: 64, BN: 128, BK: 8, TM: 8, TN: 8}
+	// few threads (8-64) that each own 16 x 8 outputs (8 x 16 for the wide
+	// ones), so that a thread loads 0.19 operands from workgroup memory per
+	// multiply-add, and a side of 8 is not padded to 32. On lavapipe, threads
+	// owning 8 x 2 to 8 x 8 outputs (0.63-0.25 loads per multiply-add, an
+	// earlier choice) ran these products 1.3-3x slower; 16 x 16 (256
+	// accumulators, more than it keeps in registers) 3-5x slower.
+	// The long side is 64 or 128 so that a few hundred token rows still make
+	// several workgroups for the CPU's cores.
+	TileTall8  = Tile{BM: 128, BN: 8, BK: 8, TM: 16, TN: 8}
+	TileTall32 = Tile{BM: 64, BN: 32, BK: 16, TM: 16, TN: 8}
+	TileTall64 = Tile{BM: 64, BN: 64, BK: 16, TM: 16, TN: 8}
+	TileWide8  = Tile{BM: 8, BN: 128, BK: 16, TM: 8, TN: 16}
+	TileWide32 = Tile{BM: 32, BN: 128, BK: 16, TM: 8, TN: 16}
+	TileWide64 = Tile{BM: 64, BN: 128, BK: 16, TM: 8, TN: 16}
 )
 
 func (t Tile) String() string { return fmt.Sprintf("%dx%dx%d/%dx%d", t.BM, t.BN, t.BK, t.TM, t.TN) }
