@@ -54,7 +54,9 @@ var (
 	// multiply-add, and a side of 8 is not padded to 32. On lavapipe, threads
 	// owning 8 x 2 to 8 x 8 outputs (0.63-0.25 loads per multiply-add, an
 	// earlier choice) ran these products 1.3-3x slower; 16 x 16 (256
-	// accumulators, more than it keeps in registers) 3-5x slower.
+	// accumulators, more than it keeps in registers) 3-5x slower. The rank-8
+	// tile's threads own whole rows of C, so they read op(A) from the buffer
+	// without staging it (shaders/gemm.wgsl, A_DIRECT): 1.7x faster again.
 	// The long side is 64 or 128 so that a few hundred token rows still make
 	// several workgroups for the CPU's cores.
 	TileTall8  = Tile{BM: 128, BN: 8, BK: 8, TM: 16, TN: 8}

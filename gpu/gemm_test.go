@@ -27,6 +27,10 @@ type gemmCase struct {
 	storedCM       int // rows of C when cm is set
 	tile           *gpu.Tile
 	bnMax          int // IndexList.Max of the bn list
+	// aNaNPad stores A with this many NaN elements past its K extent (along
+	// each row, LDA = K + aNaNPad, or as trailing rows when aTrans): a kernel
+	// that reads op(A) past K makes NaNs.
+	aNaNPad int
 }
 
 func (c gemmCase) String() string {
@@ -124,23 +128,25 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 		}
 	}
 	var aShape, bShape []int
+	lda := aCols + c.aNaNPad // the stored row length when !aTrans
 	if c.aTrans {
-		aShape = []int{aCols, aRows}
+		aShape = []int{aCols + c.aNaNPad, aRows}
+		lda = aRows
 	} else {
-		aShape = []int{aRows, aCols}
+		aShape = []int{aRows, lda}
 	}
 	if c.bTrans {
 		bShape = []int{bN, bK}
 	} else {
 		bShape = []int{bK, bN}
 	}
-	aStore := make([]float32, len(aData))
+	aStore := gputest.NaNs(aRows * (aCols + c.aNaNPad))
 	for r := 0; r < aRows; r++ {
 		for q := 0; q < aCols; q++ {
 			if c.aTrans {
 				aStore[q*aRows+r] = aData[r*aCols+q]
 			} else {
-				aStore[r*aCols+q] = aData[r*aCols+q]
+				aStore[r*lda+q] = aData[r*aCols+q]
 			}
 		}
 	}
@@ -180,7 +186,7 @@ func runGemmCase(t *testing.T, rng *rand.Rand, c gemmCase) {
 	}
 	defer C.Release()
 
-	args := gpu.GemmArgs{A: A, B: B, C: C, ATrans: c.aTrans, BTrans: c.bTrans, M: c.m, N: c.n, K: c.k,
+	args := gpu.GemmArgs{A: A, B: B, C: C, ATrans: c.aTrans, BTrans: c.bTrans, M: c.m, N: c.n, K: c.k, LDA: lda,
 		Alpha: c.alpha, Beta: c.beta, GatherAK: c.gatherAK, ScatterCN: c.scatterCN, Tile: c.tile}
 	for _, l := range []struct {
 		idx []uint32
@@ -304,6 +310,25 @@ func TestGemmThinShapes(t *testing.T) {
 	runGemmCase(t, rng, gemmCase{m: 150, n: 97, k: 65, bTrans: true, bn: subset(rng, 97, 40), storedN: 97, scatterCN: true, bnMax: 40})
 	runGemmCase(t, rng, gemmCase{m: 300, n: 97, k: 33, bf16: true, bn: subset(rng, 97, 45), storedN: 97, scatterCN: true, bnMax: 8})
 	runGemmCase(t, rng, gemmCase{m: 150, n: 64, k: 64, bf16: true, kk: subset(rng, 101, 45), storedK: 101, gatherAK: true})
+}
+
+// TestGemmDirectRows runs the tile whose threads own whole rows of C (BN ==
+// TN), which read op(A) from the buffer instead of workgroup memory, on every
+// layout and index list that reaches op(A), with rows, columns and K that
+// leave remainders.
+func TestGemmDirectRows(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	tile := gpu.TileTall8
+	for _, layout := range [][2]bool{{false, false}, {false, true}, {true, false}, {true, true}} {
+		at, bt := layout[0], layout[1]
+		runGemmCase(t, rng, gemmCase{m: 131, n: 7, k: 45, aTrans: at, bTrans: bt, alpha: 0.5, beta: 1, tile: &tile, aNaNPad: 3})
+		runGemmCase(t, rng, gemmCase{m: 140, n: 8, k: 53, aTrans: at, bTrans: bt, bf16: true, tile: &tile,
+			am: subset(rng, 301, 131), storedM: 301, cm: subset(rng, 301, 131), storedCM: 301})
+		runGemmCase(t, rng, gemmCase{m: 150, n: 8, k: 70, aTrans: at, bTrans: bt, tile: &tile,
+			kk: subset(rng, 101, 61), storedK: 101, gatherAK: true})
+		runGemmCase(t, rng, gemmCase{m: 129, n: 5, k: 64, aTrans: at, bTrans: bt, tile: &tile,
+			kk: subset(rng, 90, 37), storedK: 90})
+	}
 }
 
 func TestGemmGathered(t *testing.T) {

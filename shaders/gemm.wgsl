@@ -33,7 +33,8 @@
 // Tiling: a workgroup computes a BM x BN tile of C with (BN/TN) x (BM/TM) threads,
 // each owning TM x TN outputs spread at strides BM/TM and BN/TN (so shared-memory
 // reads and C writes are contiguous across threads), stepping K by BK through
-// workgroup memory. Grid: (ceil(N/BN), ceil(M/BM), 1).
+// workgroup memory (op(A) only where threads share its rows: see A_DIRECT).
+// Grid: (ceil(N/BN), ceil(M/BM), 1).
 //   B_AFFINE = true: b is an affine-quantized weight (gpu.Affine; read with
 //   prelude.wgsl's load_affine): stored element (r, c) (r = n, c = k with
 //   B_TRANS, else r = k, c = n) is in the row that starts at word
@@ -62,6 +63,11 @@ struct Params {
 const WX: u32 = BN / TN;
 const WY: u32 = BM / TM;
 const WORKGROUP_SIZE: u32 = WX * WY;
+// A_DIRECT: when a thread owns whole rows of the C tile (BN == TN), each
+// element of op(A) it reads is read by no other thread: it loads them from
+// the buffer into registers, without staging them in tileA and a barrier
+// (the predictor's rank-8 tile on CPU adapters).
+const A_DIRECT: bool = WX == 1u;
 
 var<workgroup> tileA: array<f32, BK * BM>; // [k][m]
 var<workgroup> tileB: array<f32, BK * BN>; // [k][n]
@@ -103,10 +109,25 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
   for (var i = 0u; i < TM * TN; i++) {
     acc[i] = 0.0;
   }
+  // A_DIRECT: where this thread's rows of op(A) start in a, the step between
+  // consecutive k there, and which rows exist.
+  var aStart: array<u32, TM>;
+  var aHas: array<bool, TM>;
+  var aStepK = 1u;
+  if (A_TRANS) { aStepK = p.lda; }
+  if (A_DIRECT) {
+    for (var i = 0u; i < TM; i++) {
+      let gm = row0 + ty + i * WY;
+      aHas[i] = gm < M;
+      var am = gm;
+      if (GATHER_AM && gm < M) { am = idx_m[p.offIdxM + 1u + gm]; }
+      if (A_TRANS) { aStart[i] = p.offA + am; } else { aStart[i] = p.offA + am * p.lda; }
+    }
+  }
 
   for (var k0 = 0u; k0 < K; k0 += BK) {
     // Stage op(A)[row0.., k0..] into tileA, reading along A's contiguous axis.
-    for (var e = tid; e < BM * BK; e += WORKGROUP_SIZE) {
+    for (var e = tid; e < BM * BK && !A_DIRECT; e += WORKGROUP_SIZE) {
       var mm: u32;
       var kk: u32;
       if (A_TRANS) { kk = e / BM; mm = e % BM; } else { mm = e / BK; kk = e % BK; }
@@ -143,8 +164,19 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) tid: 
     for (var kk = 0u; kk < BK; kk++) {
       var av: array<f32, TM>;
       var bv: array<f32, TN>;
-      for (var i = 0u; i < TM; i++) {
-        av[i] = tileA[kk * BM + ty + i * WY];
+      if (A_DIRECT) {
+        let gk = k0 + kk;
+        var ak = gk;
+        if (GATHER_K && GATHER_AK && gk < K) { ak = idx_k[p.offIdxK + 1u + gk]; }
+        for (var i = 0u; i < TM; i++) {
+          var v = 0.0;
+          if (aHas[i] && gk < K) { v = a[aStart[i] + ak * aStepK]; }
+          av[i] = v;
+        }
+      } else {
+        for (var i = 0u; i < TM; i++) {
+          av[i] = tileA[kk * BM + ty + i * WY];
+        }
       }
       for (var j = 0u; j < TN; j++) {
         bv[j] = tileB[kk * BN + tx + j * WX];
