@@ -49,6 +49,9 @@ func runBenchStep(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *layers <= 0 || *batch <= 0 || *seq <= 1 || *output <= 0 || *padding < 0 || *output+*padding >= *seq || *reps <= 0 || *rank <= 0 {
 		return fmt.Errorf("want --layers, --batch, --reps, --rank > 0, --padding >= 0 and 0 < --output-tokens < --seq - --padding")
 	}
+	if *checkpointEvery < 1 || *checkpointEvery > 1 && !*gradCheckpoint {
+		return fmt.Errorf("--checkpoint-every %d: want 1 or more, and more than 1 only with --grad-checkpoint", *checkpointEvery)
+	}
 	spec := stepBenchSpec{shape: *shape, layers: *layers, first: *first, batch: *batch, seq: *seq, output: *output, padding: *padding,
 		sparsity: *sparsityName, rank: *rank, targets: *targetsFlag, bf16: *bf16, reps: *reps}
 	quantize, err := quant.spec()

@@ -45,19 +45,11 @@ func runPlan(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--seq %d: want at least 2", *seq)
 	case mcfg.MaxPositionEmbeddings > 0 && *seq > mcfg.MaxPositionEmbeddings:
 		return fmt.Errorf("--seq %d: longer than the model's max_position_embeddings %d", *seq, mcfg.MaxPositionEmbeddings)
-	case cfg.Quantize != 0 && cfg.Quantize != 4 && cfg.Quantize != 8:
-		return fmt.Errorf("--quantize %d: want 4 or 8", cfg.Quantize)
-	case cfg.Quantize != 0 && cfg.GroupSize != 32 && cfg.GroupSize != 64 && cfg.GroupSize != 128:
-		return fmt.Errorf("--group-size %d: want 32, 64 or 128", cfg.GroupSize)
-	case cfg.Quantize != 0 && cfg.Full:
-		return errors.New("--quantize and --full: full-parameter training updates the weights, which must stay f32")
-	case cfg.BatchSize <= 0 || cfg.GradAccum <= 0 || !cfg.Full && cfg.Rank <= 0:
-		return errors.New("want --batch-size, --grad-accum and --rank > 0")
 	}
-	limit, err := train.ParseSize(cfg.MemoryLimit)
-	if err != nil {
-		return fmt.Errorf("--memory-limit: %w", err)
+	if err := cfg.ValidateMemory(); err != nil {
+		return err
 	}
+	limit, _ := train.ParseSize(cfg.MemoryLimit) // ValidateMemory checked it
 	settings, err := cfg.MemorySettings(mcfg, *seq, gpu.Limits{})
 	if err != nil {
 		return err

@@ -58,7 +58,7 @@ func TestPlanCommand(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "limit 16.0 GiB") || !strings.Contains(errOut, "--grad-checkpoint --checkpoint-every 4 --quantize 4: ") {
 		t.Errorf("over the limit: exit %d, stderr %q", code, errOut)
 	}
-	for _, bad := range [][]string{{"--shape", "llama3-8b", "--quantize", "3"}, {"--shape", "llama3-8b", "models/tiny"}, {}, {"--shape", "llama3-8b", "--memory-limit", "lots"}} {
+	for _, bad := range [][]string{{"--shape", "llama3-8b", "--quantize", "3"}, {"--shape", "llama3-8b", "models/tiny"}, {}, {"--shape", "llama3-8b", "--memory-limit", "lots"}, {"--shape", "llama3-8b", "--checkpoint-every", "4"}} {
 		if code, _, _ := run(t, append([]string{"plan"}, bad...)...); code == 0 {
 			t.Errorf("plan %v: exit 0", bad)
 		}

@@ -118,26 +118,14 @@ func (c *Config) Validate() error {
 		return errors.New("--init-config: random initial weights are for full-parameter training (--full)")
 	case c.Full && c.AdapterInit != "":
 		return errors.New("--full and --adapter-init: full-parameter training has no adapter")
-	case c.Full && c.BF16:
-		return errors.New("--full and --bf16: trained weights must be f32 (small updates vanish in bf16)")
-	case c.Full && c.Quantize != 0:
-		return errors.New("--full and --quantize: trained weights must be f32; quantization is for frozen weights")
-	case c.Quantize != 0 && (model.Quantization{Bits: c.Quantize, GroupSize: c.GroupSize}).Check() != nil:
-		return bad("quantize", c.Quantize, fmt.Sprintf("with --group-size %d: %v", c.GroupSize, (model.Quantization{Bits: c.Quantize, GroupSize: c.GroupSize}).Check()))
 	case c.Full && c.Sparsity != "auto" && c.Sparsity != "dense":
 		return fmt.Errorf("--full and --sparsity %s: SparseLoRA sparsifies frozen weights; full-parameter training runs dense", c.Sparsity)
 	case c.Data == "":
 		return errors.New("--data: a JSONL file is required")
 	case c.Out == "":
 		return errors.New("--out: a run directory is required")
-	case !c.Full && c.AdapterInit == "" && (c.Rank <= 0 || c.Rank > 4096):
-		return bad("rank", c.Rank, "want 1..4096")
 	case !c.Full && c.AdapterInit == "" && (!finite(c.Alpha) || c.Alpha <= 0):
 		return bad("alpha", c.Alpha, "want a finite, positive number")
-	case c.BatchSize <= 0 || c.BatchSize > 4096:
-		return bad("batch-size", c.BatchSize, "want 1..4096")
-	case c.GradAccum <= 0 || c.GradAccum > 1<<16:
-		return bad("grad-accum", c.GradAccum, "want 1..65536")
 	case c.MaxSteps < 0:
 		return bad("max-steps", c.MaxSteps, "want 0 (use --epochs) or more")
 	case c.MaxSteps == 0 && c.Epochs <= 0:
@@ -170,18 +158,42 @@ func (c *Config) Validate() error {
 		return bad("eval-max-new-tokens", c.EvalMaxNewTokens, "want 1..1048576")
 	case c.Resume && c.Overwrite:
 		return errors.New("--resume and --overwrite: give one of them (continue the run in --out, or replace it)")
+	case c.Sparsity == "":
+		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
+	}
+	if _, err := optim.ParseScheduleKind(c.Schedule); err != nil {
+		return fmt.Errorf("--schedule: %w", err)
+	}
+	return c.ValidateMemory()
+}
+
+// ValidateMemory checks the fields the memory plan depends on (what `plan`
+// takes besides the model), naming the flag of the first bad one.
+func (c *Config) ValidateMemory() error {
+	bad := func(flag string, v any, want string) error {
+		return fmt.Errorf("--%s %v: %s", flag, v, want)
+	}
+	quant := model.Quantization{Bits: c.Quantize, GroupSize: c.GroupSize}
+	switch {
+	case c.Full && c.BF16:
+		return errors.New("--full and --bf16: trained weights must be f32 (small updates vanish in bf16)")
+	case c.Full && c.Quantize != 0:
+		return errors.New("--full and --quantize: trained weights must be f32; quantization is for frozen weights")
+	case c.Quantize != 0 && quant.Check() != nil:
+		return bad("quantize", c.Quantize, fmt.Sprintf("with --group-size %d: %v", c.GroupSize, quant.Check()))
+	case !c.Full && c.AdapterInit == "" && (c.Rank <= 0 || c.Rank > 4096):
+		return bad("rank", c.Rank, "want 1..4096")
+	case c.BatchSize <= 0 || c.BatchSize > 4096:
+		return bad("batch-size", c.BatchSize, "want 1..4096")
+	case c.GradAccum <= 0 || c.GradAccum > 1<<16:
+		return bad("grad-accum", c.GradAccum, "want 1..65536")
 	case c.CheckpointEvery < 0:
 		return bad("checkpoint-every", c.CheckpointEvery, "want 1 or more layers per segment (0: 1)")
 	case c.CheckpointEvery > 1 && !c.GradCheckpoint:
 		return errors.New("--checkpoint-every: only with --grad-checkpoint (it sets which layer inputs checkpointing keeps)")
-	case c.Sparsity == "":
-		return errors.New("--sparsity: want auto, dense, a table name or a YAML file")
 	}
 	if _, err := ParseSize(c.MemoryLimit); err != nil {
 		return fmt.Errorf("--memory-limit: %w", err)
-	}
-	if _, err := optim.ParseScheduleKind(c.Schedule); err != nil {
-		return fmt.Errorf("--schedule: %w", err)
 	}
 	if !c.Full && c.AdapterInit == "" {
 		if _, err := lora.ParseTargets(c.Targets); err != nil {
