@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/internal/gputest"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/gguf"
 	"github.com/sparselora/sparselora/model/safetensors"
@@ -95,7 +96,7 @@ func BenchmarkLoadQuantizedGGUF(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer in.Close()
-	dev, err := in.OpenDevice(gpu.DefaultOptions())
+	dev, err := in.OpenDevice(gputest.TestOptions(b))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sparselora/sparselora/gpu"
+	"github.com/sparselora/sparselora/internal/gputest"
 	"github.com/sparselora/sparselora/llamacpp"
 	"github.com/sparselora/sparselora/model"
 	"github.com/sparselora/sparselora/model/gguf"
@@ -83,7 +84,7 @@ func TestQuantizedGGUFEqualsDequantized(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer in.Close()
-	dev, err := in.OpenDevice(gpu.DefaultOptions())
+	dev, err := in.OpenDevice(gputest.TestOptions(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,14 +47,7 @@ type sparseRig struct {
 
 func newSparseRig(t *testing.T) *sparseRig {
 	t.Helper()
-	in, err := gpu.NewInstance()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := in.OpenDevice(gpu.DefaultOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
+	dev := model.SharedTestDevice()
 	dir := fixtures.HF(t, "llama-gqa")
 	m, err := model.Load(dev, filepath.Join(dir, "model"), gpu.F32)
 	if err != nil {
@@ -89,7 +82,7 @@ func newSparseRig(t *testing.T) *sparseRig {
 	if err := ws.Load(m, b); err != nil {
 		t.Fatal(err)
 	}
-	return &sparseRig{m: m, set: set, ws: ws, batch: b, release: []func(){ws.Release, set.Release, m.Release, dev.Close, in.Close}}
+	return &sparseRig{m: m, set: set, ws: ws, batch: b, release: []func(){ws.Release, set.Release, m.Release}}
 }
 
 func (r *sparseRig) Close() {

@@ -35,6 +35,17 @@ func Options() (gpu.Options, error) {
 	return opts, nil
 }
 
+// TestOptions is Options for a test or benchmark that opens a device of its
+// own, failing it on a bad NoSubgroupsEnv.
+func TestOptions(tb testing.TB) gpu.Options {
+	tb.Helper()
+	opts, err := Options()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return opts
+}
+
 // Main opens the tests' device (see Options) into *dev, runs the tests and
 // closes it; use it as
 // `func TestMain(m *testing.M) { os.Exit(gputest.Main(m, &dev)) }`.
