@@ -818,7 +818,9 @@ func (m *Model) Logits(rec *gpu.Recorder, w *Workspace, out *gpu.Tensor) error {
 }
 
 // Hidden returns HF's hidden_states[i]: the embeddings (i = 0), the residual
-// stream after layer i-1, and for i = layers the final norm's output.
+// stream after layer i-1, and for i = layers the final norm's output. Layers
+// that share input buffers (checkpoint segments, a forward-only workspace)
+// hold only the last forward's values there.
 func (w *Workspace) Hidden(i int) *gpu.Tensor {
 	if i == len(w.layers) {
 		return w.normed
